@@ -1,0 +1,90 @@
+//! A coalescer that owns its batch function.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::error::Error;
+use crate::metrics::MetricsSnapshot;
+use crate::output::{BatchOutput, Delivery};
+
+type BoxedBatch<K, V, E> = Box<
+    dyn Fn(Vec<K>) -> Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'static>>
+        + Send
+        + Sync,
+>;
+
+/// A batch function and the coalescer in front of it: what `#[coalesce]` generates,
+/// written by hand.
+///
+/// ```
+/// use coalesce_runtime::{Coalescer, Config};
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let users = Coalescer::new(
+///     Config::new("users.load").window(Duration::from_millis(2)).max_batch(500),
+///     |ids: Vec<u64>| async move {
+///         // one query for all ids
+///         Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, format!("user {id}"))).collect::<HashMap<_, _>>())
+///     },
+/// );
+/// let (a, b) = tokio::join!(users.load(1), users.load(2));
+/// assert_eq!(a.unwrap().as_deref(), Some("user 1"));
+/// assert_eq!(b.unwrap().as_deref(), Some("user 2"));
+/// assert_eq!(users.metrics().batches, 1);
+/// # }
+/// ```
+pub struct Coalescer<K, V, E = Infallible> {
+    core: Core<(), K, V, E>,
+    batch: BoxedBatch<K, V, E>,
+}
+
+impl<K, V, E> Coalescer<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A coalescer with `config` in front of `batch`.
+    ///
+    /// `batch` receives the distinct keys of one batch and returns any
+    /// [`BatchOutput`]: a map by key, a `Vec` with one value per key in order, or a
+    /// `Result` of either.
+    pub fn new<F, Fut>(config: Config, batch: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, V, Error = E>,
+    {
+        Coalescer {
+            core: Core::new(config),
+            batch: Box::new(move |keys| {
+                let fut = batch(keys);
+                Box::pin(async move { fut.await.into_delivery() })
+            }),
+        }
+    }
+
+    /// Loads one key: resolves to its entry (`None` if the batch returned none) or
+    /// to an [`Error`].
+    ///
+    /// Concurrent loads share a batch; see [`Core::load`] for the details.
+    pub async fn load(&self, key: K) -> Result<Option<V>, Error<E>> {
+        self.core.load((), key, |keys| (self.batch)(keys)).await
+    }
+
+    /// The configuration this coalescer was built with.
+    pub fn config(&self) -> &Config {
+        self.core.config()
+    }
+
+    /// This coalescer's metrics, read now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.core.metrics()
+    }
+}

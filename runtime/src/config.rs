@@ -1,0 +1,112 @@
+//! How a coalescer decides when a batch leaves.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// When a gathered batch is dispatched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dispatch {
+    /// The bus: a batch leaves when its window has elapsed since its first key
+    /// arrived, or at once when it holds `max_batch` distinct keys. Every call pays
+    /// up to one window of latency; batches are as full as the traffic allows.
+    #[default]
+    Window,
+    /// "When the road is empty, let everyone drive": a call that finds no batch of
+    /// its group in flight is dispatched at once, as a batch of one. Calls that arrive
+    /// while a batch runs gather, and leave together when the running batch completes,
+    /// when the window elapses, or when `max_batch` is reached — whichever is first.
+    /// A quiet service pays no window; a busy one batches as much as it needs to.
+    Adaptive,
+}
+
+/// The settings of one coalescer.
+///
+/// Built with [`Config::new`] and the chained setters; every setting has a default:
+/// a 5 ms window, batches of at most 1,000 distinct keys, [`Dispatch::Window`], and
+/// no bound on batches in flight, on waiting calls or on a batch's run time.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) window: Duration,
+    pub(crate) max_batch: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_pending: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) dispatch: Dispatch,
+}
+
+impl Config {
+    /// The default window: how long the first key of a batch waits for company.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_millis(5);
+    /// The default bound on distinct keys in one batch.
+    pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+    /// A configuration with the defaults, named `name` in metrics, errors and spans.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Config {
+            name: name.into(),
+            window: Self::DEFAULT_WINDOW,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            max_in_flight: usize::MAX,
+            max_pending: usize::MAX,
+            timeout: None,
+            dispatch: Dispatch::Window,
+        }
+    }
+
+    /// The longest time a key waits for company before its batch is dispatched.
+    /// `Duration::ZERO` dispatches on the next scheduling point: calls made in the
+    /// same instant still share a batch.
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// A batch is dispatched at once when it holds this many distinct keys; bigger
+    /// bursts split into several batches. Zero is treated as one.
+    #[must_use]
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// At most this many batches of one group run at once. A batch that is due while
+    /// the limit is reached keeps gathering keys (up to `max_batch`) until a running
+    /// batch completes. Zero is treated as one.
+    #[must_use]
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// At most this many calls may wait at once (gathering or in a running batch);
+    /// past it a call fails at once with [`Error::Overloaded`](crate::Error::Overloaded).
+    /// This bounds the memory a flood can take.
+    #[must_use]
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// A batch that runs longer than this is abandoned and its callers get
+    /// [`Error::Timeout`](crate::Error::Timeout).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How batches are dispatched: see [`Dispatch`].
+    #[must_use]
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// The name this coalescer reports under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}

@@ -1,0 +1,928 @@
+//! The coalescer's state machine: enqueue, dispatch, complete, cancel.
+//!
+//! There is no background task. The first caller of a batch is its *driver*: it
+//! waits out the window, takes an in-flight slot, runs the batch function inside its
+//! own future, and hands each caller its entry. Every other caller just waits. A
+//! driver that is dropped passes the role, and the running batch future with it, to
+//! another caller of the same batch, so one caller's cancellation never cancels the
+//! batch for the others. Because batches are driven by their callers' futures, a
+//! static coalescer is not bound to any one Tokio runtime.
+//!
+//! Locks: `Core::state` (groups, counters) is always taken before a batch's own
+//! lock, never the other way round, and no lock is held across an await or while
+//! user code runs, except `Hash`/`Eq`/`Clone` of keys and values.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::{Config, Dispatch};
+use crate::error::Error;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::output::{BatchOutput, Delivery};
+use crate::sync::{lock, Arc, Mutex};
+
+/// A running batch, type-erased so that any caller of the batch can drive it.
+type Run<K, V, E> = Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'static>>;
+
+/// The engine behind every coalesced function: many concurrent single-key loads
+/// become one batch call per group.
+///
+/// `G` partitions calls: only calls with equal groups share a batch (use `()` for
+/// none). The batch function is passed with each call rather than stored, so that it
+/// may borrow (see [`Core::load_in`]); the first caller's function runs the batch.
+/// Most code wants [`Coalescer`](crate::Coalescer), which stores one batch function;
+/// `#[coalesce]` expands to a `static` `Core`.
+///
+/// ```
+/// use coalesce_runtime::{Config, Core};
+/// use std::collections::HashMap;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// static SQUARES: std::sync::LazyLock<Core<(), u64, u64>> =
+///     std::sync::LazyLock::new(|| Core::new(Config::new("squares")));
+///
+/// async fn squares(keys: Vec<u64>) -> HashMap<u64, u64> {
+///     keys.into_iter().map(|k| (k, k * k)).collect()
+/// }
+///
+/// let (a, b) = tokio::join!(SQUARES.load((), 3, squares), SQUARES.load((), 4, squares));
+/// assert_eq!((a.unwrap(), b.unwrap()), (Some(9), Some(16)));
+/// assert_eq!(SQUARES.metrics().batches, 1);
+/// # }
+/// ```
+pub struct Core<G, K, V, E = Infallible> {
+    config: Config,
+    name: Arc<str>,
+    metrics: std::sync::Arc<Metrics>,
+    hasher: DefaultHashBuilder,
+    state: Mutex<State<G, K, V, E>>,
+}
+
+struct State<G, K, V, E> {
+    /// Keyed by (instance address, group): see `Core::load_in`.
+    groups: HashMap<(usize, G), Group<G, K, V, E>>,
+    pending: usize,
+}
+
+struct Group<G, K, V, E> {
+    /// The batch new keys join.
+    open: Option<Arc<Batch<G, K, V, E>>>,
+    /// Batches of this group holding an in-flight slot.
+    in_flight: usize,
+    /// Due batches waiting for an in-flight slot, oldest first.
+    queue: std::collections::VecDeque<Arc<Batch<G, K, V, E>>>,
+}
+
+struct Batch<G, K, V, E> {
+    group: (usize, G),
+    st: Mutex<BatchState<K, V, E>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Open to new keys.
+    Gathering,
+    /// Holds `max_batch` keys; no longer open, not yet running.
+    Full,
+    Running,
+    Done,
+}
+
+struct Slot<V, E> {
+    /// Live callers of this key that have not read their entry.
+    waiters: u32,
+    value: Option<Result<V, std::sync::Arc<E>>>,
+}
+
+struct Ticket {
+    slot: u32,
+    live: bool,
+    waker: Option<Waker>,
+}
+
+struct BatchState<K, V, E> {
+    phase: Phase,
+    keys: Vec<K>,
+    index: HashTable<u32>,
+    slots: Vec<Slot<V, E>>,
+    /// Slots with waiters > 0.
+    live_keys: usize,
+    tickets: Vec<Ticket>,
+    /// Live tickets.
+    callers: usize,
+    driver: usize,
+    /// The driver should stop gathering (full, road empty).
+    kicked: bool,
+    /// Waiting in the group's queue for an in-flight slot.
+    queued: bool,
+    /// Holds an in-flight slot.
+    permit: bool,
+    dedup_hits: u64,
+    opened: Instant,
+    deadline: Instant,
+    started: Option<Instant>,
+    run_deadline: Option<Instant>,
+    /// Output position -> slot, when abandoned slots were left out of the dispatch.
+    dispatched: Option<Vec<u32>>,
+    dispatched_len: usize,
+    /// The running batch, parked here when its driver was dropped.
+    orphan: Option<Run<K, V, E>>,
+    failure: Option<Error<E>>,
+}
+
+/// What a caller's future does next.
+enum Step<V, E> {
+    Finished(Result<Option<V>, Error<E>>),
+    /// The driver's batch is due: take an in-flight slot and start it.
+    Due,
+    /// Adopt the running batch of a dropped driver.
+    Adopt,
+}
+
+enum Outcome<K, V, E> {
+    Delivered(Delivery<K, V, E>),
+    Panicked(String),
+    TimedOut,
+}
+
+/// One caller's registration in a batch. Dropping it before it has finished is a
+/// cancellation, which it reports to the batch.
+struct Call<'c, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    core: &'c Core<G, K, V, E>,
+    batch: Arc<Batch<G, K, V, E>>,
+    ticket: usize,
+    finished: bool,
+    /// The batch this caller is driving, while it runs.
+    run: Option<Run<K, V, E>>,
+}
+
+impl<G, K, V, E> Core<G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A coalescer with `config`, registered in the metrics registry under its name.
+    pub fn new(config: Config) -> Self {
+        let name: Arc<str> = Arc::from(config.name());
+        Core {
+            metrics: Metrics::register(name.clone()),
+            name,
+            config,
+            hasher: DefaultHashBuilder::default(),
+            state: Mutex::new(State {
+                groups: HashMap::new(),
+                pending: 0,
+            }),
+        }
+    }
+
+    /// The configuration this coalescer was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This coalescer's metrics, read now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Loads `key` through the batch of `group`.
+    ///
+    /// Resolves to the batch function's entry for `key` (`None` if it returned
+    /// none), or to an [`Error`]. If this call ends up driving the batch, `batch`
+    /// runs it with every distinct key the batch gathered; otherwise another caller's
+    /// function does, and `batch` is dropped unused. Dropping the returned future
+    /// cancels this call only: the batch still runs for its other callers.
+    pub async fn load<F, Fut>(&self, group: G, key: K, batch: F) -> Result<Option<V>, Error<E>>
+    where
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, V, Error = E>,
+    {
+        self.call((0, group), key, move |keys| {
+            let fut = batch(keys);
+            Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
+        })
+        .await
+    }
+
+    /// Loads `key` through the batch of `(this, group)`, for a batch function that
+    /// borrows `this` (a method's `&self`).
+    ///
+    /// Calls through the same `this` (the same address) coalesce; calls through
+    /// different instances never share a batch. The batch future may borrow `this`
+    /// but nothing else that is not `'static` (`batch` itself is `'static`). This is
+    /// what makes it sound for another caller of the same instance to keep driving
+    /// the batch after the first caller was dropped: every caller of the batch
+    /// borrows the same live instance. Zero-sized instances share an address, and so
+    /// share batches.
+    pub async fn load_in<'a, S, F, Fut>(
+        &self,
+        this: &'a S,
+        group: G,
+        key: K,
+        batch: F,
+    ) -> Result<Option<V>, Error<E>>
+    where
+        S: ?Sized + Sync,
+        F: FnOnce(&'a S, Vec<K>) -> Fut + 'static,
+        Fut: Future + Send + 'a,
+        Fut::Output: BatchOutput<K, V, Error = E>,
+    {
+        let address = this as *const S as *const () as usize;
+        self.call((address, group), key, move |keys| {
+            let fut = batch(this, keys);
+            let run: Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'a>> =
+                Box::pin(async move { fut.await.into_delivery() });
+            // SAFETY: the future borrows only `'static` data (what `batch` captured)
+            // and `*this`. It is polled only by callers of this batch, and every such
+            // caller holds a shared borrow of the instance at `address` (the batch's
+            // group includes the address, and a borrowed instance can neither move
+            // nor be dropped), so `*this` outlives every poll. The last caller to
+            // leave drops the future (`Call::drop`) before its own borrow ends, so
+            // the future never outlives all of them.
+            unsafe { std::mem::transmute::<_, Run<K, V, E>>(run) }
+        })
+        .await
+    }
+
+    async fn call(
+        &self,
+        group: (usize, G),
+        key: K,
+        make: impl FnOnce(Vec<K>) -> Run<K, V, E>,
+    ) -> Result<Option<V>, Error<E>> {
+        let mut make = Some(make);
+        let mut args = Some((group, key));
+        let mut call: Option<Call<'_, G, K, V, E>> = None;
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        loop {
+            let step = poll_fn(|cx| match &mut call {
+                Some(c) => c.poll_step(cx, &mut timer),
+                None => {
+                    let Some((group, key)) = args.take() else {
+                        return Poll::Pending;
+                    };
+                    match self.enqueue(group, key, cx.waker()) {
+                        Err(e) => Poll::Ready(Step::Finished(Err(e))),
+                        Ok((c, driver)) => {
+                            let c = call.insert(c);
+                            if driver {
+                                c.poll_step(cx, &mut timer)
+                            } else {
+                                Poll::Pending
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            let Some(c) = call.as_mut() else {
+                // Only an overload rejection finishes before enqueueing.
+                return match step {
+                    Step::Finished(r) => r,
+                    Step::Due | Step::Adopt => Err(Error::Missing {
+                        name: self.name.clone(),
+                    }),
+                };
+            };
+            match step {
+                Step::Finished(r) => {
+                    c.finished = true;
+                    return r;
+                }
+                Step::Adopt => {}
+                Step::Due => {
+                    let Some(keys) = self.try_start(c) else {
+                        continue;
+                    };
+                    let Some(make) = make.take() else {
+                        // Unreachable: a caller starts at most one batch, the one it
+                        // joined, and finishes with it. Fail the batch rather than
+                        // leave it running with nothing to run.
+                        c.complete(Outcome::Panicked("batch started twice".to_owned()));
+                        continue;
+                    };
+                    match catch_unwind(AssertUnwindSafe(move || make(keys))) {
+                        Ok(run) => c.run = Some(run),
+                        Err(p) => {
+                            c.complete(Outcome::Panicked(panic_message(&*p)));
+                            continue;
+                        }
+                    }
+                }
+            }
+            let mut run_timer: Option<Pin<Box<Sleep>>> = None;
+            let outcome = poll_fn(|cx| c.poll_run(cx, &mut run_timer)).await;
+            c.complete(outcome);
+        }
+    }
+
+    fn lock_state(&self) -> crate::sync::MutexGuard<'_, State<G, K, V, E>> {
+        lock(&self.state)
+    }
+
+    /// Admits a call into its group's open batch. Returns the registration and
+    /// whether this caller drives the batch.
+    fn enqueue(
+        &self,
+        group: (usize, G),
+        key: K,
+        waker: &Waker,
+    ) -> Result<(Call<'_, G, K, V, E>, bool), Error<E>> {
+        let mut guard = self.lock_state();
+        let state = &mut *guard;
+        if state.pending >= self.config.max_pending {
+            drop(guard);
+            self.metrics.overloaded.fetch_add(1, Relaxed);
+            return Err(Error::Overloaded {
+                name: self.name.clone(),
+                max_pending: self.config.max_pending,
+            });
+        }
+        state.pending += 1;
+        self.metrics.pending.store(state.pending as u64, Relaxed);
+        let mut entry = match state.groups.entry(group) {
+            hashbrown::hash_map::Entry::Occupied(o) => o,
+            hashbrown::hash_map::Entry::Vacant(v) => v.insert_entry(Group {
+                open: None,
+                in_flight: 0,
+                queue: Default::default(),
+            }),
+        };
+        let batch = match &entry.get().open {
+            Some(b) => b.clone(),
+            None => {
+                let now = Instant::now();
+                // On an empty road an adaptive batch leaves at once.
+                let kicked = self.config.dispatch == Dispatch::Adaptive
+                    && entry.get().in_flight < self.config.max_in_flight
+                    && entry.get().in_flight == 0;
+                let b = Arc::new(Batch {
+                    group: entry.key().clone(),
+                    st: Mutex::new(BatchState {
+                        phase: Phase::Gathering,
+                        keys: Vec::new(),
+                        index: HashTable::new(),
+                        slots: Vec::new(),
+                        live_keys: 0,
+                        tickets: Vec::new(),
+                        callers: 0,
+                        driver: 0,
+                        kicked,
+                        queued: false,
+                        permit: false,
+                        dedup_hits: 0,
+                        opened: now,
+                        deadline: now + self.config.window,
+                        started: None,
+                        run_deadline: None,
+                        dispatched: None,
+                        dispatched_len: 0,
+                        orphan: None,
+                        failure: None,
+                    }),
+                });
+                entry.get_mut().open = Some(b.clone());
+                b
+            }
+        };
+        let mut st = lock(&batch.st);
+        let hash = self.hasher.hash_one(&key);
+        let BatchState {
+            keys, index, slots, ..
+        } = &mut *st;
+        let slot = match index.find(hash, |&i| keys[i as usize] == key) {
+            Some(&i) => {
+                let slot = &mut slots[i as usize];
+                slot.waiters += 1;
+                if slot.waiters == 1 {
+                    st.live_keys += 1;
+                } else {
+                    st.dedup_hits += 1;
+                }
+                i
+            }
+            None => {
+                let i = keys.len() as u32;
+                keys.push(key);
+                slots.push(Slot {
+                    waiters: 1,
+                    value: None,
+                });
+                let hasher = &self.hasher;
+                index.insert_unique(hash, i, |&j| hasher.hash_one(&keys[j as usize]));
+                st.live_keys += 1;
+                i
+            }
+        };
+        let ticket = st.tickets.len();
+        st.tickets.push(Ticket {
+            slot,
+            live: true,
+            waker: Some(waker.clone()),
+        });
+        st.callers += 1;
+        if st.callers == 1 {
+            st.driver = ticket;
+        }
+        let driver = st.driver == ticket;
+        let mut kick = None;
+        if st.live_keys >= self.config.max_batch {
+            st.phase = Phase::Full;
+            entry.get_mut().open = None;
+            if !driver {
+                kick = st.tickets[st.driver].waker.clone();
+            }
+        }
+        drop(st);
+        drop(guard);
+        if let Some(w) = kick {
+            w.wake();
+        }
+        Ok((
+            Call {
+                core: self,
+                batch,
+                ticket,
+                finished: false,
+                run: None,
+            },
+            driver,
+        ))
+    }
+
+    /// Takes an in-flight slot for the driver's due batch and starts it, returning
+    /// the keys to run; or queues the batch for a slot and returns `None`.
+    fn try_start(&self, call: &mut Call<'_, G, K, V, E>) -> Option<Vec<K>> {
+        let mut guard = self.lock_state();
+        let state = &mut *guard;
+        let batch = &call.batch;
+        let mut st = lock(&batch.st);
+        if st.driver != call.ticket || !matches!(st.phase, Phase::Gathering | Phase::Full) {
+            return None;
+        }
+        // A full batch no longer sits in its group, which may have been removed
+        // meanwhile as idle.
+        if !state.groups.contains_key(&batch.group) {
+            state.groups.insert(
+                batch.group.clone(),
+                Group {
+                    open: None,
+                    in_flight: 0,
+                    queue: Default::default(),
+                },
+            );
+        }
+        let group = state.groups.get_mut(&batch.group)?;
+        if !st.permit {
+            if group.in_flight >= self.config.max_in_flight {
+                if !st.queued {
+                    st.queued = true;
+                    group.queue.push_back(batch.clone());
+                }
+                return None;
+            }
+            group.in_flight += 1;
+            st.permit = true;
+            self.metrics.in_flight.fetch_add(1, Relaxed);
+        }
+        if group
+            .open
+            .as_ref()
+            .is_some_and(|open| Arc::ptr_eq(open, batch))
+        {
+            group.open = None;
+        }
+        drop(guard);
+        let now = Instant::now();
+        st.phase = Phase::Running;
+        st.started = Some(now);
+        st.run_deadline = self.config.timeout.map(|t| now + t);
+        let keys = if st.live_keys == st.keys.len() {
+            st.dispatched_len = st.keys.len();
+            st.keys.clone()
+        } else {
+            let mut order = Vec::with_capacity(st.live_keys);
+            let mut keys = Vec::with_capacity(st.live_keys);
+            for (i, slot) in st.slots.iter().enumerate() {
+                if slot.waiters > 0 {
+                    order.push(i as u32);
+                    keys.push(st.keys[i].clone());
+                }
+            }
+            st.dispatched_len = keys.len();
+            st.dispatched = Some(order);
+            keys
+        };
+        let m = &self.metrics;
+        m.calls.fetch_add(st.tickets.len() as u64, Relaxed);
+        m.dedup_hits.fetch_add(st.dedup_hits, Relaxed);
+        m.abandoned_keys
+            .fetch_add((st.keys.len() - st.live_keys) as u64, Relaxed);
+        m.keys.fetch_add(keys.len() as u64, Relaxed);
+        m.batches.fetch_add(1, Relaxed);
+        m.batch_size.record(keys.len() as u64);
+        m.wait_ns
+            .record(now.saturating_duration_since(st.opened).as_nanos() as u64);
+        Some(keys)
+    }
+
+    /// Gives up a batch's in-flight slot: to the oldest queued batch of the group,
+    /// or, on an adaptive road that is now empty, by waking the open batch.
+    fn release_permit(&self, state: &mut State<G, K, V, E>, group: &(usize, G)) {
+        let Some(g) = state.groups.get_mut(group) else {
+            return;
+        };
+        let mut wake = None;
+        let mut handed = false;
+        while let Some(next) = g.queue.pop_front() {
+            let mut st = lock(&next.st);
+            st.queued = false;
+            if st.callers > 0 && matches!(st.phase, Phase::Gathering | Phase::Full) {
+                st.permit = true;
+                if g.open.as_ref().is_some_and(|open| Arc::ptr_eq(open, &next)) {
+                    g.open = None;
+                }
+                wake = st.tickets[st.driver].waker.clone();
+                handed = true;
+                break;
+            }
+        }
+        if !handed {
+            g.in_flight -= 1;
+            self.metrics.in_flight.fetch_sub(1, Relaxed);
+            if self.config.dispatch == Dispatch::Adaptive && g.in_flight == 0 {
+                if let Some(open) = &g.open {
+                    let mut st = lock(&open.st);
+                    st.kicked = true;
+                    wake = st.tickets.get(st.driver).and_then(|t| t.waker.clone());
+                }
+            }
+        }
+        if g.open.is_none() && g.in_flight == 0 && g.queue.is_empty() {
+            state.groups.remove(group);
+        }
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
+impl<G, K, V, E> Call<'_, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+    ) -> Poll<Step<V, E>> {
+        let mut st = lock(&self.batch.st);
+        if st.phase == Phase::Done {
+            self.finished = true;
+            return Poll::Ready(Step::Finished(take_result(self.core, self.ticket, &mut st)));
+        }
+        register(&mut st.tickets[self.ticket].waker, cx.waker());
+        if st.driver != self.ticket {
+            return Poll::Pending;
+        }
+        match st.phase {
+            Phase::Running => match st.orphan.take() {
+                Some(run) => {
+                    self.run = Some(run);
+                    Poll::Ready(Step::Adopt)
+                }
+                None => Poll::Pending,
+            },
+            Phase::Gathering | Phase::Full => {
+                if st.permit {
+                    return Poll::Ready(Step::Due);
+                }
+                if st.queued {
+                    return Poll::Pending;
+                }
+                if st.kicked || st.phase == Phase::Full {
+                    return Poll::Ready(Step::Due);
+                }
+                let deadline = st.deadline;
+                drop(st);
+                let sleep =
+                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Step::Due),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Phase::Done => Poll::Pending,
+        }
+    }
+
+    /// Polls the batch this caller drives, catching a panic and enforcing the timeout.
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+    ) -> Poll<Outcome<K, V, E>> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(Outcome::Panicked("the batch was lost".to_owned()));
+        };
+        let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
+        let outcome = match polled {
+            Ok(Poll::Ready(delivery)) => Outcome::Delivered(delivery),
+            Err(p) => Outcome::Panicked(panic_message(&*p)),
+            Ok(Poll::Pending) => {
+                let deadline = lock(&self.batch.st).run_deadline;
+                let Some(deadline) = deadline else {
+                    return Poll::Pending;
+                };
+                let sleep =
+                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Outcome::TimedOut,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        };
+        if let Some(run) = self.run.take() {
+            // A future that panicked may panic again when dropped.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(run)));
+        }
+        Poll::Ready(outcome)
+    }
+
+    /// Hands the batch's outcome to every caller and frees its in-flight slot.
+    fn complete(&mut self, outcome: Outcome<K, V, E>) {
+        let core = self.core;
+        let m = &core.metrics;
+        let mut st = lock(&self.batch.st);
+        let now = Instant::now();
+        if let Some(started) = st.started {
+            m.run_ns
+                .record(now.saturating_duration_since(started).as_nanos() as u64);
+        }
+        let name = &core.name;
+        match outcome {
+            Outcome::Delivered(Delivery::Keyed(entries)) => {
+                let mut unrequested = 0u64;
+                let BatchState {
+                    keys, index, slots, ..
+                } = &mut *st;
+                // A panic in user code (the iterator, `Hash`, `Eq`) is caught below.
+                let placed = catch_unwind(AssertUnwindSafe(|| {
+                    for (k, r) in entries {
+                        let hash = core.hasher.hash_one(&k);
+                        match index.find(hash, |&i| keys[i as usize] == k) {
+                            Some(&i) if slots[i as usize].value.is_none() => {
+                                slots[i as usize].value = Some(r.map_err(std::sync::Arc::new));
+                            }
+                            _ => unrequested += 1,
+                        }
+                    }
+                }));
+                m.unrequested_entries.fetch_add(unrequested, Relaxed);
+                if let Err(p) = placed {
+                    st.failure = Some(Error::Panicked {
+                        name: name.clone(),
+                        message: Arc::from(panic_message(&*p)),
+                    });
+                }
+            }
+            Outcome::Delivered(Delivery::Ordered(values)) => {
+                if values.len() != st.dispatched_len {
+                    st.failure = Some(Error::Shape {
+                        name: name.clone(),
+                        keys: st.dispatched_len,
+                        values: values.len(),
+                    });
+                } else {
+                    let order = st.dispatched.take();
+                    for (pos, v) in values.into_iter().enumerate() {
+                        let i = order.as_ref().map_or(pos, |o| o[pos] as usize);
+                        st.slots[i].value = Some(Ok(v));
+                    }
+                }
+            }
+            Outcome::Delivered(Delivery::Failed(e)) => {
+                st.failure = Some(Error::Batch {
+                    name: name.clone(),
+                    source: std::sync::Arc::new(e),
+                });
+            }
+            Outcome::Panicked(message) => {
+                st.failure = Some(Error::Panicked {
+                    name: name.clone(),
+                    message: Arc::from(message),
+                });
+            }
+            Outcome::TimedOut => {
+                st.failure = Some(Error::Timeout {
+                    name: name.clone(),
+                    after: core.config.timeout.unwrap_or_default(),
+                });
+            }
+        }
+        st.phase = Phase::Done;
+        let answered = st.callers;
+        let wakers: Vec<Waker> = st
+            .tickets
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, t)| *i != self.ticket && t.live)
+            .filter_map(|(_, t)| t.waker.take())
+            .collect();
+        let had_permit = std::mem::replace(&mut st.permit, false);
+        drop(st);
+        {
+            let mut guard = core.lock_state();
+            let state = &mut *guard;
+            state.pending -= answered;
+            m.pending.store(state.pending as u64, Relaxed);
+            if had_permit {
+                core.release_permit(state, &self.batch.group);
+            }
+        }
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+impl<G, K, V, E> Drop for Call<'_, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let core = self.core;
+        let m = &core.metrics;
+        m.cancelled_calls.fetch_add(1, Relaxed);
+        let mut guard = core.lock_state();
+        let state = &mut *guard;
+        let mut st = lock(&self.batch.st);
+        let t = &mut st.tickets[self.ticket];
+        t.live = false;
+        t.waker = None;
+        let slot_index = t.slot as usize;
+        st.callers -= 1;
+        let slot = &mut st.slots[slot_index];
+        slot.waiters -= 1;
+        let key_left = slot.waiters == 0;
+        if key_left {
+            slot.value = None;
+        }
+        let phase = st.phase;
+        if phase == Phase::Done {
+            // Answered already (and no longer pending); the entry is simply unread.
+            return;
+        }
+        state.pending -= 1;
+        m.pending.store(state.pending as u64, Relaxed);
+        if key_left && phase != Phase::Running {
+            st.live_keys -= 1;
+        }
+        let mut dropped_run = self.run.take();
+        let mut wake = None;
+        if st.callers > 0 {
+            if st.driver == self.ticket {
+                if let Some(run) = dropped_run.take() {
+                    st.orphan = Some(run);
+                }
+                if let Some((i, t)) = st.tickets.iter().enumerate().find(|(_, t)| t.live) {
+                    wake = t.waker.clone();
+                    st.driver = i;
+                }
+            }
+        } else {
+            // The last caller left: nobody wants this batch any more.
+            if dropped_run.is_none() {
+                dropped_run = st.orphan.take();
+            }
+            match phase {
+                Phase::Running => m.cancelled_batches.fetch_add(1, Relaxed),
+                _ => {
+                    m.calls.fetch_add(st.tickets.len() as u64, Relaxed);
+                    m.abandoned_keys.fetch_add(st.keys.len() as u64, Relaxed);
+                    m.abandoned_batches.fetch_add(1, Relaxed)
+                }
+            };
+            st.phase = Phase::Done;
+            let release = std::mem::replace(&mut st.permit, false);
+            let queued = std::mem::replace(&mut st.queued, false);
+            drop(st);
+            if let Some(g) = state.groups.get_mut(&self.batch.group) {
+                if g.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &self.batch)) {
+                    g.open = None;
+                }
+                if queued {
+                    g.queue.retain(|b| !Arc::ptr_eq(b, &self.batch));
+                }
+                if !release && g.open.is_none() && g.in_flight == 0 && g.queue.is_empty() {
+                    state.groups.remove(&self.batch.group);
+                }
+            }
+            if release {
+                core.release_permit(state, &self.batch.group);
+            }
+            drop(guard);
+            // User code (the batch future's destructor) runs outside every lock.
+            if let Some(run) = dropped_run {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(run)));
+            }
+            return;
+        }
+        drop(st);
+        drop(guard);
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
+/// Reads this caller's entry from its completed batch.
+fn take_result<G, K, V, E>(
+    core: &Core<G, K, V, E>,
+    ticket: usize,
+    st: &mut BatchState<K, V, E>,
+) -> Result<Option<V>, Error<E>>
+where
+    V: Clone,
+{
+    let m = &core.metrics;
+    let t = &mut st.tickets[ticket];
+    t.live = false;
+    t.waker = None;
+    let slot_index = t.slot as usize;
+    st.callers -= 1;
+    let slot = &mut st.slots[slot_index];
+    slot.waiters -= 1;
+    let last = slot.waiters == 0;
+    if let Some(err) = &st.failure {
+        let counter = match err {
+            Error::Panicked { .. } => &m.panics,
+            Error::Timeout { .. } => &m.timeouts,
+            Error::Shape { .. } => &m.shape_errors,
+            _ => &m.batch_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        return Err(err.clone());
+    }
+    let entry = if last {
+        slot.value.take()
+    } else {
+        slot.value.clone()
+    };
+    match entry {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(source)) => {
+            m.key_errors.fetch_add(1, Relaxed);
+            Err(Error::Key {
+                name: core.name.clone(),
+                source,
+            })
+        }
+    }
+}
+
+/// Stores `waker` unless the stored one already wakes the same task.
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}

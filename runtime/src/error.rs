@@ -1,0 +1,210 @@
+//! The error a coalesced call returns.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a coalesced call did not return its entry.
+///
+/// `E` is the batch function's own error type (`Infallible` for batch functions that
+/// cannot fail). It need not be `Clone`: every caller of a failed batch receives the
+/// same error behind an [`Arc`].
+#[non_exhaustive]
+pub enum Error<E = Infallible> {
+    /// The batch function returned an error. Every caller of that batch receives it.
+    Batch {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The batch function's error, shared by all callers of the batch.
+        source: Arc<E>,
+    },
+    /// The batch function reported an error for this caller's key only (a batch
+    /// function that returns one `Result` per key).
+    Key {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The error the batch function returned for this key.
+        source: Arc<E>,
+    },
+    /// The batch function panicked. The coalescer keeps working for later batches.
+    Panicked {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The panic's message, when it was a string.
+        message: Arc<str>,
+    },
+    /// The batch ran longer than the configured `timeout` and was abandoned.
+    Timeout {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The configured timeout.
+        after: Duration,
+    },
+    /// The call was refused because `max_pending` calls were already waiting.
+    Overloaded {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The configured bound.
+        max_pending: usize,
+    },
+    /// The batch function returned a result of the wrong shape: an ordered `Vec`
+    /// whose length differs from the number of keys it was given. No caller of that
+    /// batch gets a value, so none can get another key's.
+    Shape {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// How many keys the batch function was given.
+        keys: usize,
+        /// How many values it returned.
+        values: usize,
+    },
+    /// The batch function returned no entry for this key where one was required (an
+    /// ordered-`Vec` batch function used through a map-shaped call).
+    Missing {
+        /// The coalescer's name.
+        name: Arc<str>,
+    },
+}
+
+impl<E> Error<E> {
+    /// The name of the coalescer the failed call went through.
+    pub fn name(&self) -> &str {
+        match self {
+            Error::Batch { name, .. }
+            | Error::Key { name, .. }
+            | Error::Panicked { name, .. }
+            | Error::Timeout { name, .. }
+            | Error::Overloaded { name, .. }
+            | Error::Shape { name, .. }
+            | Error::Missing { name } => name,
+        }
+    }
+
+    /// The batch function's own error, if this is one ([`Error::Batch`] or [`Error::Key`]).
+    pub fn batch_error(&self) -> Option<&E> {
+        match self {
+            Error::Batch { source, .. } | Error::Key { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// True for errors worth retrying later as they are: a timeout or an overload.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::Overloaded { .. })
+    }
+}
+
+impl<E> Clone for Error<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Error::Batch { name, source } => Error::Batch {
+                name: name.clone(),
+                source: source.clone(),
+            },
+            Error::Key { name, source } => Error::Key {
+                name: name.clone(),
+                source: source.clone(),
+            },
+            Error::Panicked { name, message } => Error::Panicked {
+                name: name.clone(),
+                message: message.clone(),
+            },
+            Error::Timeout { name, after } => Error::Timeout {
+                name: name.clone(),
+                after: *after,
+            },
+            Error::Overloaded { name, max_pending } => Error::Overloaded {
+                name: name.clone(),
+                max_pending: *max_pending,
+            },
+            Error::Shape { name, keys, values } => Error::Shape {
+                name: name.clone(),
+                keys: *keys,
+                values: *values,
+            },
+            Error::Missing { name } => Error::Missing { name: name.clone() },
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Batch { name, source } => f
+                .debug_struct("Batch")
+                .field("name", name)
+                .field("source", source)
+                .finish(),
+            Error::Key { name, source } => f
+                .debug_struct("Key")
+                .field("name", name)
+                .field("source", source)
+                .finish(),
+            Error::Panicked { name, message } => f
+                .debug_struct("Panicked")
+                .field("name", name)
+                .field("message", message)
+                .finish(),
+            Error::Timeout { name, after } => f
+                .debug_struct("Timeout")
+                .field("name", name)
+                .field("after", after)
+                .finish(),
+            Error::Overloaded { name, max_pending } => f
+                .debug_struct("Overloaded")
+                .field("name", name)
+                .field("max_pending", max_pending)
+                .finish(),
+            Error::Shape { name, keys, values } => f
+                .debug_struct("Shape")
+                .field("name", name)
+                .field("keys", keys)
+                .field("values", values)
+                .finish(),
+            Error::Missing { name } => f.debug_struct("Missing").field("name", name).finish(),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Batch { name, source } => {
+                write!(f, "batch function `{name}` failed: {source}")
+            }
+            Error::Key { name, source } => {
+                write!(f, "batch function `{name}` failed for this key: {source}")
+            }
+            Error::Panicked { name, message } => write!(
+                f,
+                "batch function `{name}` panicked: {message} (the coalescer keeps serving later calls)"
+            ),
+            Error::Timeout { name, after } => write!(
+                f,
+                "batch function `{name}` ran longer than its timeout of {after:?}; retry, or raise `timeout`"
+            ),
+            Error::Overloaded { name, max_pending } => write!(
+                f,
+                "coalescer `{name}` is overloaded: {max_pending} calls are already waiting (max_pending); retry later, or raise `max_pending`"
+            ),
+            Error::Shape { name, keys, values } => write!(
+                f,
+                "batch function `{name}` returned {values} values for {keys} keys; an ordered batch function must return exactly one value per key, in key order"
+            ),
+            Error::Missing { name } => write!(
+                f,
+                "batch function `{name}` returned no entry for this key; return one for every key, or use a map-shaped batch function"
+            ),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Batch { source, .. } | Error::Key { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Per-coalescer metrics and the process-wide registry that lists them.
+//!
+//! Every coalescer registers itself here when it is created. [`snapshot`] reads all
+//! of them; [`Coalescer::metrics`](crate::Coalescer::metrics) and
+//! [`Core::metrics`](crate::Core::metrics) read one. Counters are updated once per
+//! batch where possible, not once per call, so that metrics stay off the hot path.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+/// Sub-buckets per power of two: values are kept to within 1/8 (12.5%) of their size.
+const SUB: u32 = 8;
+const SUB_BITS: u32 = 3;
+const LINEAR: u64 = 16;
+const BUCKETS: usize = (LINEAR as usize) + (64 - 4) * SUB as usize;
+
+/// A lock-free histogram of `u64` values with log-linear buckets.
+pub(crate) struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum: AtomicU64,
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < LINEAR {
+        return v as usize;
+    }
+    let exp = 63 - v.leading_zeros();
+    let sub = (v >> (exp - SUB_BITS)) & u64::from(SUB - 1);
+    LINEAR as usize + (exp as usize - 4) * SUB as usize + sub as usize
+}
+
+/// The highest value that falls into bucket `i`.
+fn bucket_top(i: usize) -> u64 {
+    if i < LINEAR as usize {
+        return i as u64;
+    }
+    let i = i - LINEAR as usize;
+    let exp = (i / SUB as usize) as u32 + 4;
+    let sub = (i % SUB as usize) as u64;
+    let lo = (1u64 << exp) | (sub << (exp - SUB_BITS));
+    lo.saturating_add((1u64 << (exp - SUB_BITS)) - 1)
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            min: AtomicU64::new(u64::MAX),
+            max: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, v: u64) {
+        self.buckets[bucket_of(v)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum.fetch_add(v, Relaxed);
+        self.min.fetch_min(v, Relaxed);
+        self.max.fetch_max(v, Relaxed);
+    }
+
+    fn summary(&self) -> Summary {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        let min = self.min.load(Relaxed);
+        let max = self.max.load(Relaxed);
+        let quantile = |q: f64| -> u64 {
+            if count == 0 {
+                return 0;
+            }
+            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return bucket_top(i).clamp(min, max);
+                }
+            }
+            max
+        };
+        Summary {
+            count,
+            sum: self.sum.load(Relaxed),
+            min: if count == 0 { 0 } else { min },
+            max,
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+        }
+    }
+}
+
+/// A distribution: count, extremes, mean and percentiles.
+///
+/// Percentiles are read from log-linear buckets and are exact to within 12.5%; the
+/// count, sum, min and max are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// How many values were recorded.
+    pub count: u64,
+    /// Their sum.
+    pub sum: u64,
+    /// The smallest (0 when empty).
+    pub min: u64,
+    /// The largest (0 when empty).
+    pub max: u64,
+    /// The median.
+    pub p50: u64,
+    /// The 90th percentile.
+    pub p90: u64,
+    /// The 99th percentile.
+    pub p99: u64,
+}
+
+impl Summary {
+    /// The mean (0 when empty).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
+    }
+}
+
+/// The live counters of one coalescer.
+pub(crate) struct Metrics {
+    pub(crate) name: Arc<str>,
+    pub(crate) calls: AtomicU64,
+    pub(crate) keys: AtomicU64,
+    pub(crate) dedup_hits: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) batch_errors: AtomicU64,
+    pub(crate) key_errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) shape_errors: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
+    pub(crate) cancelled_calls: AtomicU64,
+    pub(crate) abandoned_keys: AtomicU64,
+    pub(crate) abandoned_batches: AtomicU64,
+    pub(crate) cancelled_batches: AtomicU64,
+    pub(crate) unrequested_entries: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) batch_size: Histogram,
+    pub(crate) wait_ns: Histogram,
+    pub(crate) run_ns: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn register(name: Arc<str>) -> Arc<Metrics> {
+        let m = Arc::new(Metrics {
+            name,
+            calls: AtomicU64::new(0),
+            keys: AtomicU64::new(0),
+            dedup_hits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_errors: AtomicU64::new(0),
+            key_errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            shape_errors: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
+            cancelled_calls: AtomicU64::new(0),
+            abandoned_keys: AtomicU64::new(0),
+            abandoned_batches: AtomicU64::new(0),
+            cancelled_batches: AtomicU64::new(0),
+            unrequested_entries: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            batch_size: Histogram::new(),
+            wait_ns: Histogram::new(),
+            run_ns: Histogram::new(),
+        });
+        let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+        reg.retain(|w| w.strong_count() > 0);
+        reg.push(Arc::downgrade(&m));
+        m
+    }
+
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let ns = |s: Summary| DurationSummary {
+            count: s.count,
+            mean: Duration::from_nanos(s.mean() as u64),
+            min: Duration::from_nanos(s.min),
+            max: Duration::from_nanos(s.max),
+            p50: Duration::from_nanos(s.p50),
+            p90: Duration::from_nanos(s.p90),
+            p99: Duration::from_nanos(s.p99),
+        };
+        MetricsSnapshot {
+            name: self.name.to_string(),
+            calls: self.calls.load(Relaxed),
+            keys: self.keys.load(Relaxed),
+            dedup_hits: self.dedup_hits.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            batch_errors: self.batch_errors.load(Relaxed),
+            key_errors: self.key_errors.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            shape_errors: self.shape_errors.load(Relaxed),
+            overloaded: self.overloaded.load(Relaxed),
+            cancelled_calls: self.cancelled_calls.load(Relaxed),
+            abandoned_keys: self.abandoned_keys.load(Relaxed),
+            abandoned_batches: self.abandoned_batches.load(Relaxed),
+            cancelled_batches: self.cancelled_batches.load(Relaxed),
+            unrequested_entries: self.unrequested_entries.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            pending: self.pending.load(Relaxed),
+            batch_size: self.batch_size.summary(),
+            wait: ns(self.wait_ns.summary()),
+            run: ns(self.run_ns.summary()),
+        }
+    }
+}
+
+static REGISTRY: Mutex<Vec<Weak<Metrics>>> = Mutex::new(Vec::new());
+
+/// The metrics of every live coalescer in the process, in the order they were created.
+///
+/// A coalescer behind `#[coalesce]` is created on its first call, so it is listed
+/// from then on.
+pub fn snapshot() -> Vec<MetricsSnapshot> {
+    let live: Vec<Arc<Metrics>> = REGISTRY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    live.iter().map(|m| m.snapshot()).collect()
+}
+
+/// The metrics of the live coalescer named `name`, if there is one (the first, if
+/// several share the name).
+pub fn get(name: &str) -> Option<MetricsSnapshot> {
+    let found = REGISTRY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|m| &*m.name == name);
+    found.map(|m| m.snapshot())
+}
+
+/// A distribution of durations.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DurationSummary {
+    /// How many were recorded.
+    pub count: u64,
+    /// The mean.
+    pub mean: Duration,
+    /// The shortest.
+    pub min: Duration,
+    /// The longest.
+    pub max: Duration,
+    /// The median.
+    pub p50: Duration,
+    /// The 90th percentile.
+    pub p90: Duration,
+    /// The 99th percentile.
+    pub p99: Duration,
+}
+
+/// What one coalescer has done since it was created, read at one moment.
+///
+/// Counters count since creation; `in_flight` and `pending` are gauges. Every call
+/// ends in exactly one of: a value or `None`, an error (`batch_errors` and the other
+/// error counters count calls, not batches), or a cancellation by its caller.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// The coalescer's name.
+    pub name: String,
+    /// Calls admitted (single-key loads), overload rejections excluded.
+    pub calls: u64,
+    /// Distinct keys sent to the batch function, summed over batches.
+    pub keys: u64,
+    /// Calls that shared a key already waiting in the same batch.
+    pub dedup_hits: u64,
+    /// Batch function executions.
+    pub batches: u64,
+    /// Calls failed because their batch returned an error.
+    pub batch_errors: u64,
+    /// Calls failed by a per-key error.
+    pub key_errors: u64,
+    /// Calls failed because their batch panicked.
+    pub panics: u64,
+    /// Calls failed because their batch exceeded the timeout.
+    pub timeouts: u64,
+    /// Calls failed because their batch returned a result of the wrong shape.
+    pub shape_errors: u64,
+    /// Calls refused at once because `max_pending` calls were waiting.
+    pub overloaded: u64,
+    /// Calls whose caller dropped the future before it completed.
+    pub cancelled_calls: u64,
+    /// Keys dropped from a batch before dispatch because every caller of the key left.
+    pub abandoned_keys: u64,
+    /// Batches never run because every caller left before dispatch.
+    pub abandoned_batches: u64,
+    /// Batches stopped while running because every caller left.
+    pub cancelled_batches: u64,
+    /// Entries the batch function returned for keys nobody asked for (ignored).
+    pub unrequested_entries: u64,
+    /// Batches running now.
+    pub in_flight: u64,
+    /// Calls admitted and not yet completed now.
+    pub pending: u64,
+    /// Distinct keys per batch.
+    pub batch_size: Summary,
+    /// Per batch: from its first call to its dispatch (the longest wait in the batch).
+    pub wait: DurationSummary,
+    /// Per batch: the batch function's execution.
+    pub run: DurationSummary,
+}
+
+impl MetricsSnapshot {
+    /// Calls that failed with an error of any kind (overload rejections excluded).
+    pub fn failed_calls(&self) -> u64 {
+        self.batch_errors + self.key_errors + self.panics + self.timeouts + self.shape_errors
+    }
+}
+
+impl fmt::Display for MetricsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.batch_size;
+        writeln!(f, "{}", self.name)?;
+        writeln!(
+            f,
+            "  calls {}  keys {}  dedup hits {}  batches {}  in flight {}  pending {}",
+            self.calls, self.keys, self.dedup_hits, self.batches, self.in_flight, self.pending
+        )?;
+        writeln!(
+            f,
+            "  batch size  min {}  mean {:.1}  p50 {}  p99 {}  max {}",
+            b.min,
+            b.mean(),
+            b.p50,
+            b.p99,
+            b.max
+        )?;
+        for (label, d) in [("wait", &self.wait), ("run ", &self.run)] {
+            writeln!(
+                f,
+                "  {label}        mean {:?}  p50 {:?}  p99 {:?}  max {:?}",
+                d.mean, d.p50, d.p99, d.max
+            )?;
+        }
+        write!(
+            f,
+            "  errors {}  key errors {}  panics {}  timeouts {}  shape errors {}  overloaded {}  cancelled calls {}  abandoned keys {}  abandoned batches {}  unrequested entries {}",
+            self.batch_errors,
+            self.key_errors,
+            self.panics,
+            self.timeouts,
+            self.shape_errors,
+            self.overloaded,
+            self.cancelled_calls,
+            self.abandoned_keys,
+            self.abandoned_batches,
+            self.unrequested_entries
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_cover_their_values() {
+        let mut last = 0;
+        for v in (0..5000u64).chain([u64::MAX / 3, u64::MAX - 1, u64::MAX]) {
+            let b = bucket_of(v);
+            assert!(b >= last, "bucket of {v} went backwards");
+            assert!(bucket_top(b) >= v, "bucket {b} top below {v}");
+            last = b;
+        }
+        assert!(bucket_of(u64::MAX) < BUCKETS);
+    }
+
+    #[test]
+    fn summary_of_known_values() {
+        let h = Histogram::new();
+        for v in 1..=100 {
+            h.record(v);
+        }
+        let s = h.summary();
+        assert_eq!((s.count, s.min, s.max, s.sum), (100, 1, 100, 5050));
+        assert!((50..=56).contains(&s.p50), "p50 {}", s.p50);
+        assert!((99..=100).contains(&s.p99), "p99 {}", s.p99);
+    }
+}

@@ -1,0 +1,112 @@
+//! The shapes a batch function may return, and how each is handed to callers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::hash::BuildHasher;
+
+/// A batch function's result in the form the engine hands out: per key, not as one
+/// shared map, so each caller reads (or takes) only its own entry.
+pub enum Delivery<K, V, E> {
+    /// Entries by key, in any order. Keys the batch never asked for are ignored
+    /// (and counted); keys with no entry resolve to `None`.
+    Keyed(Box<dyn Iterator<Item = (K, Result<V, E>)> + Send>),
+    /// One value per key, in the order of the keys given to the batch function.
+    Ordered(Vec<V>),
+    /// The whole batch failed; every caller of the batch gets this error.
+    Failed(E),
+}
+
+impl<K: 'static, V: 'static> Delivery<K, V, Infallible> {
+    /// The same delivery, typed for a batch function that may fail with `E`.
+    pub fn widen<E: 'static>(self) -> Delivery<K, V, E> {
+        match self {
+            Delivery::Keyed(entries) => Delivery::Keyed(Box::new(
+                entries.map(|(k, r)| (k, r.map_err(|never| match never {}))),
+            )),
+            Delivery::Ordered(values) => Delivery::Ordered(values),
+            Delivery::Failed(never) => match never {},
+        }
+    }
+}
+
+/// A value a batch function may return: turned into a [`Delivery`] once per batch.
+///
+/// Implemented for `HashMap<K, V>` and `BTreeMap<K, V>` (entries by key), `Vec<V>`
+/// (one value per key, same order), [`PerKey`] (one `Result` per key) and
+/// `Result<T, E>` of a map or a `Vec`. Implement it for your own container to return
+/// it from a batch function directly.
+pub trait BatchOutput<K, V> {
+    /// The error a failed batch reports to its callers (`Infallible` if none).
+    type Error;
+    /// Converts the batch result.
+    fn into_delivery(self) -> Delivery<K, V, Self::Error>;
+}
+
+impl<K, V, S> BatchOutput<K, V> for HashMap<K, V, S>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher,
+{
+    type Error = Infallible;
+    fn into_delivery(self) -> Delivery<K, V, Infallible> {
+        Delivery::Keyed(Box::new(self.into_iter().map(|(k, v)| (k, Ok(v)))))
+    }
+}
+
+impl<K, V> BatchOutput<K, V> for BTreeMap<K, V>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    type Error = Infallible;
+    fn into_delivery(self) -> Delivery<K, V, Infallible> {
+        Delivery::Keyed(Box::new(self.into_iter().map(|(k, v)| (k, Ok(v)))))
+    }
+}
+
+impl<K, V> BatchOutput<K, V> for Vec<V> {
+    type Error = Infallible;
+    fn into_delivery(self) -> Delivery<K, V, Infallible> {
+        Delivery::Ordered(self)
+    }
+}
+
+impl<K, V, E, T> BatchOutput<K, V> for Result<T, E>
+where
+    K: 'static,
+    V: 'static,
+    E: 'static,
+    T: BatchOutput<K, V, Error = Infallible>,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, V, E> {
+        match self {
+            Ok(out) => out.into_delivery().widen(),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}
+
+/// One `Result` per key: a batch in which one bad key fails only its own callers.
+///
+/// Wrap a `HashMap<K, Result<V, E>>` (or any iterator of `(K, Result<V, E>)`) in it.
+pub struct PerKey<I>(pub I);
+
+impl<K, V, E, I> BatchOutput<K, V> for PerKey<I>
+where
+    I: IntoIterator<Item = (K, Result<V, E>)>,
+    I::IntoIter: Send + 'static,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, V, E> {
+        Delivery::Keyed(Box::new(self.0.into_iter()))
+    }
+}
+
+impl<K, V, E> BatchOutput<K, V> for Delivery<K, V, E> {
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, V, E> {
+        self
+    }
+}

@@ -1,0 +1,423 @@
+//! Behaviour of the engine on its own, deterministic under Tokio's paused clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coalesce_runtime::{Coalescer, Config, Core, Dispatch, Error};
+use futures::future::join_all;
+
+/// A batch fn that records every batch it was given.
+#[derive(Clone, Default)]
+struct Recorder {
+    batches: Arc<Mutex<Vec<Vec<u64>>>>,
+}
+
+impl Recorder {
+    fn sizes(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().iter().map(Vec::len).collect()
+    }
+    fn count(&self) -> usize {
+        self.batches.lock().unwrap().len()
+    }
+}
+
+fn squares(config: Config, rec: &Recorder) -> Arc<Coalescer<u64, u64>> {
+    let rec = rec.clone();
+    Arc::new(Coalescer::new(config, move |keys: Vec<u64>| {
+        rec.batches.lock().unwrap().push(keys.clone());
+        async move {
+            keys.into_iter()
+                .map(|k| (k, k * k))
+                .collect::<HashMap<_, _>>()
+        }
+    }))
+}
+
+async fn burst(
+    c: &Arc<Coalescer<u64, u64>>,
+    keys: impl IntoIterator<Item = u64>,
+) -> Vec<(u64, Option<u64>)> {
+    let handles: Vec<_> = keys
+        .into_iter()
+        .map(|k| {
+            let c = c.clone();
+            tokio::spawn(async move { (k, c.load(k).await.unwrap()) })
+        })
+        .collect();
+    join_all(handles)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_1000_with_max_batch_100_makes_10_batches() {
+    let rec = Recorder::default();
+    let c = squares(Config::new("t.burst").max_batch(100), &rec);
+    let out = burst(&c, 0..1000).await;
+    for (k, v) in out {
+        assert_eq!(v, Some(k * k));
+    }
+    assert_eq!(rec.sizes(), vec![100; 10]);
+    let m = c.metrics();
+    assert_eq!(
+        (m.calls, m.keys, m.batches, m.pending, m.in_flight),
+        (1000, 1000, 10, 0, 0)
+    );
+    assert_eq!((m.batch_size.min, m.batch_size.max), (100, 100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_keys_share_one_slot() {
+    let rec = Recorder::default();
+    let c = squares(Config::new("t.dedup"), &rec);
+    let out = burst(&c, (0..300).map(|i| i % 7)).await;
+    for (k, v) in out {
+        assert_eq!(v, Some(k * k));
+    }
+    assert_eq!(rec.sizes(), vec![7]);
+    let m = c.metrics();
+    assert_eq!((m.calls, m.keys, m.dedup_hits), (300, 7, 293));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_dispatches_a_partial_batch() {
+    let rec = Recorder::default();
+    let c = squares(
+        Config::new("t.window").window(Duration::from_millis(10)),
+        &rec,
+    );
+    let start = tokio::time::Instant::now();
+    let out = burst(&c, 0..3).await;
+    assert_eq!(out.len(), 3);
+    assert_eq!(rec.sizes(), vec![3]);
+    // Paused clock: time advances only to the window's deadline.
+    assert!(start.elapsed() >= Duration::from_millis(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_caller_of_a_failed_batch_gets_the_error() {
+    #[derive(Debug)]
+    struct DbDown;
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.fail"),
+        |_keys: Vec<u64>| async { Err::<HashMap<u64, u64>, _>(DbDown) },
+    ));
+    let results = join_all((0..50).map(|k| {
+        let c = c.clone();
+        async move { c.load(k).await }
+    }))
+    .await;
+    let mut sources = Vec::new();
+    for r in results {
+        match r {
+            Err(Error::Batch { source, .. }) => sources.push(source),
+            other => panic!("expected a batch error, got {other:?}"),
+        }
+    }
+    // One error, shared: E need not be Clone.
+    assert!(sources.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+    assert_eq!(c.metrics().batch_errors, 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_batch_errors_its_callers_and_the_next_batch_works() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.panic"),
+        move |keys: Vec<u64>| {
+            let first = n2.fetch_add(1, SeqCst) == 0;
+            async move {
+                tokio::task::yield_now().await;
+                if first {
+                    panic!("boom in batch");
+                }
+                keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
+            }
+        },
+    ));
+    let first = join_all((0..10).map(|k| c.load(k))).await;
+    for r in first {
+        match r {
+            Err(Error::Panicked { message, .. }) => assert!(message.contains("boom")),
+            other => panic!("expected a panic error, got {other:?}"),
+        }
+    }
+    let second = join_all((0..10).map(|k| c.load(k))).await;
+    for (k, r) in second.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), Some(k as u64));
+    }
+    let m = c.metrics();
+    assert_eq!((m.panics, m.batches, m.pending), (10, 2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_past_its_timeout_fails_with_timeout() {
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.timeout").timeout(Duration::from_millis(50)),
+        |keys: Vec<u64>| async move {
+            std::future::pending::<()>().await;
+            keys
+        },
+    ));
+    let out = join_all((0..5).map(|k| c.load(k))).await;
+    for r in out {
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    }
+    assert_eq!(c.metrics().timeouts, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_vec_length_is_a_shape_error_for_every_caller() {
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.shape"),
+        |keys: Vec<u64>| async move { keys.into_iter().skip(1).collect::<Vec<u64>>() },
+    ));
+    let out = join_all((0..4).map(|k| c.load(k))).await;
+    for r in out {
+        assert!(
+            matches!(
+                r,
+                Err(Error::Shape {
+                    keys: 4,
+                    values: 3,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_results_reach_their_own_callers() {
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.ordered"),
+        |keys: Vec<u64>| async move { keys.into_iter().map(|k| k + 1000).collect::<Vec<u64>>() },
+    ));
+    let out = join_all((0..200).map(|k| c.load(k % 50))).await;
+    for (i, r) in out.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), Some((i as u64 % 50) + 1000));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_pending_rejects_at_once() {
+    let rec = Recorder::default();
+    let c = squares(Config::new("t.overload").max_pending(10), &rec);
+    let out = join_all((0..15).map(|k| c.load(k))).await;
+    let ok = out.iter().filter(|r| r.is_ok()).count();
+    let overloaded = out
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(Error::Overloaded {
+                    max_pending: 10,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!((ok, overloaded), (10, 5));
+    assert_eq!(c.metrics().overloaded, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_driver_does_not_cancel_the_batch() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let s2 = started.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.cancel"),
+        move |keys: Vec<u64>| {
+            s2.fetch_add(1, SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
+            }
+        },
+    ));
+    // The first caller drives; it gives up mid-batch.
+    let driver = {
+        let c = c.clone();
+        tokio::spawn(
+            async move { tokio::time::timeout(Duration::from_millis(30), c.load(1)).await },
+        )
+    };
+    tokio::task::yield_now().await;
+    let others: Vec<_> = (2..6)
+        .map(|k| {
+            let c = c.clone();
+            tokio::spawn(async move { c.load(k).await })
+        })
+        .collect();
+    assert!(
+        driver.await.unwrap().is_err(),
+        "the driver should have timed out"
+    );
+    for (k, h) in (2..6).zip(others) {
+        assert_eq!(h.await.unwrap().unwrap(), Some(k));
+    }
+    assert_eq!(
+        started.load(SeqCst),
+        1,
+        "the batch ran once and was not restarted"
+    );
+    let m = c.metrics();
+    assert_eq!((m.cancelled_calls, m.pending, m.batches), (1, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_whose_callers_all_left_is_not_run() {
+    let rec = Recorder::default();
+    let c = squares(
+        Config::new("t.abandon").window(Duration::from_millis(20)),
+        &rec,
+    );
+    let calls =
+        join_all((0..5).map(|k| tokio::time::timeout(Duration::from_millis(5), c.load(k)))).await;
+    assert!(calls.iter().all(|r| r.is_err()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(rec.count(), 0);
+    let m = c.metrics();
+    assert_eq!(
+        (m.abandoned_batches, m.cancelled_calls, m.pending),
+        (1, 5, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_in_flight_holds_batches_back_and_keys_keep_gathering() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r2, p2) = (running.clone(), peak.clone());
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.inflight").max_batch(10).max_in_flight(2),
+        move |keys: Vec<u64>| {
+            let (r, p) = (r2.clone(), p2.clone());
+            async move {
+                let now = r.fetch_add(1, SeqCst) + 1;
+                p.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                r.fetch_sub(1, SeqCst);
+                keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
+            }
+        },
+    ));
+    let out = join_all((0..100).map(|k| c.load(k))).await;
+    for (k, r) in out.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), Some(k as u64));
+    }
+    assert_eq!(peak.load(SeqCst), 2);
+    assert_eq!(c.metrics().batches, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_sends_a_lone_caller_at_once_and_gathers_during_a_batch() {
+    let rec = Recorder::default();
+    let rec2 = rec.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.adaptive")
+            .window(Duration::from_secs(10))
+            .dispatch(Dispatch::Adaptive),
+        move |keys: Vec<u64>| {
+            rec2.batches.lock().unwrap().push(keys.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
+            }
+        },
+    ));
+    let start = tokio::time::Instant::now();
+    assert_eq!(c.load(7).await.unwrap(), Some(7));
+    // Not the 10 s window: only the batch's own 5 ms.
+    assert!(start.elapsed() < Duration::from_secs(1));
+    let lone = {
+        let c = c.clone();
+        tokio::spawn(async move { c.load(1).await })
+    };
+    tokio::task::yield_now().await;
+    // These arrive while the first batch runs: they leave together when it completes.
+    let burst = join_all((2..12).map(|k| c.load(k))).await;
+    assert!(burst.iter().all(|r| r.is_ok()));
+    lone.await.unwrap().unwrap();
+    assert_eq!(rec.sizes(), vec![1, 1, 10]);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_never_share_a_batch() {
+    static CORE: std::sync::LazyLock<Core<u8, u64, (u8, u64)>> =
+        std::sync::LazyLock::new(|| Core::new(Config::new("t.groups")));
+    let out = join_all((0..100u64).map(|k| {
+        let g = (k % 3) as u8;
+        CORE.load(g, k, move |keys: Vec<u64>| async move {
+            keys.into_iter()
+                .map(|k| (k, (g, k)))
+                .collect::<HashMap<_, _>>()
+        })
+    }))
+    .await;
+    for (k, r) in out.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), Some(((k % 3) as u8, k as u64)));
+    }
+    assert_eq!(CORE.metrics().batches, 3);
+}
+
+struct Repo {
+    id: u8,
+}
+
+impl Repo {
+    async fn batch(&self, keys: Vec<u64>) -> HashMap<u64, (u8, u64)> {
+        tokio::task::yield_now().await;
+        keys.into_iter().map(|k| (k, (self.id, k))).collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn methods_coalesce_per_instance() {
+    static CORE: std::sync::LazyLock<Core<(), u64, (u8, u64)>> =
+        std::sync::LazyLock::new(|| Core::new(Config::new("t.instances")));
+    let (a, b) = (Repo { id: 1 }, Repo { id: 2 });
+    let calls = (0..40u64).map(|k| {
+        let repo = if k % 2 == 0 { &a } else { &b };
+        CORE.load_in(repo, (), k, |r: &Repo, keys| r.batch(keys))
+    });
+    for (k, r) in join_all(calls).await.into_iter().enumerate() {
+        let id = if k % 2 == 0 { 1 } else { 2 };
+        assert_eq!(r.unwrap(), Some((id, k as u64)));
+    }
+    assert_eq!(CORE.metrics().batches, 2);
+}
+
+static SHARED: std::sync::LazyLock<Core<(), u64, u64>> = std::sync::LazyLock::new(|| {
+    Core::new(Config::new("t.runtimes").window(Duration::from_millis(1)))
+});
+
+async fn double(keys: Vec<u64>) -> HashMap<u64, u64> {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    keys.into_iter().map(|k| (k, 2 * k)).collect()
+}
+
+#[test]
+fn a_static_coalescer_outlives_the_runtime_that_first_used_it() {
+    for round in 0..3u64 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt.block_on(join_all(
+            (0..20).map(|k| SHARED.load((), k + round, double)),
+        ));
+        for (k, r) in out.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), Some(2 * (k as u64 + round)));
+        }
+        drop(rt);
+    }
+}

@@ -3,7 +3,9 @@
 //! (crate docs are written in a later step)
 
 pub use coalesce_macros::coalesce;
-pub use coalesce_runtime::{metrics, BatchOutput, Coalescer, Config, Core, Dispatch, Error};
+pub use coalesce_runtime::{
+    configure, metrics, BatchOutput, Coalescer, Config, Core, Delivery, Dispatch, Error, PerKey,
+};
 
 #[doc(hidden)]
 #[path = "private.rs"]

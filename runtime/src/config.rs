@@ -110,3 +110,46 @@ impl Config {
         &self.name
     }
 }
+
+type Adjust = Box<dyn Fn(Config) -> Config + Send + Sync>;
+
+static OVERRIDES: std::sync::Mutex<Vec<(String, Adjust)>> = std::sync::Mutex::new(Vec::new());
+
+/// Adjusts, at run time, the configuration of the coalescer named `name`: `adjust`
+/// receives the configuration written in the code (the `#[coalesce(...)]` arguments)
+/// and returns the one to use.
+///
+/// It applies to coalescers created after the call. A `#[coalesce]` function's
+/// coalescer is created on its first call, so call `configure` at start-up, before
+/// traffic: from command-line flags, environment variables or a config file.
+/// Configuring the same name again replaces the earlier adjustment.
+///
+/// ```
+/// use std::time::Duration;
+/// coalesce_runtime::configure("users.load", |c| c.window(Duration::from_millis(2)).max_batch(200));
+/// ```
+pub fn configure(name: &str, adjust: impl Fn(Config) -> Config + Send + Sync + 'static) {
+    let mut overrides = OVERRIDES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    overrides.retain(|(n, _)| n != name);
+    overrides.push((name.to_owned(), Box::new(adjust)));
+}
+
+impl Config {
+    /// This configuration after the run-time adjustment registered for its name, if any.
+    pub(crate) fn adjusted(self) -> Config {
+        let overrides = OVERRIDES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match overrides.iter().find(|(n, _)| *n == self.name()) {
+            Some((_, adjust)) => {
+                let name = self.name.clone();
+                let mut c = adjust(self);
+                c.name = name;
+                c
+            }
+            None => self,
+        }
+    }
+}

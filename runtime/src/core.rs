@@ -138,6 +138,9 @@ struct BatchState<K, V, E> {
     failure: Option<Error<E>>,
 }
 
+/// A call admitted into a batch, and whether it drives that batch.
+type Admitted<'c, G, K, V, E> = (Call<'c, G, K, V, E>, bool);
+
 /// What a caller's future does next.
 enum Step<V, E> {
     Finished(Result<Option<V>, Error<E>>),
@@ -178,7 +181,11 @@ where
     E: Send + Sync + 'static,
 {
     /// A coalescer with `config`, registered in the metrics registry under its name.
+    ///
+    /// A run-time adjustment registered with [`configure`](crate::configure) for
+    /// the config's name applies.
     pub fn new(config: Config) -> Self {
+        let config = config.adjusted();
         let name: Arc<str> = Arc::from(config.name());
         Core {
             metrics: Metrics::register(name.clone()),
@@ -345,7 +352,7 @@ where
         group: (usize, G),
         key: K,
         waker: &Waker,
-    ) -> Result<(Call<'_, G, K, V, E>, bool), Error<E>> {
+    ) -> Result<Admitted<'_, G, K, V, E>, Error<E>> {
         let mut guard = self.lock_state();
         let state = &mut *guard;
         if state.pending >= self.config.max_pending {

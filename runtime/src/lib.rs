@@ -20,7 +20,7 @@ mod sync;
 
 pub use crate::anykey::AnyKey;
 pub use crate::coalescer::Coalescer;
-pub use crate::config::{Config, Dispatch};
+pub use crate::config::{configure, Config, Dispatch};
 pub use crate::core::Core;
 pub use crate::error::Error;
 pub use crate::output::{BatchOutput, Delivery, PerKey};

@@ -1,0 +1,390 @@
+//! The attribute's arguments: `#[coalesce(window = "5ms", max_batch = 1000, ...)]`.
+//!
+//! Every value is parsed and range-checked as soon as it is read, and kept with
+//! the span of its tokens so that a problem found later still points at them.
+//! Parsing goes on after a bad argument, so one compile reports all of them.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::{ParseStream, Parser};
+use syn::spanned::Spanned as _;
+use syn::{Expr, Lit, LitStr, Token};
+
+use crate::error::Errors;
+
+/// The argument names, so that `lookahead1` writes "expected one of ..." itself.
+mod kw {
+    syn::custom_keyword!(window);
+    syn::custom_keyword!(max_batch);
+    syn::custom_keyword!(max_in_flight);
+    syn::custom_keyword!(max_pending);
+    syn::custom_keyword!(timeout);
+    syn::custom_keyword!(group);
+    syn::custom_keyword!(name);
+    syn::custom_keyword!(dispatch);
+}
+
+/// A value together with the span of the tokens it was read from.
+#[derive(Clone, Debug)]
+pub struct Spanned<T> {
+    /// The parsed value.
+    pub value: T,
+    /// Where the value was written (the literal or expression).
+    pub span: Span,
+}
+
+/// The dispatch policies a coalescer can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Every batch waits for its window (or for `max_batch` keys).
+    Window,
+    /// A call goes at once when nothing is in flight; arrivals gather while batches run.
+    Adaptive,
+}
+
+/// The parsed attribute arguments. `None` means "not written": the runtime's default applies.
+#[derive(Default)]
+pub struct Args {
+    /// `window = "5ms"`, in nanoseconds.
+    pub window: Option<Spanned<u64>>,
+    /// `max_batch = N`, greater than zero.
+    pub max_batch: Option<Spanned<usize>>,
+    /// `max_in_flight = N`, greater than zero.
+    pub max_in_flight: Option<Spanned<usize>>,
+    /// `max_pending = N`, greater than zero.
+    pub max_pending: Option<Spanned<usize>>,
+    /// `timeout = "2s"`, in nanoseconds, greater than zero.
+    pub timeout: Option<Spanned<u64>>,
+    /// `group = <expr>`, evaluated on every call.
+    pub group: Option<Spanned<Expr>>,
+    /// `name = "users.load"`, the coalescer's name in metrics.
+    pub name: Option<Spanned<LitStr>>,
+    /// `dispatch = "window" | "adaptive"`.
+    pub dispatch: Option<Spanned<Dispatch>>,
+}
+
+impl Args {
+    /// Parses the tokens inside `#[coalesce(...)]`, reporting every bad argument at once.
+    pub fn parse(tokens: TokenStream) -> syn::Result<Args> {
+        let parser = |input: ParseStream| {
+            let mut args = Args::default();
+            let mut errors = Errors::default();
+            while !input.is_empty() {
+                if let Err(error) = args.parse_one(input, &mut errors) {
+                    errors.push(error);
+                    skip_to_comma(input);
+                }
+                if input.is_empty() {
+                    break;
+                }
+                if let Err(error) = input.parse::<Token![,]>() {
+                    errors.push(error);
+                    skip_to_comma(input);
+                    let _ = input.parse::<Option<Token![,]>>();
+                }
+            }
+            errors.finish()?;
+            Ok(args)
+        };
+        parser.parse2(tokens)
+    }
+
+    /// Parses one `name = value` pair. A repeated name is recorded in `errors`;
+    /// a malformed pair is returned as the error.
+    fn parse_one(&mut self, input: ParseStream, errors: &mut Errors) -> syn::Result<()> {
+        let lookahead = input.lookahead1();
+        if lookahead.peek(kw::window) {
+            let key = input.parse::<kw::window>()?;
+            let value = parse_duration_arg(input, "window", true)?;
+            set(&mut self.window, value, key.span, "window", errors);
+        } else if lookahead.peek(kw::max_batch) {
+            let key = input.parse::<kw::max_batch>()?;
+            let value = parse_count_arg(input, "max_batch")?;
+            set(&mut self.max_batch, value, key.span, "max_batch", errors);
+        } else if lookahead.peek(kw::max_in_flight) {
+            let key = input.parse::<kw::max_in_flight>()?;
+            let value = parse_count_arg(input, "max_in_flight")?;
+            set(
+                &mut self.max_in_flight,
+                value,
+                key.span,
+                "max_in_flight",
+                errors,
+            );
+        } else if lookahead.peek(kw::max_pending) {
+            let key = input.parse::<kw::max_pending>()?;
+            let value = parse_count_arg(input, "max_pending")?;
+            set(
+                &mut self.max_pending,
+                value,
+                key.span,
+                "max_pending",
+                errors,
+            );
+        } else if lookahead.peek(kw::timeout) {
+            let key = input.parse::<kw::timeout>()?;
+            let value = parse_duration_arg(input, "timeout", false)?;
+            set(&mut self.timeout, value, key.span, "timeout", errors);
+        } else if lookahead.peek(kw::group) {
+            let key = input.parse::<kw::group>()?;
+            input.parse::<Token![=]>()?;
+            let expr = input.parse::<Expr>()?;
+            let value = Spanned {
+                span: expr.span(),
+                value: expr,
+            };
+            set(&mut self.group, value, key.span, "group", errors);
+        } else if lookahead.peek(kw::name) {
+            let key = input.parse::<kw::name>()?;
+            let value = parse_name_arg(input)?;
+            set(&mut self.name, value, key.span, "name", errors);
+        } else if lookahead.peek(kw::dispatch) {
+            let key = input.parse::<kw::dispatch>()?;
+            let value = parse_dispatch_arg(input)?;
+            set(&mut self.dispatch, value, key.span, "dispatch", errors);
+        } else {
+            return Err(lookahead.error());
+        }
+        Ok(())
+    }
+}
+
+/// Stores an argument, or reports it as given twice (at the second occurrence).
+fn set<T>(
+    slot: &mut Option<Spanned<T>>,
+    value: Spanned<T>,
+    key: Span,
+    name: &str,
+    errors: &mut Errors,
+) {
+    if slot.is_some() {
+        errors.push(syn::Error::new(
+            key,
+            format!("`{name}` is given more than once; keep one `{name} = ...`"),
+        ));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// After a bad argument, skips its remaining tokens so the next one can be read.
+fn skip_to_comma(input: ParseStream) {
+    while !input.is_empty() && !input.peek(Token![,]) {
+        // A token tree at a time: groups are skipped whole, so a comma inside
+        // `group = (a, b)` is never taken for a separator.
+        let _ = input.parse::<proc_macro2::TokenTree>();
+    }
+}
+
+/// `= "5ms"`: a string literal holding a duration. `allow_zero` is false for `timeout`.
+fn parse_duration_arg(
+    input: ParseStream,
+    name: &str,
+    allow_zero: bool,
+) -> syn::Result<Spanned<u64>> {
+    input.parse::<Token![=]>()?;
+    let lit = match input.parse::<Lit>()? {
+        Lit::Str(lit) => lit,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!(
+                    "`{name}` takes a duration written as a string with a unit, \
+                     e.g. `{name} = \"5ms\"` (units: ns, us, ms, s)"
+                ),
+            ))
+        }
+    };
+    let nanos = parse_duration(&lit.value()).map_err(|msg| syn::Error::new(lit.span(), msg))?;
+    if nanos == 0 && !allow_zero {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`{name}` must be greater than zero; remove the argument to have none"),
+        ));
+    }
+    Ok(Spanned {
+        value: nanos,
+        span: lit.span(),
+    })
+}
+
+/// `= 1000`: an integer literal greater than zero.
+fn parse_count_arg(input: ParseStream, name: &str) -> syn::Result<Spanned<usize>> {
+    input.parse::<Token![=]>()?;
+    let wrong_kind = |span: Span| {
+        syn::Error::new(
+            span,
+            format!("`{name}` takes a whole number greater than zero, e.g. `{name} = 100`"),
+        )
+    };
+    if input.peek(Token![-]) {
+        let minus = input.parse::<Token![-]>()?;
+        let number = input.parse::<Option<Lit>>().ok().flatten();
+        return Err(syn::Error::new_spanned(
+            quote::quote!(#minus #number),
+            wrong_kind(minus.span).to_string(),
+        ));
+    }
+    let lit = match input.parse::<Lit>()? {
+        Lit::Int(lit) => lit,
+        other => return Err(wrong_kind(other.span())),
+    };
+    let value = lit.base10_parse::<usize>()?;
+    if value == 0 {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`{name}` must be greater than zero"),
+        ));
+    }
+    Ok(Spanned {
+        value,
+        span: lit.span(),
+    })
+}
+
+/// `= "users.load"`: a non-empty string.
+fn parse_name_arg(input: ParseStream) -> syn::Result<Spanned<LitStr>> {
+    input.parse::<Token![=]>()?;
+    let lit = match input.parse::<Lit>()? {
+        Lit::Str(lit) => lit,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "`name` takes a string literal, e.g. `name = \"users.load\"`",
+            ))
+        }
+    };
+    if lit.value().is_empty() {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`name` must not be empty; remove it to use the default `module::path::fn_name`",
+        ));
+    }
+    Ok(Spanned {
+        span: lit.span(),
+        value: lit,
+    })
+}
+
+/// `= "window"` or `= "adaptive"`.
+fn parse_dispatch_arg(input: ParseStream) -> syn::Result<Spanned<Dispatch>> {
+    const EXPECTED: &str = "`dispatch` is either \"window\" (every batch waits for its window) \
+                            or \"adaptive\" (go at once when nothing is in flight)";
+    input.parse::<Token![=]>()?;
+    let lit = match input.parse::<Lit>()? {
+        Lit::Str(lit) => lit,
+        other => return Err(syn::Error::new(other.span(), EXPECTED)),
+    };
+    let value = match lit.value().as_str() {
+        "window" => Dispatch::Window,
+        "adaptive" => Dispatch::Adaptive,
+        _ => return Err(syn::Error::new(lit.span(), EXPECTED)),
+    };
+    Ok(Spanned {
+        value,
+        span: lit.span(),
+    })
+}
+
+/// Parses `"5ms"`, `"1.5s"`, `"250 us"` into nanoseconds.
+///
+/// The number is a decimal without sign or exponent; the fraction is exact and
+/// may not go below one nanosecond. The error says what to write instead.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    const UNITS: &str = "units: ns, us, ms, s";
+    if text.trim().is_empty() {
+        return Err(format!(
+            "empty duration; write a number and a unit, e.g. \"5ms\" ({UNITS})"
+        ));
+    }
+    if text.starts_with('-') {
+        return Err(format!(
+            "a duration cannot be negative; write e.g. \"5ms\" ({UNITS})"
+        ));
+    }
+    let number_len = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(number_len);
+    let unit = unit.trim_start();
+    if number.is_empty() {
+        return Err(format!(
+            "`{text}` does not start with a number; write e.g. \"5ms\" ({UNITS})"
+        ));
+    }
+    let unit_nanos: u64 = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit; write e.g. \"{number}ms\" ({UNITS})"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`; write e.g. \"{number}ms\" ({UNITS})"
+            ))
+        }
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
+        return Err(format!(
+            "`{number}` is not a number; write e.g. \"5ms\" or \"0.5ms\" ({UNITS})"
+        ));
+    }
+    let too_large = || format!("`{text}` is too long a duration (the most is about 584 years)");
+    let whole: u64 = whole.parse().map_err(|_| too_large())?;
+    let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_large)?;
+    // Each fraction digit is worth a tenth of the previous one; the last must be
+    // a whole number of nanoseconds.
+    let mut place = unit_nanos;
+    for digit in fraction.bytes().map(|b| u64::from(b - b'0')) {
+        if place % 10 != 0 {
+            if digit != 0 {
+                return Err(format!(
+                    "`{text}` is finer than one nanosecond, the smallest step of a duration; \
+                     round it to whole nanoseconds"
+                ));
+            }
+            continue;
+        }
+        place /= 10;
+        nanos = nanos.checked_add(digit * place).ok_or_else(too_large)?;
+    }
+    Ok(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5ms"), Ok(5_000_000));
+        assert_eq!(parse_duration("0ms"), Ok(0));
+        assert_eq!(parse_duration("7ns"), Ok(7));
+        assert_eq!(parse_duration("250us"), Ok(250_000));
+        assert_eq!(parse_duration("2s"), Ok(2_000_000_000));
+        assert_eq!(parse_duration("0.5ms"), Ok(500_000));
+        assert_eq!(parse_duration("1.25s"), Ok(1_250_000_000));
+        assert!(parse_duration("1.5ns").is_err());
+        assert!(parse_duration("1.50ns").is_err());
+        assert_eq!(parse_duration("1.0ns"), Ok(1));
+        assert_eq!(parse_duration("5 ms"), Ok(5_000_000));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1ms").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration(".5ms").is_err());
+        assert!(parse_duration("5.ms").is_err());
+        assert!(parse_duration("1.2.3ms").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert_eq!(
+            parse_duration("18446744073s"),
+            Ok(18_446_744_073_000_000_000)
+        );
+        assert!(parse_duration("18446744074s").is_err());
+    }
+}

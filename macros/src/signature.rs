@@ -1,0 +1,504 @@
+//! What the annotated fn is: its receiver, its key parameter, its other
+//! parameters and the shape of what it returns.
+//!
+//! Every check of the user's signature lives here, and each error points at the
+//! user's own tokens. The analysis keeps going after a problem and records what
+//! it could still make out, so that the fallback expansion can emit a fn whose
+//! signature call sites will agree with.
+
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+use syn::visit::{self, Visit};
+use syn::{
+    FnArg, GenericArgument, GenericParam, Ident, ItemFn, Pat, PathArguments, Receiver, ReturnType,
+    Type, TypePath,
+};
+
+use crate::error::Errors;
+
+/// The annotated fn, as far as the analysis could make it out.
+pub struct Signature {
+    /// `&self` for a method; `None` for a free fn (or a rejected receiver).
+    pub receiver: Option<Receiver>,
+    /// The parameters after the receiver, in order.
+    pub params: Vec<Param>,
+    /// Index into `params` of the `Vec<K>` parameter, if there is exactly one.
+    pub key: Option<usize>,
+    /// What the batch fn returns, if it is one of the supported shapes.
+    pub shape: Option<Shape>,
+}
+
+/// One parameter other than the receiver.
+pub struct Param {
+    /// The parameter as written.
+    pub arg: syn::PatType,
+    /// Its name, if the pattern is a plain identifier (possibly `mut`).
+    pub ident: Option<Ident>,
+    /// For the key parameter `ids: Vec<K>`: `K`.
+    pub key_type: Option<Type>,
+}
+
+/// What the batch fn returns.
+pub struct Shape {
+    /// A map from key to value, or a list with one value per key.
+    pub kind: ShapeKind,
+    /// The value type `V`.
+    pub value: Type,
+    /// `E` when the batch fn returns `Result<_, E>`.
+    pub error: Option<Type>,
+    /// The whole return type, as written.
+    pub output: Type,
+}
+
+/// The two ways a batch fn can hand back values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ShapeKind {
+    /// `HashMap<K, V>` or `BTreeMap<K, V>`: a key may be missing (the caller gets `None`).
+    Map,
+    /// `Vec<V>`: one value per key, in the order of the keys.
+    List,
+}
+
+impl Signature {
+    /// The key parameter: its name (if plain) and its key type `K`.
+    pub fn key_param(&self) -> Option<(&Param, &Type)> {
+        let param = &self.params[self.key?];
+        Some((param, param.key_type.as_ref()?))
+    }
+}
+
+/// Analyzes `func`, reporting into `errors` everything #[coalesce] cannot turn
+/// into a single-key fn.
+pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
+    let sig = &func.sig;
+    let name = &sig.ident;
+
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            sig.fn_token,
+            format!("#[coalesce] needs an `async fn`; write `async fn {name}`"),
+        ));
+    }
+    if let Some(constness) = &sig.constness {
+        errors.push(syn::Error::new_spanned(
+            constness,
+            "#[coalesce] cannot be used on a `const fn`",
+        ));
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push(syn::Error::new_spanned(
+            unsafety,
+            "#[coalesce] cannot be used on an `unsafe fn`; keep the unsafe call inside the body",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "#[coalesce] cannot be used on an `extern` fn",
+        ));
+    }
+    // Lifetime parameters are harmless (they can only reach the receiver: every
+    // other type is checked to be `'static`); type and const parameters would
+    // need one coalescer per instantiation.
+    let generic = sig
+        .generics
+        .params
+        .iter()
+        .any(|param| !matches!(param, GenericParam::Lifetime(_)));
+    if generic {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            "#[coalesce] fns cannot be generic: the coalescer is one `static` shared by every \
+             call, so the key, value, error and parameter types must all be concrete",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            "#[coalesce] fns cannot be variadic",
+        ));
+    }
+
+    let mut receiver = None;
+    let mut params = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(recv) => {
+                if let Some(error) = check_receiver(recv) {
+                    errors.push(error);
+                } else {
+                    receiver = Some(recv.clone());
+                }
+            }
+            FnArg::Typed(arg) => params.push(analyze_param(arg, errors)),
+        }
+    }
+
+    let key = find_key(sig, &params, errors);
+    // Without a key parameter, the others' roles are unclear: say nothing more.
+    let checked = if key.is_some() {
+        params.as_slice()
+    } else {
+        &[]
+    };
+    for (index, param) in checked.iter().enumerate() {
+        let what = match (&param.ident, Some(index) == key) {
+            (_, true) => Role::Key,
+            (Some(ident), false) => Role::Param(ident.to_string()),
+            (None, false) => Role::Param("_".to_owned()),
+        };
+        let ty = param.key_type.as_ref().unwrap_or(&param.arg.ty);
+        if param.key_type.is_none() || Some(index) == key {
+            check_type(ty, &what, errors);
+        }
+    }
+
+    let shape = match &sig.output {
+        ReturnType::Default => {
+            errors.push(syn::Error::new_spanned(
+                name,
+                format!("#[coalesce] fn `{name}` must return its results: {SHAPES}"),
+            ));
+            None
+        }
+        ReturnType::Type(_, ty) => errors.check(analyze_output(ty)),
+    };
+    if let Some(shape) = &shape {
+        check_type(&shape.value, &Role::Value, errors);
+        if let Some(error) = &shape.error {
+            check_type(error, &Role::Error, errors);
+        }
+    }
+
+    Signature {
+        receiver,
+        params,
+        key,
+        shape,
+    }
+}
+
+/// The supported return types, for error messages.
+const SHAPES: &str = "`HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<V>` (one value per key, \
+                      in order), either alone or inside `Result<_, E>`";
+
+/// `&self` is the one receiver a coalesced method can have: concurrent calls
+/// share one batch run, which can neither hold a unique borrow nor consume `self`.
+fn check_receiver(recv: &Receiver) -> Option<syn::Error> {
+    let shared_ref = match &*recv.ty {
+        Type::Reference(r) => r.mutability.is_none() && is_self(&r.elem),
+        _ => false,
+    };
+    if shared_ref && recv.mutability.is_none() {
+        return None;
+    }
+    let message = if recv.reference.is_some() || matches!(&*recv.ty, Type::Reference(_)) {
+        "#[coalesce] methods take `&self`: concurrent calls share one batch run, which \
+         cannot hold `&mut self` for all of them; use `&self` (with interior mutability \
+         where the batch needs it)"
+    } else if recv.colon_token.is_none() || is_self(&recv.ty) {
+        "#[coalesce] methods take `&self`: one batch run serves many calls, so it cannot \
+         take `self` by value; use `&self`"
+    } else {
+        "#[coalesce] methods take `&self`; other receiver types (`Arc<Self>`, `Pin<&mut Self>`, \
+         ...) are not supported"
+    };
+    Some(syn::Error::new_spanned(recv, message))
+}
+
+/// Whether `ty` is `Self`.
+fn is_self(ty: &Type) -> bool {
+    matches!(ty, Type::Path(TypePath { qself: None, path }) if path.is_ident("Self"))
+}
+
+/// Reads one parameter: its name, and `K` if it is written `Vec<K>`.
+fn analyze_param(arg: &syn::PatType, errors: &mut Errors) -> Param {
+    let ident = match &*arg.pat {
+        Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => Some(pat.ident.clone()),
+        pat => {
+            errors.push(syn::Error::new_spanned(
+                pat,
+                "#[coalesce] passes each parameter on to the batch fn by name, so it must be \
+                 a plain name such as `tenant: TenantId`; destructure it inside the body",
+            ));
+            None
+        }
+    };
+    Param {
+        key_type: vec_element(&arg.ty).cloned(),
+        arg: arg.clone(),
+        ident,
+    }
+}
+
+/// Picks the one `Vec<K>` parameter, or reports that there is none or more than one.
+fn find_key(sig: &syn::Signature, params: &[Param], errors: &mut Errors) -> Option<usize> {
+    let mut vecs = params
+        .iter()
+        .enumerate()
+        .filter(|(_, param)| param.key_type.is_some());
+    let Some((key, _)) = vecs.next() else {
+        // `ids: &[u64]` or `ids: &Vec<u64>`: most likely meant as the keys.
+        let borrowed = params
+            .iter()
+            .find_map(|param| match ungroup(&param.arg.ty) {
+                Type::Reference(r) if matches!(ungroup(&r.elem), Type::Slice(_)) => Some(r),
+                Type::Reference(r) if vec_element(&r.elem).is_some() => Some(r),
+                _ => None,
+            });
+        let error = match borrowed {
+            Some(reference) => syn::Error::new_spanned(
+                reference,
+                "#[coalesce] hands the batch fn its keys as an owned `Vec<K>`; take \
+                 `Vec<K>` instead of a slice or a reference, e.g. `ids: Vec<u64>`",
+            ),
+            None => syn::Error::new(
+                sig.paren_token.span.join(),
+                "#[coalesce] needs a `Vec<K>` parameter for the keys of a batch, \
+                 e.g. `ids: Vec<u64>`",
+            ),
+        };
+        errors.push(error);
+        return None;
+    };
+    let mut unique = true;
+    for (_, extra) in vecs {
+        unique = false;
+        errors.push(syn::Error::new_spanned(
+            &extra.arg,
+            "#[coalesce] takes the keys from the one `Vec<K>` parameter, and this is a second \
+             one; pass other lists in another type (e.g. `Box<[T]>` or a newtype)",
+        ));
+    }
+    unique.then_some(key)
+}
+
+/// `K` if `ty` is `Vec<K>` (under any path, e.g. `std::vec::Vec<K>`).
+fn vec_element(ty: &Type) -> Option<&Type> {
+    match generic_args(ty, "Vec")?.as_slice() {
+        [element] => Some(element),
+        _ => None,
+    }
+}
+
+/// The type arguments of `ty` if it is a path whose last segment is `name<...>`.
+/// `None` for other types, or if an argument is not a type (a lifetime, a const).
+fn generic_args<'a>(ty: &'a Type, name: &str) -> Option<Vec<&'a Type>> {
+    let Type::Path(TypePath { qself: None, path }) = ungroup(ty) else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args
+        .iter()
+        .map(|arg| match arg {
+            GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sees through parentheses and the invisible groups left by `macro_rules!`.
+fn ungroup(mut ty: &Type) -> &Type {
+    loop {
+        match ty {
+            Type::Group(group) => ty = &group.elem,
+            Type::Paren(paren) => ty = &paren.elem,
+            _ => return ty,
+        }
+    }
+}
+
+/// Reads the return type as one of the supported shapes.
+fn analyze_output(output: &Type) -> syn::Result<Shape> {
+    let unsupported = |ty: &Type| {
+        syn::Error::new_spanned(
+            ty,
+            format!("unsupported return type for #[coalesce]; the batch fn returns {SHAPES}"),
+        )
+    };
+    if let Some(args) = generic_args(output, "Result") {
+        let [ok, error] = args.as_slice() else {
+            return Err(syn::Error::new_spanned(
+                output,
+                format!(
+                    "#[coalesce] cannot see the error type behind this `Result` alias; write \
+                     the `Result` out in full with its error type, e.g. `Result<_, {}>`",
+                    alias_error_guess(output)
+                ),
+            ));
+        };
+        let (kind, value) = collection(ok).ok_or_else(|| unsupported(ok))?;
+        return Ok(Shape {
+            kind,
+            value: value.clone(),
+            error: Some((*error).clone()),
+            output: output.clone(),
+        });
+    }
+    let (kind, value) = collection(output).ok_or_else(|| unsupported(output))?;
+    Ok(Shape {
+        kind,
+        value: value.clone(),
+        error: None,
+        output: output.clone(),
+    })
+}
+
+/// `(Map, V)` for `HashMap<K, V>` (also with a hasher) and `BTreeMap<K, V>`;
+/// `(List, V)` for `Vec<V>`.
+fn collection(ty: &Type) -> Option<(ShapeKind, &Type)> {
+    if let Some(args) = generic_args(ty, "HashMap") {
+        if let [_, value] | [_, value, _] = args.as_slice() {
+            return Some((ShapeKind::Map, value));
+        }
+    }
+    if let Some(args) = generic_args(ty, "BTreeMap") {
+        if let [_, value] = args.as_slice() {
+            return Some((ShapeKind::Map, value));
+        }
+    }
+    vec_element(ty).map(|value| (ShapeKind::List, value))
+}
+
+/// For `sqlx::Result<T>`, `sqlx::Error`: what such an alias usually stands for.
+fn alias_error_guess(ty: &Type) -> String {
+    let Type::Path(TypePath { path, .. }) = ungroup(ty) else {
+        return "MyError".to_owned();
+    };
+    let prefix: Vec<String> = path
+        .segments
+        .iter()
+        .rev()
+        .skip(1)
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    if prefix.is_empty() {
+        return "MyError".to_owned();
+    }
+    let mut guess: Vec<String> = prefix.into_iter().rev().collect();
+    guess.push("Error".to_owned());
+    guess.join("::")
+}
+
+/// Which type of the signature a check is about, for its message.
+enum Role {
+    Key,
+    Value,
+    Error,
+    Param(String),
+}
+
+impl Role {
+    fn describe(&self) -> String {
+        match self {
+            Role::Key => "the key type".to_owned(),
+            Role::Value => "the value type".to_owned(),
+            Role::Error => "the error type".to_owned(),
+            Role::Param(name) => format!("the type of parameter `{name}`"),
+        }
+    }
+
+    /// Why the type has to be owned.
+    fn why_owned(&self) -> &'static str {
+        match self {
+            Role::Key => {
+                "the coalescer holds keys until their batch has run; use e.g. `String` \
+                 instead of `&str`"
+            }
+            Role::Value => "every caller gets its own clone of its value; use an owned type",
+            Role::Error => "every caller of a failed batch shares the error; use an owned type",
+            Role::Param(_) => {
+                "#[coalesce] clones it into the key of the batch's group and moves it into \
+                 the batch call; use e.g. `String` or `Arc<T>` instead of a reference"
+            }
+        }
+    }
+}
+
+/// Checks a type that ends up in the coalescer's `static`: it must be concrete
+/// (no `impl Trait`), must not name `Self`, and must be `'static`.
+fn check_type(ty: &Type, role: &Role, errors: &mut Errors) {
+    let mut finder = TypeIssues::default();
+    finder.visit_type(ty);
+    let what = role.describe();
+    if let Some(tokens) = finder.impl_trait {
+        errors.push(syn::Error::new_spanned(
+            tokens,
+            format!(
+                "`impl Trait` cannot be used in {what} of a #[coalesce] fn: the coalescer is \
+                 one `static` shared by every call, so all its types must be concrete"
+            ),
+        ));
+    }
+    if let Some(tokens) = finder.self_type {
+        errors.push(syn::Error::new_spanned(
+            tokens,
+            format!(
+                "{what} of a #[coalesce] method cannot name `Self`: the coalescer is a \
+                 `static`, and a `static` cannot refer to `Self`; write the type out"
+            ),
+        ));
+    }
+    if let Some(tokens) = finder.borrowed {
+        errors.push(syn::Error::new_spanned(
+            tokens,
+            format!("{what} must be owned (`'static`): {}", role.why_owned()),
+        ));
+    }
+}
+
+/// What `check_type` looks for, with the span of the first occurrence of each.
+#[derive(Default)]
+struct TypeIssues {
+    impl_trait: Option<TokenStream>,
+    self_type: Option<TokenStream>,
+    borrowed: Option<TokenStream>,
+}
+
+impl<'ast> Visit<'ast> for TypeIssues {
+    fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
+        self.impl_trait.get_or_insert(ty.to_token_stream());
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if let Some(first) = path.segments.first() {
+            if first.ident == "Self" {
+                self.self_type.get_or_insert(first.ident.to_token_stream());
+            }
+        }
+        visit::visit_path(self, path);
+    }
+
+    fn visit_type_reference(&mut self, ty: &'ast syn::TypeReference) {
+        let is_static = ty
+            .lifetime
+            .as_ref()
+            .is_some_and(|lifetime| lifetime.ident == "static");
+        if !is_static {
+            self.borrowed.get_or_insert(ty.to_token_stream());
+        }
+        self.visit_type(&ty.elem);
+    }
+
+    fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+        if lifetime.ident != "static" {
+            self.borrowed.get_or_insert(lifetime.to_token_stream());
+        }
+    }
+
+    // Lifetimes inside `fn(&str)` and `Fn(&str)` are bound there, and leave the
+    // type `'static`.
+    fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+
+    fn visit_parenthesized_generic_arguments(
+        &mut self,
+        _: &'ast syn::ParenthesizedGenericArguments,
+    ) {
+    }
+}

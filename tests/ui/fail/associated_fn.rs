@@ -1,0 +1,13 @@
+use coalesce::coalesce;
+use std::collections::HashMap;
+
+struct Repo;
+
+impl Repo {
+    #[coalesce]
+    async fn load(ids: Vec<u64>) -> HashMap<u64, u64> {
+        ids.into_iter().map(|id| (id, id)).collect()
+    }
+}
+
+fn main() {}

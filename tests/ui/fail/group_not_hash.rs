@@ -1,0 +1,9 @@
+use coalesce::coalesce;
+use std::collections::HashMap;
+
+#[coalesce(group = 0.5f64)]
+async fn load(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+fn main() {}

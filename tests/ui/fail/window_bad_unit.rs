@@ -1,0 +1,19 @@
+use coalesce::coalesce;
+use std::collections::HashMap;
+
+#[coalesce(window = "5 parsecs")]
+async fn load(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+#[coalesce(window = "5")]
+async fn no_unit(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+#[coalesce(window = "1.5ns")]
+async fn too_fine(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+fn main() {}

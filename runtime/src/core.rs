@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::output::{BatchOutput, Delivery};
 use crate::sync::{lock, Arc, Mutex};
+use crate::telemetry;
 
 /// A running batch, type-erased so that any caller of the batch can drive it.
 type Run<K, V, E> = Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'static>>;
@@ -104,6 +105,7 @@ struct Slot<V, E> {
 
 struct Ticket {
     slot: u32,
+    span: telemetry::CallerSpan,
     live: bool,
     waker: Option<Waker>,
 }
@@ -133,6 +135,7 @@ struct BatchState<K, V, E> {
     /// Output position -> slot, when abandoned slots were left out of the dispatch.
     dispatched: Option<Vec<u32>>,
     dispatched_len: usize,
+    span: telemetry::BatchSpan,
     /// The running batch, parked here when its driver was dropped.
     orphan: Option<Run<K, V, E>>,
     failure: Option<Error<E>>,
@@ -316,7 +319,7 @@ where
                 }
                 Step::Adopt => {}
                 Step::Due => {
-                    let Some(keys) = self.try_start(c) else {
+                    let Some((keys, span)) = self.try_start(c) else {
                         continue;
                     };
                     let Some(make) = make.take() else {
@@ -327,7 +330,13 @@ where
                         continue;
                     };
                     match catch_unwind(AssertUnwindSafe(move || make(keys))) {
-                        Ok(run) => c.run = Some(run),
+                        #[cfg(feature = "tracing")]
+                        Ok(run) => c.run = Some(telemetry::instrument(run, span)),
+                        #[cfg(not(feature = "tracing"))]
+                        Ok(run) => {
+                            let () = span;
+                            c.run = Some(run)
+                        }
                         Err(p) => {
                             c.complete(Outcome::Panicked(panic_message(&*p)));
                             continue;
@@ -358,6 +367,7 @@ where
         if state.pending >= self.config.max_pending {
             drop(guard);
             self.metrics.overloaded.fetch_add(1, Relaxed);
+            telemetry::overloaded(&self.name);
             return Err(Error::Overloaded {
                 name: self.name.clone(),
                 max_pending: self.config.max_pending,
@@ -404,6 +414,7 @@ where
                         dispatched_len: 0,
                         orphan: None,
                         failure: None,
+                        span: telemetry::no_span(),
                     }),
                 });
                 entry.get_mut().open = Some(b.clone());
@@ -444,6 +455,7 @@ where
             slot,
             live: true,
             waker: Some(waker.clone()),
+            span: telemetry::caller_span(),
         });
         st.callers += 1;
         if st.callers == 1 {
@@ -477,7 +489,8 @@ where
 
     /// Takes an in-flight slot for the driver's due batch and starts it, returning
     /// the keys to run; or queues the batch for a slot and returns `None`.
-    fn try_start(&self, call: &mut Call<'_, G, K, V, E>) -> Option<Vec<K>> {
+    #[allow(clippy::let_unit_value, clippy::clone_on_copy)]
+    fn try_start(&self, call: &mut Call<'_, G, K, V, E>) -> Option<(Vec<K>, telemetry::BatchSpan)> {
         let mut guard = self.lock_state();
         let state = &mut *guard;
         let batch = &call.batch;
@@ -548,7 +561,17 @@ where
         m.batch_size.record(keys.len() as u64);
         m.wait_ns
             .record(now.saturating_duration_since(st.opened).as_nanos() as u64);
-        Some(keys)
+        let wait = now.saturating_duration_since(st.opened);
+        let span = telemetry::batch_started(
+            &self.name,
+            st.tickets.len(),
+            keys.len(),
+            st.dedup_hits,
+            wait,
+            st.tickets.iter().map(|t| &t.span),
+        );
+        st.span = span.clone();
+        Some((keys, span))
     }
 
     /// Gives up a batch's in-flight slot: to the oldest queued batch of the group,
@@ -750,6 +773,25 @@ where
         }
         st.phase = Phase::Done;
         let answered = st.callers;
+        let outcome_label = match &st.failure {
+            None => "ok",
+            Some(Error::Batch { .. }) => "batch",
+            Some(Error::Panicked { .. }) => "panic",
+            Some(Error::Timeout { .. }) => "timeout",
+            Some(Error::Shape { .. }) => "shape",
+            Some(_) => "error",
+        };
+        let run = st
+            .started
+            .map(|s| now.saturating_duration_since(s))
+            .unwrap_or_default();
+        telemetry::batch_finished(
+            name,
+            &st.span,
+            run,
+            outcome_label,
+            if st.failure.is_some() { answered } else { 0 },
+        );
         let wakers: Vec<Waker> = st
             .tickets
             .iter_mut()
@@ -767,6 +809,7 @@ where
             if had_permit {
                 core.release_permit(state, &self.batch.group);
             }
+            telemetry::gauges(name, m.in_flight.load(Relaxed), state.pending as u64);
         }
         for w in wakers {
             w.wake();
@@ -788,6 +831,7 @@ where
         let core = self.core;
         let m = &core.metrics;
         m.cancelled_calls.fetch_add(1, Relaxed);
+        telemetry::cancelled(&core.name);
         let mut guard = core.lock_state();
         let state = &mut *guard;
         let mut st = lock(&self.batch.st);
@@ -908,6 +952,7 @@ where
         Some(Ok(v)) => Ok(Some(v)),
         Some(Err(source)) => {
             m.key_errors.fetch_add(1, Relaxed);
+            telemetry::key_errors(&core.name, 1);
             Err(Error::Key {
                 name: core.name.clone(),
                 source,

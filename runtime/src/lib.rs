@@ -17,6 +17,7 @@ mod error;
 pub mod metrics;
 mod output;
 mod sync;
+mod telemetry;
 
 pub use crate::anykey::AnyKey;
 pub use crate::coalescer::Coalescer;

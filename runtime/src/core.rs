@@ -61,7 +61,7 @@ type Run<K, V, E> = Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'sta
 /// ```
 pub struct Core<G, K, V, E = Infallible> {
     config: Config,
-    name: Arc<str>,
+    name: std::sync::Arc<str>,
     metrics: std::sync::Arc<Metrics>,
     hasher: DefaultHashBuilder,
     state: Mutex<State<G, K, V, E>>,
@@ -189,7 +189,7 @@ where
     /// the config's name applies.
     pub fn new(config: Config) -> Self {
         let config = config.adjusted();
-        let name: Arc<str> = Arc::from(config.name());
+        let name: std::sync::Arc<str> = std::sync::Arc::from(config.name());
         Core {
             metrics: Metrics::register(name.clone()),
             name,
@@ -656,6 +656,9 @@ where
                 }
                 let deadline = st.deadline;
                 drop(st);
+                if timer.is_none() && Instant::now() >= deadline {
+                    return Poll::Ready(Step::Due);
+                }
                 let sleep =
                     timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 match sleep.as_mut().poll(cx) {
@@ -733,7 +736,7 @@ where
                 if let Err(p) = placed {
                     st.failure = Some(Error::Panicked {
                         name: name.clone(),
-                        message: Arc::from(panic_message(&*p)),
+                        message: std::sync::Arc::from(panic_message(&*p)),
                     });
                 }
             }
@@ -761,7 +764,7 @@ where
             Outcome::Panicked(message) => {
                 st.failure = Some(Error::Panicked {
                     name: name.clone(),
-                    message: Arc::from(message),
+                    message: std::sync::Arc::from(message),
                 });
             }
             Outcome::TimedOut => {

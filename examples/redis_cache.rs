@@ -1,0 +1,180 @@
+//! A Redis read-through cache whose single-key gets coalesce into one `MGET` per
+//! window; misses fall through to one SQLite query, and fill the cache with `SET`.
+//!
+//! ```text
+//! cargo run --example redis_cache
+//! ```
+//!
+//! Connects to `REDIS_URL` (default redis://127.0.0.1:6379), uses an in-memory
+//! SQLite database as the source of truth, runs a cold and a warm burst of 1,000
+//! concurrent gets, and prints calls in vs MGETs and SQL queries out.
+
+use coalesce::coalesce;
+use redis::aio::MultiplexedConnection;
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub enum CacheError {
+    Redis(redis::RedisError),
+    Db(sqlx::Error),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Redis(e) => write!(f, "cache: {e}"),
+            CacheError::Db(e) => write!(f, "database: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+impl From<redis::RedisError> for CacheError {
+    fn from(e: redis::RedisError) -> Self {
+        CacheError::Redis(e)
+    }
+}
+
+impl From<sqlx::Error> for CacheError {
+    fn from(e: sqlx::Error) -> Self {
+        CacheError::Db(e)
+    }
+}
+
+pub struct ProductCache {
+    redis: MultiplexedConnection,
+    db: SqlitePool,
+    prefix: String,
+    mgets: AtomicU64,
+    sql_queries: AtomicU64,
+}
+
+impl ProductCache {
+    fn key(&self, id: i64) -> String {
+        format!("{}:{id}", self.prefix)
+    }
+
+    /// `cache.product(id).await -> Result<Option<String>, coalesce::Error<CacheError>>`
+    #[coalesce(window = "2ms", max_batch = 500, name = "redis_cache.product")]
+    pub async fn product(&self, ids: Vec<i64>) -> Result<HashMap<i64, String>, CacheError> {
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
+        self.mgets.fetch_add(1, Ordering::Relaxed);
+        let cached: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut misses = Vec::new();
+        for (id, value) in ids.into_iter().zip(cached) {
+            match value {
+                Some(value) => {
+                    found.insert(id, value);
+                }
+                None => misses.push(id),
+            }
+        }
+        if misses.is_empty() {
+            return Ok(found);
+        }
+        // One query for every miss of the batch.
+        self.sql_queries.fetch_add(1, Ordering::Relaxed);
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, name FROM products WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(&misses).expect("ids serialize"))
+        .fetch_all(&self.db)
+        .await?;
+        if !rows.is_empty() {
+            let mut fill = redis::pipe();
+            for (id, name) in &rows {
+                fill.cmd("SET")
+                    .arg(self.key(*id))
+                    .arg(name)
+                    .arg("EX")
+                    .arg(60)
+                    .ignore();
+            }
+            let () = fill.query_async(&mut conn).await?;
+        }
+        found.extend(rows);
+        Ok(found)
+    }
+}
+
+async fn burst(cache: &Arc<ProductCache>, calls: i64) -> Result<usize, Box<dyn std::error::Error>> {
+    let tasks: Vec<_> = (0..calls)
+        .map(|i| {
+            let cache = cache.clone();
+            // 1,000 calls over 400 ids; ids above 360 have no row, and absent rows
+            // are not cached, so every round asks SQL for those once more.
+            tokio::spawn(async move { cache.product(1 + i % 400).await })
+        })
+        .collect();
+    let mut hits = 0;
+    for task in tasks {
+        hits += usize::from(task.await??.is_some());
+    }
+    Ok(hits)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let redis = tokio::time::timeout(
+        Duration::from_secs(3),
+        redis::Client::open(url.as_str())?.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| format!("timed out connecting to Redis at {url}"))?
+    .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+
+    // One connection: every connection to `sqlite::memory:` is its own database.
+    let db = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await?;
+    sqlx::query("CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        .execute(&db)
+        .await?;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 360) \
+         INSERT INTO products SELECT i, 'product-' || i FROM n",
+    )
+    .execute(&db)
+    .await?;
+
+    let cache = Arc::new(ProductCache {
+        redis,
+        db,
+        prefix: format!("coalesce_example_{}", std::process::id()),
+        mgets: AtomicU64::new(0),
+        sql_queries: AtomicU64::new(0),
+    });
+    for round in ["cold", "warm"] {
+        let (mgets, queries) = (
+            cache.mgets.load(Ordering::Relaxed),
+            cache.sql_queries.load(Ordering::Relaxed),
+        );
+        let started = Instant::now();
+        let hits = burst(&cache, 1000).await?;
+        println!(
+            "redis_cache ({round}): 1000 calls in ({hits} found), {} MGETs and {} SQL queries out, in {:?}",
+            cache.mgets.load(Ordering::Relaxed) - mgets,
+            cache.sql_queries.load(Ordering::Relaxed) - queries,
+            started.elapsed()
+        );
+    }
+    if let Some(m) = coalesce::metrics::get("redis_cache.product") {
+        println!("{m}");
+    }
+
+    // Remove this run's keys.
+    let mut conn = cache.redis.clone();
+    let keys: Vec<String> = (1..=360).map(|id| cache.key(id)).collect();
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+    Ok(())
+}

@@ -348,8 +348,11 @@ impl fmt::Display for MetricsSnapshot {
         for (label, d) in [("wait", &self.wait), ("run ", &self.run)] {
             writeln!(
                 f,
-                "  {label}        mean {:?}  p50 {:?}  p99 {:?}  max {:?}",
-                d.mean, d.p50, d.p99, d.max
+                "  {label}        mean {}  p50 {}  p99 {}  max {}",
+                Short(d.mean),
+                Short(d.p50),
+                Short(d.p99),
+                Short(d.max)
             )?;
         }
         write!(
@@ -369,6 +372,32 @@ impl fmt::Display for MetricsSnapshot {
     }
 }
 
+/// A duration with three significant digits: `37.7ms`, `328µs`, `2.72s`.
+struct Short(Duration);
+
+impl fmt::Display for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos() as f64;
+        let (v, unit) = if ns >= 1e9 {
+            (ns / 1e9, "s")
+        } else if ns >= 1e6 {
+            (ns / 1e6, "ms")
+        } else if ns >= 1e3 {
+            (ns / 1e3, "µs")
+        } else {
+            (ns, "ns")
+        };
+        let decimals = if v >= 100.0 {
+            0
+        } else if v >= 10.0 {
+            1
+        } else {
+            2
+        };
+        write!(f, "{v:.decimals$}{unit}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +412,15 @@ mod tests {
             last = b;
         }
         assert!(bucket_of(u64::MAX) < BUCKETS);
+    }
+
+    #[test]
+    fn short_durations_keep_three_digits() {
+        let s = |d| Short(d).to_string();
+        assert_eq!(s(Duration::from_nanos(37_748_735)), "37.7ms");
+        assert_eq!(s(Duration::from_nanos(327_679)), "328µs");
+        assert_eq!(s(Duration::from_nanos(2_720_911_000)), "2.72s");
+        assert_eq!(s(Duration::from_nanos(512)), "512ns");
     }
 
     #[test]

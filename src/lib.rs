@@ -1,6 +1,209 @@
-//! Request coalescing in one attribute.
+//! Request coalescing in one attribute: many concurrent single-key calls become one
+//! batch call, and each caller gets its own entry.
 //!
-//! (crate docs are written in a later step)
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//!
+//! #[derive(Clone, Debug, PartialEq)]
+//! struct User { id: u64, name: String }
+//!
+//! #[coalesce(window = "5ms", max_batch = 1000)]
+//! async fn load_users(ids: Vec<u64>) -> Result<HashMap<u64, User>, std::io::Error> {
+//!     // one query for all ids
+//!     Ok(ids.into_iter().map(|id| (id, User { id, name: format!("user {id}") })).collect())
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), coalesce::Error<std::io::Error>> {
+//! // Application code calls the single-key function; concurrent calls share a batch.
+//! let (a, b) = tokio::join!(load_users(1), load_users(2));
+//! assert_eq!(a?.unwrap().name, "user 1");
+//! assert_eq!(b?.unwrap().name, "user 2");
+//! // Code that already holds many keys calls the batch form directly.
+//! assert_eq!(load_users_batch(vec![3, 4]).await.unwrap().len(), 2);
+//! # Ok(()) }
+//! ```
+//!
+//! The attribute rewrites the *batch* function (it takes a `Vec<K>`) into a
+//! *single-key* `async fn` with the same name, visibility, docs and attributes, backed
+//! by a `static` coalescer created on its first call. The original body stays
+//! callable as `<name>_batch`.
+//!
+//! # Shapes
+//!
+//! | the batch fn returns | the single-key fn returns |
+//! | --- | --- |
+//! | `HashMap<K, V>` / `BTreeMap<K, V>` | `Result<Option<V>, Error>` |
+//! | `Result<HashMap<K, V>, E>` (or `BTreeMap`) | `Result<Option<V>, Error<E>>` |
+//! | `Vec<V>`, one per key, same order | `Result<V, Error>` |
+//! | `Result<Vec<V>, E>` | `Result<V, Error<E>>` |
+//!
+//! A map may leave keys out (those callers get `None`); entries for keys nobody asked
+//! for are ignored and counted. An ordered `Vec` of the wrong length fails every
+//! caller of the batch with [`Error::Shape`] rather than hand anyone a shifted value.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::BTreeMap;
+//!
+//! #[coalesce]
+//! async fn squares(keys: Vec<u32>) -> BTreeMap<u32, u64> {
+//!     keys.into_iter().filter(|k| k % 2 == 0).map(|k| (k, u64::from(k) * u64::from(k))).collect()
+//! }
+//!
+//! #[coalesce(window = "1ms")]
+//! async fn lengths(words: Vec<String>) -> Result<Vec<usize>, std::fmt::Error> {
+//!     Ok(words.iter().map(String::len).collect())
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! assert_eq!(squares(4).await.unwrap(), Some(16));
+//! assert_eq!(squares(3).await.unwrap(), None); // no entry for an odd key
+//! assert_eq!(lengths("four".to_owned()).await.unwrap(), 4);
+//! # }
+//! ```
+//!
+//! # Methods, extra parameters and groups
+//!
+//! On a method, calls through the same instance coalesce and calls through different
+//! instances never share a batch. Other parameters are kept on the single-key fn, and
+//! only calls with equal arguments share a batch; `group = <expr>` adds a partition
+//! computed per call.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//!
+//! struct PriceClient { currency: &'static str }
+//!
+//! impl PriceClient {
+//!     #[coalesce(window = "2ms", max_batch = 100, group = self.currency)]
+//!     async fn prices(&self, symbols: Vec<String>, venue: u8) -> HashMap<String, String> {
+//!         symbols.into_iter().map(|s| { let p = format!("{s}@{venue} in {}", self.currency); (s, p) }).collect()
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let (usd, eur) = (PriceClient { currency: "USD" }, PriceClient { currency: "EUR" });
+//! let (a, b) = tokio::join!(usd.prices("ACME".into(), 1), eur.prices("ACME".into(), 2));
+//! assert_eq!(a.unwrap().unwrap(), "ACME@1 in USD");
+//! assert_eq!(b.unwrap().unwrap(), "ACME@2 in EUR");
+//! # }
+//! ```
+//!
+//! # Arguments
+//!
+//! | argument | default | meaning |
+//! | --- | --- | --- |
+//! | `window = "5ms"` | `5ms` | longest time a key waits for company (`ns`, `us`, `ms`, `s`) |
+//! | `max_batch = N` | `1000` | a batch leaves at once with this many distinct keys; bigger bursts split |
+//! | `max_in_flight = N` | unbounded | at most N batches of one group run at once |
+//! | `max_pending = N` | unbounded | past N waiting calls, a call fails at once with [`Error::Overloaded`] |
+//! | `timeout = "2s"` | none | a batch running longer fails its callers with [`Error::Timeout`] |
+//! | `group = <expr>` | none | extra partition, evaluated per call |
+//! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
+//! | `dispatch = "adaptive"` | `"window"` | see [Choosing a window](#choosing-a-window) |
+//!
+//! ```
+//! use coalesce::{coalesce, Error};
+//! use std::collections::HashMap;
+//! use std::time::Duration;
+//!
+//! #[coalesce(
+//!     window = "500us",
+//!     max_batch = 64,
+//!     max_in_flight = 4,
+//!     max_pending = 10_000,
+//!     timeout = "50ms",
+//!     name = "docs.slow",
+//!     dispatch = "adaptive"
+//! )]
+//! async fn slow(keys: Vec<u64>) -> HashMap<u64, u64> {
+//!     if keys.contains(&0) {
+//!         tokio::time::sleep(Duration::from_secs(10)).await;
+//!     }
+//!     keys.into_iter().map(|k| (k, k)).collect()
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! assert_eq!(slow(7).await.unwrap(), Some(7));
+//! assert!(matches!(slow(0).await, Err(Error::Timeout { .. })));
+//! let m = coalesce::metrics::get("docs.slow").unwrap();
+//! assert_eq!((m.calls, m.timeouts), (2, 1));
+//! # }
+//! ```
+//!
+//! Settings can be adjusted at run time, before the coalescer's first call, with
+//! [`configure`]: `coalesce::configure("docs.slow", |c| c.window(Duration::from_millis(1)))`.
+//!
+//! # The same thing by hand
+//!
+//! The macro is sugar over the engine. This is what `#[coalesce(window = "2ms")]` on a
+//! `HashMap`-returning `load_users` amounts to, written with [`Coalescer`]:
+//!
+//! ```
+//! use coalesce::{Coalescer, Config};
+//! use std::collections::HashMap;
+//! use std::sync::LazyLock;
+//! use std::time::Duration;
+//!
+//! async fn load_users_batch(ids: Vec<u64>) -> HashMap<u64, String> {
+//!     ids.into_iter().map(|id| (id, format!("user {id}"))).collect()
+//! }
+//!
+//! static USERS: LazyLock<Coalescer<u64, String>> = LazyLock::new(|| {
+//!     Coalescer::new(Config::new("users.load").window(Duration::from_millis(2)), load_users_batch)
+//! });
+//!
+//! async fn load_users(id: u64) -> Result<Option<String>, coalesce::Error> {
+//!     USERS.load(id).await
+//! }
+//! # #[tokio::main] async fn main() { assert_eq!(load_users(5).await.unwrap().unwrap(), "user 5"); }
+//! ```
+//!
+//! For batch functions that borrow (a method's `&self`), [`Core`] takes the batch
+//! function with each call instead of storing it; that is what the macro expands to.
+//!
+//! # Choosing a window
+//!
+//! Coalescing trades a little latency per call for far fewer round trips. The seed
+//! articles put it as the bus and the car: a bus (a fixed window) waits for
+//! passengers and carries them all at once; a car leaves the moment you arrive.
+//!
+//! | mode | a lone call pays | under a burst | choose it when |
+//! | --- | --- | --- | --- |
+//! | `dispatch = "window"` | up to one `window` | batches as full as traffic allows within the window | the backend is the bottleneck (rate limits, per-request cost, connection pool), and a few ms per call are cheap |
+//! | `dispatch = "adaptive"` | nothing: it leaves at once | calls that arrive while a batch runs gather and leave together when it completes | latency matters at low load, and load comes in bursts |
+//!
+//! Read the metrics to tune it: `wait` is the time from a batch's first call to its
+//! dispatch (what the window costs), `run` the batch function's own time. If `wait`
+//! is close to `window` and batch sizes are small, traffic is light: shorten the
+//! window or go adaptive. If batch sizes sit at `max_batch`, raise it (the backend
+//! permitting) or accept more batches. If `run` grows with batch size faster than
+//! linearly, lower `max_batch`. `max_in_flight` protects the backend; `max_pending`
+//! bounds memory under a flood.
+//!
+//! Tokio's timer has millisecond granularity, so a window under a millisecond lasts
+//! until the next timer tick; adaptive dispatch needs no timer for a lone call.
+//!
+//! # Metrics
+//!
+//! Every coalescer registers under its name: [`metrics::snapshot`] lists all of them
+//! with calls, distinct keys, dedup hits, batches, the batch-size distribution, wait
+//! and run time kept apart, errors by kind, overload rejections, cancellations, and
+//! the in-flight and pending gauges. With the default `metrics` feature they are also
+//! reported through the `metrics` crate facade (label `function`), and with the
+//! default `tracing` feature every batch runs in a `coalesce.batch` span that follows
+//! from its callers' spans.
+//!
+//! # Guarantees
+//!
+//! Every call completes with its own value, `None`, or an [`Error`]: never another
+//! key's entry, and never a hang on a batch error, a panic, a timeout or a dropped
+//! runtime. A caller that drops its future does not cancel the batch for the others.
+//! Memory is bounded by `max_pending`. A static coalescer is not bound to the first
+//! runtime that used it.
+#![warn(missing_docs)]
 
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{

@@ -1,7 +1,9 @@
 //! Paths the `#[coalesce]` expansion names. Not public API: hidden from docs and
 //! kept off the crate root so that it never shows up in "did you mean" hints.
 
-pub use ::coalesce_runtime::{required, AnyKey, BatchOutput, Config, Core, Dispatch, Error};
+pub use ::coalesce_runtime::{
+    per_key, required, AnyKey, BatchOutput, Config, Core, Dispatch, Error, PerKey,
+};
 pub use ::std::sync::LazyLock;
 pub use ::std::time::Duration;
 
@@ -70,7 +72,7 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
-    F: FnOnce(Vec<K>) -> Fut,
+    F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, V, Error = E>,
 {
@@ -93,7 +95,7 @@ where
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
     S: ?Sized + Sync,
-    F: FnOnce(&'a S, Vec<K>) -> Fut + 'static,
+    F: Fn(&'a S, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'a,
     Fut::Output: BatchOutput<K, V, Error = E>,
 {

@@ -16,6 +16,7 @@ mod kw {
     syn::custom_keyword!(window);
     syn::custom_keyword!(max_batch);
     syn::custom_keyword!(max_in_flight);
+    syn::custom_keyword!(isolate);
     syn::custom_keyword!(max_pending);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(group);
@@ -50,6 +51,8 @@ pub struct Args {
     pub max_batch: Option<Spanned<usize>>,
     /// `max_in_flight = N`, greater than zero.
     pub max_in_flight: Option<Spanned<usize>>,
+    /// `isolate = N`: levels of bisection of a failed batch, greater than zero.
+    pub isolate: Option<Spanned<usize>>,
     /// `max_pending = N`, greater than zero.
     pub max_pending: Option<Spanned<usize>>,
     /// `timeout = "2s"`, in nanoseconds, greater than zero.
@@ -110,6 +113,10 @@ impl Args {
                 "max_in_flight",
                 errors,
             );
+        } else if lookahead.peek(kw::isolate) {
+            let key = input.parse::<kw::isolate>()?;
+            let value = parse_count_arg(input, "isolate")?;
+            set(&mut self.isolate, value, key.span, "isolate", errors);
         } else if lookahead.peek(kw::max_pending) {
             let key = input.parse::<kw::max_pending>()?;
             let value = parse_count_arg(input, "max_pending")?;

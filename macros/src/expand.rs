@@ -106,7 +106,9 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
             extra_types.push(&*param.arg.ty);
             group_types.push(param.arg.ty.to_token_stream());
             group_values.push(quote!(::core::clone::Clone::clone(&#ident)));
-            batch_args.push(ident.to_token_stream());
+            // Cloned per batch call: the batch closure may run more than once
+            // (`isolate` retries the halves of a failed batch).
+            batch_args.push(quote!(::core::clone::Clone::clone(&#ident)));
         }
     }
     // A parameter type that is not `Hash + Eq + ...` is reported on the group
@@ -163,6 +165,22 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     .flatten()
     .next()
     .unwrap_or_else(|| token_range(key_type));
+    // A per-key map is handed to the engine as such: an `Err` entry fails only
+    // its own key.
+    let per_key = match (shape.kind, shape.outer_result) {
+        (ShapeKind::PerKey, true) => Some(quote!(#private::per_key)),
+        (ShapeKind::PerKey, false) => Some(quote!(#private::PerKey)),
+        _ => None,
+    };
+    let wrap = |call: TokenStream| match &per_key {
+        Some(adapter) => {
+            let fut = Ident::new("__coalesce_fut", Span::mixed_site());
+            quote!({ let #fut = #call; async move { #adapter(#fut.await) } })
+        }
+        None => call,
+    };
+    let free_call = wrap(quote!(#batch_name(#(#batch_args),*)));
+    let method_call = wrap(quote!(#this_var.#batch_name(#(#batch_args),*)));
     let load = match &signature.receiver {
         None => {
             let call_args = parenthesized(
@@ -172,7 +190,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
                     || #config,
                     #group_arg,
                     #key,
-                    move |#keys_var| #batch_name(#(#batch_args),*),
+                    move |#keys_var| #free_call,
                 },
             );
             quote_spanned!(first=> ::coalesce::__private::load::<#type_args, _, _> #call_args)
@@ -188,7 +206,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
                     #this,
                     #group_arg,
                     #key,
-                    move |#this_var, #keys_var| #this_var.#batch_name(#(#batch_args),*),
+                    move |#this_var, #keys_var| #method_call,
                 },
             );
             quote_spanned! {first=>
@@ -200,7 +218,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
     let result = match shape.kind {
-        ShapeKind::Map => awaited,
+        ShapeKind::Map | ShapeKind::PerKey => awaited,
         ShapeKind::List => {
             let arg = parenthesized(last, quote!(#awaited, __COALESCE_NAME));
             quote_spanned!(first=> ::coalesce::__private::required #arg)
@@ -275,6 +293,10 @@ fn config(args: &Args) -> TokenStream {
         let n = max_in_flight.value;
         config = quote!(#config.max_in_flight(#n));
     }
+    if let Some(isolate) = &args.isolate {
+        let n = u32::try_from(isolate.value).unwrap_or(u32::MAX);
+        config = quote!(#config.isolate(#n));
+    }
     if let Some(max_pending) = &args.max_pending {
         let n = max_pending.value;
         config = quote!(#config.max_pending(#n));
@@ -346,7 +368,7 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
     if let Some(shape) = &signature.shape {
         let value = &shape.value;
         let ok = match shape.kind {
-            ShapeKind::Map => quote!(::core::option::Option<#value>),
+            ShapeKind::Map | ShapeKind::PerKey => quote!(::core::option::Option<#value>),
             ShapeKind::List => value.to_token_stream(),
         };
         let error = match &shape.error {

@@ -48,6 +48,8 @@ pub struct Shape {
     pub error: Option<Type>,
     /// The whole return type, as written.
     pub output: Type,
+    /// The return type is a `Result<_, E>` around the collection.
+    pub outer_result: bool,
 }
 
 /// The two ways a batch fn can hand back values.
@@ -57,6 +59,9 @@ pub enum ShapeKind {
     Map,
     /// `Vec<V>`: one value per key, in the order of the keys.
     List,
+    /// `HashMap<K, Result<V, E>>` (or `BTreeMap`): one result per key; an `Err`
+    /// fails only the callers of its key.
+    PerKey,
 }
 
 impl Signature {
@@ -334,20 +339,52 @@ fn analyze_output(output: &Type) -> syn::Result<Shape> {
             ));
         };
         let (kind, value) = collection(ok).ok_or_else(|| unsupported(ok))?;
+        if let Some((value, _per_key_error)) = per_key_value(kind, value) {
+            // The per-key error must be the batch error `E`; rustc checks it.
+            return Ok(Shape {
+                kind: ShapeKind::PerKey,
+                value: value.clone(),
+                error: Some((*error).clone()),
+                output: output.clone(),
+                outer_result: true,
+            });
+        }
         return Ok(Shape {
             kind,
             value: value.clone(),
             error: Some((*error).clone()),
             output: output.clone(),
+            outer_result: true,
         });
     }
     let (kind, value) = collection(output).ok_or_else(|| unsupported(output))?;
+    if let Some((value, error)) = per_key_value(kind, value) {
+        return Ok(Shape {
+            kind: ShapeKind::PerKey,
+            value: value.clone(),
+            error: Some(error.clone()),
+            output: output.clone(),
+            outer_result: false,
+        });
+    }
     Ok(Shape {
         kind,
         value: value.clone(),
         error: None,
         output: output.clone(),
+        outer_result: false,
     })
+}
+
+/// `(V, E)` when a map's value type is `Result<V, E>`: one result per key.
+fn per_key_value(kind: ShapeKind, value: &Type) -> Option<(&Type, &Type)> {
+    if kind != ShapeKind::Map {
+        return None;
+    }
+    match generic_args(value, "Result")?.as_slice() {
+        [value, error] => Some((value, error)),
+        _ => None,
+    }
 }
 
 /// `(Map, V)` for `HashMap<K, V>` (also with a hasher) and `BTreeMap<K, V>`;

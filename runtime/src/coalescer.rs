@@ -11,12 +11,6 @@ use crate::error::Error;
 use crate::metrics::MetricsSnapshot;
 use crate::output::{BatchOutput, Delivery};
 
-type BoxedBatch<K, V, E> = Box<
-    dyn Fn(Vec<K>) -> Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'static>>
-        + Send
-        + Sync,
->;
-
 /// A batch function and the coalescer in front of it: what `#[coalesce]` generates,
 /// written by hand.
 ///
@@ -41,7 +35,7 @@ type BoxedBatch<K, V, E> = Box<
 /// ```
 pub struct Coalescer<K, V, E = Infallible> {
     core: Core<(), K, V, E>,
-    batch: BoxedBatch<K, V, E>,
+    batch: crate::isolate::Factory<'static, K, V, E>,
 }
 
 impl<K, V, E> Coalescer<K, V, E>
@@ -63,9 +57,10 @@ where
     {
         Coalescer {
             core: Core::new(config),
-            batch: Box::new(move |keys| {
+            batch: std::sync::Arc::new(move |keys| {
                 let fut = batch(keys);
                 Box::pin(async move { fut.await.into_delivery() })
+                    as Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send>>
             }),
         }
     }
@@ -75,7 +70,7 @@ where
     ///
     /// Concurrent loads share a batch; see [`Core::load`] for the details.
     pub async fn load(&self, key: K) -> Result<Option<V>, Error<E>> {
-        self.core.load((), key, |keys| (self.batch)(keys)).await
+        self.core.load_shared(key, &self.batch).await
     }
 
     /// The configuration this coalescer was built with.

@@ -34,6 +34,7 @@ pub struct Config {
     pub(crate) max_pending: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
+    pub(crate) isolate: u32,
 }
 
 impl Config {
@@ -52,6 +53,7 @@ impl Config {
             max_pending: usize::MAX,
             timeout: None,
             dispatch: Dispatch::Window,
+            isolate: 0,
         }
     }
 
@@ -102,6 +104,19 @@ impl Config {
     #[must_use]
     pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
         self.dispatch = dispatch;
+        self
+    }
+
+    /// Isolates bad keys: when a batch fails as a whole (the batch function returns
+    /// `Err`), it is split in halves and each half retried, down to `depth` levels,
+    /// so that one poisonous key fails only its own callers. Keys of a part that
+    /// still fails at the last level (or alone) get that part's error as
+    /// [`Error::Key`](crate::Error::Key). Each split costs one more call of the batch
+    /// function per half; `0` (the default) never retries. A panic is not retried:
+    /// it fails the whole batch.
+    #[must_use]
+    pub fn isolate(mut self, depth: u32) -> Self {
+        self.isolate = depth;
         self
     }
 

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::{Config, Dispatch};
 use crate::error::Error;
+use crate::isolate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::output::{BatchOutput, Delivery};
 use crate::sync::{lock, Arc, Mutex};
@@ -118,6 +119,9 @@ struct BatchState<K, V, E> {
     /// Slots with waiters > 0.
     live_keys: usize,
     tickets: Vec<Ticket>,
+    /// Tickets of callers that left before dispatch, for reuse: a batch held open
+    /// while callers come and go stays as large as its live callers.
+    free_tickets: Vec<usize>,
     /// Live tickets.
     callers: usize,
     driver: usize,
@@ -128,6 +132,8 @@ struct BatchState<K, V, E> {
     /// Holds an in-flight slot.
     permit: bool,
     dedup_hits: u64,
+    /// Calls admitted into this batch, including those that left.
+    admitted: u64,
     opened: Instant,
     deadline: Instant,
     started: Option<Instant>,
@@ -143,6 +149,37 @@ struct BatchState<K, V, E> {
 
 /// A call admitted into a batch, and whether it drives that batch.
 type Admitted<'c, G, K, V, E> = (Call<'c, G, K, V, E>, bool);
+
+impl<K: Hash + Eq, V, E> BatchState<K, V, E> {
+    /// Drops the keys every caller of which has left, before dispatch. Returns how
+    /// many were dropped.
+    fn compact(&mut self, hasher: &DefaultHashBuilder) -> usize {
+        let before = self.keys.len();
+        let mut remap = vec![u32::MAX; before];
+        let mut keys = Vec::with_capacity(self.live_keys);
+        let mut slots = Vec::with_capacity(self.live_keys);
+        for (i, (k, slot)) in self.keys.drain(..).zip(self.slots.drain(..)).enumerate() {
+            if slot.waiters > 0 {
+                remap[i] = keys.len() as u32;
+                keys.push(k);
+                slots.push(slot);
+            }
+        }
+        let mut index = HashTable::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            index.insert_unique(hasher.hash_one(k), i as u32, |&j| {
+                hasher.hash_one(&keys[j as usize])
+            });
+        }
+        for t in self.tickets.iter_mut().filter(|t| t.live) {
+            t.slot = remap[t.slot as usize];
+        }
+        self.keys = keys;
+        self.slots = slots;
+        self.index = index;
+        before - self.keys.len()
+    }
+}
 
 /// What a caller's future does next.
 enum Step<V, E> {
@@ -221,13 +258,21 @@ where
     /// cancels this call only: the batch still runs for its other callers.
     pub async fn load<F, Fut>(&self, group: G, key: K, batch: F) -> Result<Option<V>, Error<E>>
     where
-        F: FnOnce(Vec<K>) -> Fut,
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: BatchOutput<K, V, Error = E>,
     {
+        let depth = self.config.isolate;
         self.call((0, group), key, move |keys| {
-            let fut = batch(keys);
-            Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
+            let start = move |keys| {
+                let fut = batch(keys);
+                Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
+            };
+            if depth == 0 {
+                start(keys)
+            } else {
+                isolate::run(std::sync::Arc::new(start), keys, depth)
+            }
         })
         .await
     }
@@ -251,15 +296,22 @@ where
     ) -> Result<Option<V>, Error<E>>
     where
         S: ?Sized + Sync,
-        F: FnOnce(&'a S, Vec<K>) -> Fut + 'static,
+        F: Fn(&'a S, Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'a,
         Fut::Output: BatchOutput<K, V, Error = E>,
     {
         let address = this as *const S as *const () as usize;
+        let depth = self.config.isolate;
         self.call((address, group), key, move |keys| {
-            let fut = batch(this, keys);
-            let run: Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'a>> =
-                Box::pin(async move { fut.await.into_delivery() });
+            let start = move |keys| {
+                let fut = batch(this, keys);
+                Box::pin(async move { fut.await.into_delivery() }) as isolate::RunFor<'a, K, V, E>
+            };
+            let run: isolate::RunFor<'a, K, V, E> = if depth == 0 {
+                start(keys)
+            } else {
+                isolate::run(std::sync::Arc::new(start), keys, depth)
+            };
             // SAFETY: the future borrows only `'static` data (what `batch` captured)
             // and `*this`. It is polled only by callers of this batch, and every such
             // caller holds a shared borrow of the instance at `address` (the batch's
@@ -267,7 +319,30 @@ where
             // nor be dropped), so `*this` outlives every poll. The last caller to
             // leave drops the future (`Call::drop`) before its own borrow ends, so
             // the future never outlives all of them.
-            unsafe { std::mem::transmute::<_, Run<K, V, E>>(run) }
+            unsafe { std::mem::transmute::<isolate::RunFor<'a, K, V, E>, Run<K, V, E>>(run) }
+        })
+        .await
+    }
+
+    /// Loads `key` with a batch function shared behind an `Arc` (for [`Coalescer`],
+    /// whose function is stored, not passed per call).
+    ///
+    /// [`Coalescer`]: crate::Coalescer
+    pub(crate) async fn load_shared(
+        &self,
+        key: K,
+        factory: &isolate::Factory<'static, K, V, E>,
+    ) -> Result<Option<V>, Error<E>>
+    where
+        G: Default,
+    {
+        let depth = self.config.isolate;
+        self.call((0, G::default()), key, |keys| {
+            if depth == 0 {
+                factory(keys)
+            } else {
+                isolate::run(factory.clone(), keys, depth)
+            }
         })
         .await
     }
@@ -400,12 +475,14 @@ where
                         slots: Vec::new(),
                         live_keys: 0,
                         tickets: Vec::new(),
+                        free_tickets: Vec::new(),
                         callers: 0,
                         driver: 0,
                         kicked,
                         queued: false,
                         permit: false,
                         dedup_hits: 0,
+                        admitted: 0,
                         opened: now,
                         deadline: now + self.config.window,
                         started: None,
@@ -450,14 +527,24 @@ where
                 i
             }
         };
-        let ticket = st.tickets.len();
-        st.tickets.push(Ticket {
+        let t = Ticket {
             slot,
             live: true,
             waker: Some(waker.clone()),
             span: telemetry::caller_span(),
-        });
+        };
+        let ticket = match st.free_tickets.pop() {
+            Some(i) => {
+                st.tickets[i] = t;
+                i
+            }
+            None => {
+                st.tickets.push(t);
+                st.tickets.len() - 1
+            }
+        };
         st.callers += 1;
+        st.admitted += 1;
         if st.callers == 1 {
             st.driver = ticket;
         }
@@ -552,7 +639,7 @@ where
             keys
         };
         let m = &self.metrics;
-        m.calls.fetch_add(st.tickets.len() as u64, Relaxed);
+        m.calls.fetch_add(st.admitted, Relaxed);
         m.dedup_hits.fetch_add(st.dedup_hits, Relaxed);
         m.abandoned_keys
             .fetch_add((st.keys.len() - st.live_keys) as u64, Relaxed);
@@ -564,7 +651,7 @@ where
         let wait = now.saturating_duration_since(st.opened);
         let span = telemetry::batch_started(
             &self.name,
-            st.tickets.len(),
+            st.admitted as usize,
             keys.len(),
             st.dedup_hits,
             wait,
@@ -726,7 +813,7 @@ where
                         let hash = core.hasher.hash_one(&k);
                         match index.find(hash, |&i| keys[i as usize] == k) {
                             Some(&i) if slots[i as usize].value.is_none() => {
-                                slots[i as usize].value = Some(r.map_err(std::sync::Arc::new));
+                                slots[i as usize].value = Some(r);
                             }
                             _ => unrequested += 1,
                         }
@@ -856,8 +943,15 @@ where
         }
         state.pending -= 1;
         m.pending.store(state.pending as u64, Relaxed);
-        if key_left && phase != Phase::Running {
-            st.live_keys -= 1;
+        if phase != Phase::Running {
+            st.free_tickets.push(self.ticket);
+            if key_left {
+                st.live_keys -= 1;
+                if st.keys.len() > 2 * st.live_keys + 64 {
+                    let dropped = st.compact(&core.hasher);
+                    m.abandoned_keys.fetch_add(dropped as u64, Relaxed);
+                }
+            }
         }
         let mut dropped_run = self.run.take();
         let mut wake = None;
@@ -879,7 +973,7 @@ where
             match phase {
                 Phase::Running => m.cancelled_batches.fetch_add(1, Relaxed),
                 _ => {
-                    m.calls.fetch_add(st.tickets.len() as u64, Relaxed);
+                    m.calls.fetch_add(st.admitted, Relaxed);
                     m.abandoned_keys.fetch_add(st.keys.len() as u64, Relaxed);
                     m.abandoned_batches.fetch_add(1, Relaxed)
                 }

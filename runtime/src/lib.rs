@@ -14,6 +14,7 @@ mod coalescer;
 mod config;
 mod core;
 mod error;
+mod isolate;
 pub mod metrics;
 mod output;
 mod sync;
@@ -24,7 +25,7 @@ pub use crate::coalescer::Coalescer;
 pub use crate::config::{configure, Config, Dispatch};
 pub use crate::core::Core;
 pub use crate::error::Error;
-pub use crate::output::{BatchOutput, Delivery, PerKey};
+pub use crate::output::{per_key, BatchOutput, Delivery, Entries, PerKey};
 
 /// For the Vec-shaped single-key functions: an entry is always present after a
 /// successful ordered batch, so `None` becomes [`Error::Missing`].

@@ -3,13 +3,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
+use std::sync::Arc;
+
+/// Entries by key; an error may be shared by several keys.
+pub type Entries<K, V, E> = Box<dyn Iterator<Item = (K, Result<V, Arc<E>>)> + Send>;
 
 /// A batch function's result in the form the engine hands out: per key, not as one
 /// shared map, so each caller reads (or takes) only its own entry.
 pub enum Delivery<K, V, E> {
     /// Entries by key, in any order. Keys the batch never asked for are ignored
-    /// (and counted); keys with no entry resolve to `None`.
-    Keyed(Box<dyn Iterator<Item = (K, Result<V, E>)> + Send>),
+    /// (and counted); keys with no entry resolve to `None`. An `Err` fails only the
+    /// callers of its key (several keys may share one error).
+    Keyed(Entries<K, V, E>),
     /// One value per key, in the order of the keys given to the batch function.
     Ordered(Vec<V>),
     /// The whole batch failed; every caller of the batch gets this error.
@@ -21,7 +26,7 @@ impl<K: 'static, V: 'static> Delivery<K, V, Infallible> {
     pub fn widen<E: 'static>(self) -> Delivery<K, V, E> {
         match self {
             Delivery::Keyed(entries) => Delivery::Keyed(Box::new(
-                entries.map(|(k, r)| (k, r.map_err(|never| match never {}))),
+                entries.map(|(k, r)| (k, r.map_err(|never| match *never {}))),
             )),
             Delivery::Ordered(values) => Delivery::Ordered(values),
             Delivery::Failed(never) => match never {},
@@ -97,10 +102,28 @@ impl<K, V, E, I> BatchOutput<K, V> for PerKey<I>
 where
     I: IntoIterator<Item = (K, Result<V, E>)>,
     I::IntoIter: Send + 'static,
+    E: 'static,
 {
     type Error = E;
     fn into_delivery(self) -> Delivery<K, V, E> {
-        Delivery::Keyed(Box::new(self.0.into_iter()))
+        Delivery::Keyed(Box::new(
+            self.0.into_iter().map(|(k, r)| (k, r.map_err(Arc::new))),
+        ))
+    }
+}
+
+/// The delivery of a batch function that returns `Result<I, E>` where `I` holds one
+/// `Result<V, E>` per key (`Result<HashMap<K, Result<V, E>>, E>`): an outer `Err`
+/// fails the whole batch, an inner one only its key.
+pub fn per_key<K, V, E, I>(result: Result<I, E>) -> Delivery<K, V, E>
+where
+    I: IntoIterator<Item = (K, Result<V, E>)>,
+    I::IntoIter: Send + 'static,
+    E: 'static,
+{
+    match result {
+        Ok(entries) => PerKey(entries).into_delivery(),
+        Err(e) => Delivery::Failed(e),
     }
 }
 

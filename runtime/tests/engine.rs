@@ -421,3 +421,87 @@ fn a_static_coalescer_outlives_the_runtime_that_first_used_it() {
         drop(rt);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn isolation_fails_only_the_callers_of_a_poisonous_key() {
+    #[derive(Debug)]
+    struct Poison(u64);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let calls2 = calls.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.isolate").isolate(6),
+        move |keys: Vec<u64>| {
+            calls2.fetch_add(1, SeqCst);
+            async move {
+                match keys.iter().find(|&&k| k == 13) {
+                    Some(&k) => Err(Poison(k)),
+                    None => Ok(keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()),
+                }
+            }
+        },
+    ));
+    let out = join_all((0..32u64).map(|k| c.load(k))).await;
+    for (k, r) in out.into_iter().enumerate() {
+        match (k, r) {
+            (13, Err(Error::Key { source, .. })) => assert_eq!(source.0, 13),
+            (13, other) => panic!("key 13 should fail alone, got {other:?}"),
+            (k, r) => assert_eq!(r.unwrap(), Some(k as u64)),
+        }
+    }
+    // 1 + 2 per level down to the single key: 1 + 2 * 5.
+    assert_eq!(calls.load(SeqCst), 11);
+    assert_eq!(c.metrics().key_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_isolation_the_whole_batch_fails() {
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.no_isolate"),
+        |keys: Vec<u64>| async move {
+            if keys.contains(&13) {
+                Err("poison")
+            } else {
+                Ok(keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>())
+            }
+        },
+    ));
+    let out = join_all((0..32u64).map(|k| c.load(k))).await;
+    assert!(out.iter().all(|r| matches!(r, Err(Error::Batch { .. }))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_results_fail_only_their_own_key() {
+    use coalesce_runtime::PerKey;
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.per_key"),
+        |keys: Vec<u64>| async move {
+            PerKey(
+                keys.into_iter()
+                    .map(|k| {
+                        (
+                            k,
+                            if k % 10 == 3 {
+                                Err(format!("bad {k}"))
+                            } else {
+                                Ok(k * 2)
+                            },
+                        )
+                    })
+                    .collect::<HashMap<_, _>>(),
+            )
+        },
+    ));
+    let out = join_all((0..40u64).map(|k| c.load(k))).await;
+    for (k, r) in out.into_iter().enumerate() {
+        let k = k as u64;
+        if k % 10 == 3 {
+            match r {
+                Err(Error::Key { source, .. }) => assert_eq!(*source, format!("bad {k}")),
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert_eq!(r.unwrap(), Some(k * 2));
+        }
+    }
+    assert_eq!(c.metrics().key_errors, 4);
+}

@@ -1,0 +1,70 @@
+//! Bisection of failed batches: one poisonous key fails only its own callers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::output::Delivery;
+
+/// A batch run that may borrow for `'f`.
+pub(crate) type RunFor<'f, K, V, E> = Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'f>>;
+
+/// Starts one run of the batch function over the keys it is given.
+pub(crate) type Factory<'f, K, V, E> =
+    Arc<dyn Fn(Vec<K>) -> RunFor<'f, K, V, E> + Send + Sync + 'f>;
+
+/// Runs `keys` through `factory`; if the whole batch fails and `depth` allows, splits
+/// the keys in halves and retries each half (concurrently), recursively. Keys of a
+/// part that still fails share that part's error as a per-key error.
+pub(crate) fn run<'f, K, V, E>(
+    factory: Factory<'f, K, V, E>,
+    keys: Vec<K>,
+    depth: u32,
+) -> RunFor<'f, K, V, E>
+where
+    K: Clone + Send + Sync + 'static,
+    V: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    Box::pin(async move {
+        let first = factory(keys.clone()).await;
+        match first {
+            Delivery::Failed(e) if depth > 0 && keys.len() > 1 => {
+                drop(e);
+                let mut left = keys;
+                let right = left.split_off(left.len() / 2);
+                let (a, b) = futures::future::join(
+                    run(factory.clone(), left.clone(), depth - 1),
+                    run(factory, right.clone(), depth - 1),
+                )
+                .await;
+                let mut entries = entries_of(a, left);
+                entries.extend(entries_of(b, right));
+                Delivery::Keyed(Box::new(entries.into_iter()))
+            }
+            Delivery::Failed(e) if depth > 0 => {
+                // A single key: its error is its own.
+                let e = Arc::new(e);
+                Delivery::Keyed(Box::new(keys.into_iter().map(move |k| (k, Err(e.clone())))))
+            }
+            other => other,
+        }
+    })
+}
+
+/// A part's delivery as entries by key, so that parts can be merged.
+fn entries_of<K, V, E>(d: Delivery<K, V, E>, keys: Vec<K>) -> Vec<(K, Result<V, Arc<E>>)> {
+    match d {
+        Delivery::Keyed(entries) => entries.collect(),
+        Delivery::Ordered(values) if values.len() == keys.len() => {
+            keys.into_iter().zip(values.into_iter().map(Ok)).collect()
+        }
+        // A part of the wrong length: its keys get no entry (`None`, or
+        // `Error::Missing` for an ordered shape), never a shifted value.
+        Delivery::Ordered(_) => Vec::new(),
+        Delivery::Failed(e) => {
+            let e = Arc::new(e);
+            keys.into_iter().map(|k| (k, Err(e.clone()))).collect()
+        }
+    }
+}

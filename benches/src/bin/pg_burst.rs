@@ -1,0 +1,294 @@
+//! PostgreSQL burst: 10,000 concurrent `get_user(id)` calls against a 100,000-row
+//! `users` table through a sqlx pool of 10 connections — the naive per-key query
+//! against `#[coalesce]` with a fixed window and with adaptive dispatch.
+//!
+//! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`) must point at
+//! 127.0.0.1. Queries are counted on the server: `pg_stat_user_tables.idx_scan` of
+//! `users` (one per executed lookup) and `pg_stat_database.xact_commit`.
+//!
+//! Usage: `cargo run --release -p coalesce-benches --bin pg_burst [-- ROUNDS]`
+
+use std::collections::HashMap;
+
+use std::time::{Duration, Instant};
+
+use coalesce::coalesce;
+use coalesce_benches::Run;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+
+const ROWS: i64 = 100_000;
+const BURST: usize = 10_000;
+const POOL: u32 = 10;
+
+/// The pool of the mode being measured; replaced for each mode so that closing it
+/// makes its backends flush their statistics.
+static CURRENT: std::sync::Mutex<Option<PgPool>> = std::sync::Mutex::new(None);
+
+fn pool() -> PgPool {
+    CURRENT.lock().unwrap().clone().expect("pool set")
+}
+
+#[derive(Clone, Debug)]
+struct User {
+    id: i64,
+    #[allow(dead_code)]
+    name: String,
+}
+
+fn user(row: &sqlx::postgres::PgRow) -> User {
+    User {
+        id: row.get(0),
+        name: row.get(1),
+    }
+}
+
+/// One query per call.
+async fn get_user_naive(id: i64) -> Result<Option<User>, sqlx::Error> {
+    let row = sqlx::query("SELECT id, name FROM public.users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&pool())
+        .await?;
+    Ok(row.as_ref().map(user))
+}
+
+async fn get_users(ids: &[i64]) -> Result<HashMap<i64, User>, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, name FROM public.users WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(&pool())
+        .await?;
+    Ok(rows.iter().map(user).map(|u| (u.id, u)).collect())
+}
+
+/// Coalesced, fixed 2 ms window.
+#[coalesce(window = "2ms", max_batch = 1000, name = "pg.window")]
+async fn get_user_window(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
+    get_users(&ids).await
+}
+
+/// Coalesced, adaptive dispatch (2 ms window bound).
+#[coalesce(
+    window = "2ms",
+    max_batch = 1000,
+    dispatch = "adaptive",
+    name = "pg.adaptive"
+)]
+async fn get_user_adaptive(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
+    get_users(&ids).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Naive,
+    Window,
+    Adaptive,
+}
+
+async fn get_user(mode: Mode, id: i64) -> Option<User> {
+    match mode {
+        Mode::Naive => get_user_naive(id).await.expect("query"),
+        Mode::Window => get_user_window(id).await.expect("query"),
+        Mode::Adaptive => get_user_adaptive(id).await.expect("query"),
+    }
+}
+
+async fn counters(url: &str) -> (i64, i64) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect");
+    let row = sqlx::query(
+        "SELECT (SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_user_tables WHERE relid = 'public.users'::regclass),
+                (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("stats");
+    let out = (row.get::<i64, _>(0), row.get::<i64, _>(1));
+    pool.close().await;
+    out
+}
+
+async fn setup(url: &str) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS public.users (id bigint PRIMARY KEY, name text NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .expect("create");
+    let n: i64 = sqlx::query("SELECT count(*) FROM public.users")
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+        .get(0);
+    if n != ROWS {
+        sqlx::query("TRUNCATE public.users")
+            .execute(&pool)
+            .await
+            .expect("truncate");
+        sqlx::query(
+            "INSERT INTO public.users SELECT g, 'user ' || g FROM generate_series(1, $1) g",
+        )
+        .bind(ROWS)
+        .execute(&pool)
+        .await
+        .expect("insert");
+        sqlx::query("ANALYZE public.users")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+    }
+    pool.close().await;
+}
+
+struct Measured {
+    run: Run,
+    scans: i64,
+    xacts: i64,
+    batches: u64,
+}
+
+async fn measure(url: &str, mode: Mode, round: u64) -> Measured {
+    let p = PgPoolOptions::new()
+        .max_connections(POOL)
+        .min_connections(POOL)
+        .connect(url)
+        .await
+        .expect("connect");
+    // Open every connection before the clock starts.
+    let warm: Vec<_> = (0..POOL).map(|_| p.acquire()).collect();
+    for c in futures::future::join_all(warm).await {
+        drop(c.expect("acquire"));
+    }
+    *CURRENT.lock().unwrap() = Some(p.clone());
+    let (s0, x0) = counters(url).await;
+    let b0 = batches(mode);
+    let start = Instant::now();
+    let base = (round * 7919) % (ROWS as u64 - BURST as u64);
+    let tasks: Vec<_> = (0..BURST)
+        .map(|i| {
+            let id = (base + i as u64 + 1) as i64;
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let u = get_user(mode, id).await.expect("row exists");
+                assert_eq!(u.id, id);
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(BURST);
+    for t in tasks {
+        latencies.push(t.await.expect("task"));
+    }
+    let wall = start.elapsed();
+    latencies.sort_unstable();
+    // Closing the pool ends its backends, which flushes their statistics.
+    CURRENT.lock().unwrap().take();
+    p.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s1, x1) = counters(url).await;
+    Measured {
+        run: Run {
+            wall,
+            calls: BURST,
+            latencies,
+        },
+        scans: s1 - s0,
+        xacts: x1 - x0,
+        batches: batches(mode) - b0,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    assert!(
+        url.contains("@127.0.0.1:") || url.contains("@127.0.0.1/"),
+        "only 127.0.0.1 is allowed: {url}"
+    );
+    let rounds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    setup(&url).await;
+    let modes = [Mode::Naive, Mode::Window, Mode::Adaptive];
+    let mut results: HashMap<&str, Vec<Measured>> = HashMap::new();
+    // Warm-up round (plans, caches), not reported.
+    for mode in modes {
+        measure(&url, mode, 0).await;
+    }
+    for round in 1..=rounds {
+        for mode in modes {
+            let m = measure(&url, mode, round).await;
+            eprintln!(
+                "round {round} {mode:?}: {:.1} ms, {} index scans, {} transactions",
+                m.run.wall.as_secs_f64() * 1e3,
+                m.scans,
+                m.xacts
+            );
+            results.entry(label(mode)).or_default().push(m);
+        }
+    }
+    println!("PostgreSQL burst: {BURST} concurrent get_user(id), {ROWS}-row table, pool of {POOL}; median of {rounds} rounds\n");
+    println!("| mode | wall (ms) | throughput (calls/s) | p50 (ms) | p99 (ms) | queries sent (client) | transactions (server) | index scans (server) | speed-up | fewer transactions |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let naive = median(&results["naive"]);
+    for mode in modes {
+        let m = median(&results[label(mode)]);
+        println!(
+            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.1}x | {:.0}x |",
+            label(mode),
+            m.run.wall.as_secs_f64() * 1e3,
+            m.run.throughput(),
+            m.run.quantile(0.5).as_secs_f64() * 1e3,
+            m.run.quantile(0.99).as_secs_f64() * 1e3,
+            if mode == Mode::Naive {
+                BURST as u64
+            } else {
+                m.batches
+            },
+            m.xacts,
+            m.scans,
+            m.run.throughput() / naive.run.throughput(),
+            naive.xacts as f64 / m.xacts.max(1) as f64,
+        );
+    }
+}
+
+/// Queries the client sent: batches run by the coalescer, or one per call.
+fn batches(mode: Mode) -> u64 {
+    let name = match mode {
+        Mode::Naive => return 0,
+        Mode::Window => "pg.window",
+        Mode::Adaptive => "pg.adaptive",
+    };
+    coalesce::metrics::get(name).map_or(0, |m| m.batches)
+}
+
+fn label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Naive => "naive",
+        Mode::Window => "#[coalesce] window 2ms",
+        Mode::Adaptive => "#[coalesce] adaptive",
+    }
+}
+
+/// The round with the median wall time.
+fn median(ms: &[Measured]) -> Measured {
+    let mut idx: Vec<usize> = (0..ms.len()).collect();
+    idx.sort_by_key(|&i| ms[i].run.wall);
+    let m = &ms[idx[idx.len() / 2]];
+    Measured {
+        run: m.run.clone(),
+        scans: m.scans,
+        xacts: m.xacts,
+        batches: m.batches,
+    }
+}

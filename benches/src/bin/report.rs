@@ -1,0 +1,256 @@
+//! Runs the in-process workloads once more outside criterion and prints the
+//! throughput and percentile tables of `BENCHMARKS.md` as markdown, then draws
+//! `benches/plots/load.svg`: p99 latency and throughput against offered load for the
+//! naive call, `coalesce` fixed window and `coalesce` adaptive (2 ms round trip).
+//!
+//! Usage: `cargo run --release -p coalesce-benches --bin report [-- SECTION...]`
+//! where SECTION is any of `overhead`, `roundtrip`, `idle`, `load` (default: all).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coalesce_benches::{
+    burst, offered_load, runtime, sequential, Kind, Loader, Run, Work, BURST, WINDOW,
+};
+use plotters::prelude::*;
+
+const REPEATS: usize = 7;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Median-of-`REPEATS` burst (by wall time), after one warm-up burst.
+async fn median_burst(loader: &Arc<Loader>, record: bool) -> Run {
+    burst(loader, BURST, 0, false).await;
+    let mut runs = Vec::new();
+    for i in 0..REPEATS {
+        runs.push(burst(loader, BURST, (i as u64 + 1) * BURST as u64, record).await);
+    }
+    runs.sort_by_key(|r| r.wall);
+    runs.swap_remove(REPEATS / 2)
+}
+
+async fn overhead() {
+    println!(
+        "### Engine overhead: burst of {BURST} tasks, pure-CPU batch fn (median of {REPEATS})\n"
+    );
+    println!("ns per key (wall time / {BURST}); in brackets, overhead over the direct call.\n");
+    let sizes = [1usize, 10, 100, 1000];
+    print!("| contender | settings |");
+    for s in sizes {
+        print!(" max_batch {s} |");
+    }
+    println!();
+    println!("|---|---|{}", "---:|".repeat(sizes.len()));
+    let mut direct = [0f64; 4];
+    for kind in Kind::ALL {
+        print!("| {} | {} |", kind.label(), kind.settings(WINDOW));
+        for (i, &s) in sizes.iter().enumerate() {
+            let loader = Arc::new(Loader::new(kind, Work::Cpu, s, WINDOW));
+            let ns = median_burst(&loader, false).await.ns_per_call();
+            if kind == Kind::Direct {
+                direct[i] = ns;
+                print!(" {ns:.0} |");
+            } else {
+                print!(" {ns:.0} (+{:.0}) |", ns - direct[i]);
+            }
+        }
+        println!();
+    }
+    println!();
+}
+
+async fn roundtrip() {
+    println!("### Simulated round trip: burst of {BURST}, 2 ms per batch (direct: 2 ms per key, 10 permits), max_batch 1000 (median of {REPEATS})\n");
+    println!("| contender | wall (ms) | throughput (keys/s) | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|---:|---:|");
+    for kind in Kind::ALL {
+        let loader = Arc::new(Loader::new(kind, Work::RoundTrip, 1000, WINDOW));
+        let r = median_burst(&loader, true).await;
+        println!(
+            "| {} | {:.1} | {:.0} | {:.2} | {:.2} |",
+            kind.label(),
+            ms(r.wall),
+            r.throughput(),
+            ms(r.quantile(0.5)),
+            ms(r.quantile(0.99))
+        );
+    }
+    println!();
+}
+
+async fn idle() {
+    println!(
+        "### Idle road: one caller, 1,000 sequential calls, pure-CPU batch fn, max_batch 1000\n"
+    );
+    println!("| contender | settings | mean (µs) | p50 (µs) | p99 (µs) |");
+    println!("|---|---|---:|---:|---:|");
+    for kind in Kind::ALL {
+        let loader = Arc::new(Loader::new(kind, Work::Cpu, 1000, WINDOW));
+        sequential(&loader, 100, 0).await;
+        let r = sequential(&loader, 1000, 1000).await;
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} |",
+            kind.label(),
+            kind.settings(WINDOW),
+            r.ns_per_call() / 1e3,
+            us(r.quantile(0.5)),
+            us(r.quantile(0.99))
+        );
+    }
+    println!();
+}
+
+async fn load() {
+    const RATES: [f64; 8] = [
+        500.0, 1_000.0, 2_000.0, 4_000.0, 8_000.0, 16_000.0, 32_000.0, 64_000.0,
+    ];
+    let span = Duration::from_millis(500);
+    let kinds = [Kind::Direct, Kind::CoalesceWindow, Kind::CoalesceAdaptive];
+    println!("### Offered load: open-loop arrivals for {span:?}, 2 ms round trip (direct: per key, 10 permits; coalesce: per batch, max_batch 1000)\n");
+    println!("| offered (calls/s) | contender | achieved (calls/s) | p50 (ms) | p99 (ms) |");
+    println!("|---:|---|---:|---:|---:|");
+    let mut series: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); kinds.len()];
+    for rate in RATES {
+        for (i, &kind) in kinds.iter().enumerate() {
+            let loader = Arc::new(Loader::new(kind, Work::RoundTrip, 1000, WINDOW));
+            let r = offered_load(&loader, rate, span, 0).await;
+            println!(
+                "| {rate:.0} | {} | {:.0} | {:.2} | {:.2} |",
+                kind.label(),
+                r.throughput(),
+                ms(r.quantile(0.5)),
+                ms(r.quantile(0.99))
+            );
+            series[i].push((rate, ms(r.quantile(0.99)), r.throughput()));
+        }
+    }
+    println!();
+    let labels = [
+        "naive (per key, 10 permits)",
+        "coalesce window 1ms",
+        "coalesce adaptive",
+    ];
+    if let Err(e) = plot(&labels, &series) {
+        eprintln!("plot failed: {e}");
+    } else {
+        println!("Plot: [benches/plots/load.svg](benches/plots/load.svg)\n");
+    }
+}
+
+fn plot(
+    labels: &[&str],
+    series: &[Vec<(f64, f64, f64)>],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/plots/load.svg");
+    std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/plots"))?;
+    let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(600);
+    let colors = [RED, BLUE, RGBColor(0, 150, 0)];
+    let xs = series[0].iter().map(|p| p.0);
+    let (xmin, xmax) = (
+        xs.clone().fold(f64::MAX, f64::min) * 0.9,
+        xs.fold(0.0, f64::max) * 1.1,
+    );
+    let ymax = series.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.5;
+    let mut c = ChartBuilder::on(&left)
+        .caption("p99 latency vs offered load", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((xmin..xmax).log_scale(), (0.5..ymax).log_scale())?;
+    c.configure_mesh()
+        .x_desc("offered load (calls/s)")
+        .y_desc("p99 latency (ms)")
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = colors[i];
+        c.draw_series(LineSeries::new(
+            s.iter().map(|p| (p.0, p.1)),
+            color.stroke_width(2),
+        ))?
+        .label(labels[i])
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        c.draw_series(s.iter().map(|p| Circle::new((p.0, p.1), 3, color.filled())))?;
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    let tmax = series.iter().flatten().map(|p| p.2).fold(1.0, f64::max) * 1.5;
+    let mut c = ChartBuilder::on(&right)
+        .caption("throughput vs offered load", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((xmin..xmax).log_scale(), (xmin * 0.5..tmax).log_scale())?;
+    c.configure_mesh()
+        .x_desc("offered load (calls/s)")
+        .y_desc("achieved throughput (calls/s)")
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = colors[i];
+        c.draw_series(LineSeries::new(
+            s.iter().map(|p| (p.0, p.2)),
+            color.stroke_width(2),
+        ))?
+        .label(labels[i])
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        c.draw_series(s.iter().map(|p| Circle::new((p.0, p.2), 3, color.filled())))?;
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Loops one coalesce workload for a profiler (`perf record`): `profile-burst` runs
+/// adaptive bursts at max_batch 1000, `profile-idle` sequential adaptive calls.
+async fn profile(what: &str) {
+    let loader = Arc::new(Loader::new(Kind::CoalesceAdaptive, Work::Cpu, 1000, WINDOW));
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut base = 0;
+    while std::time::Instant::now() < until {
+        if what == "profile-burst" {
+            burst(&loader, BURST, base, false).await;
+        } else {
+            sequential(&loader, 1000, base).await;
+        }
+        base += BURST as u64;
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let rt = runtime();
+    rt.block_on(async {
+        if want("overhead") {
+            overhead().await;
+        }
+        if want("roundtrip") {
+            roundtrip().await;
+        }
+        if want("idle") {
+            idle().await;
+        }
+        if want("load") {
+            load().await;
+        }
+        for p in ["profile-burst", "profile-idle"] {
+            if args.iter().any(|a| a == p) {
+                profile(p).await;
+            }
+        }
+    });
+}

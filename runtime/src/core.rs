@@ -64,6 +64,7 @@ pub struct Core<G, K, V, E = Infallible> {
     config: Config,
     name: std::sync::Arc<str>,
     metrics: std::sync::Arc<Metrics>,
+    telemetry: telemetry::Telemetry,
     hasher: DefaultHashBuilder,
     state: Mutex<State<G, K, V, E>>,
 }
@@ -229,6 +230,7 @@ where
         let name: std::sync::Arc<str> = std::sync::Arc::from(config.name());
         Core {
             metrics: Metrics::register(name.clone()),
+            telemetry: telemetry::Telemetry::new(&name),
             name,
             config,
             hasher: DefaultHashBuilder::default(),
@@ -442,7 +444,7 @@ where
         if state.pending >= self.config.max_pending {
             drop(guard);
             self.metrics.overloaded.fetch_add(1, Relaxed);
-            telemetry::overloaded(&self.name);
+            self.telemetry.overloaded();
             return Err(Error::Overloaded {
                 name: self.name.clone(),
                 max_pending: self.config.max_pending,
@@ -649,8 +651,7 @@ where
         m.wait_ns
             .record(now.saturating_duration_since(st.opened).as_nanos() as u64);
         let wait = now.saturating_duration_since(st.opened);
-        let span = telemetry::batch_started(
-            &self.name,
+        let span = self.telemetry.batch_started(
             st.admitted as usize,
             keys.len(),
             st.dedup_hits,
@@ -875,8 +876,7 @@ where
             .started
             .map(|s| now.saturating_duration_since(s))
             .unwrap_or_default();
-        telemetry::batch_finished(
-            name,
+        core.telemetry.batch_finished(
             &st.span,
             run,
             outcome_label,
@@ -899,7 +899,8 @@ where
             if had_permit {
                 core.release_permit(state, &self.batch.group);
             }
-            telemetry::gauges(name, m.in_flight.load(Relaxed), state.pending as u64);
+            core.telemetry
+                .gauges(m.in_flight.load(Relaxed), state.pending as u64);
         }
         for w in wakers {
             w.wake();
@@ -921,7 +922,7 @@ where
         let core = self.core;
         let m = &core.metrics;
         m.cancelled_calls.fetch_add(1, Relaxed);
-        telemetry::cancelled(&core.name);
+        core.telemetry.cancelled();
         let mut guard = core.lock_state();
         let state = &mut *guard;
         let mut st = lock(&self.batch.st);
@@ -1049,7 +1050,7 @@ where
         Some(Ok(v)) => Ok(Some(v)),
         Some(Err(source)) => {
             m.key_errors.fetch_add(1, Relaxed);
-            telemetry::key_errors(&core.name, 1);
+            core.telemetry.key_errors(1);
             Err(Error::Key {
                 name: core.name.clone(),
                 source,

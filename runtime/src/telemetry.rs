@@ -38,99 +38,159 @@ pub(crate) fn no_span() -> BatchSpan {
 pub(crate) fn caller_span() -> CallerSpan {
     #[cfg(feature = "tracing")]
     {
+        // Skip the thread-local look-up entirely until tracing is in use at all.
+        if !tracing::dispatcher::has_been_set() {
+            return None;
+        }
         tracing::Span::current().id()
     }
 }
 
-#[allow(unused_variables)]
-pub(crate) fn batch_started<'a>(
-    name: &str,
-    calls: usize,
-    keys: usize,
-    dedup_hits: u64,
-    wait: Duration,
-    callers: impl Iterator<Item = &'a CallerSpan>,
-) -> BatchSpan {
-    #[cfg(feature = "metrics")]
-    {
-        let f = name.to_owned();
-        metrics::counter!("coalesce_calls_total", "function" => f.clone()).increment(calls as u64);
-        metrics::counter!("coalesce_keys_total", "function" => f.clone()).increment(keys as u64);
-        metrics::counter!("coalesce_dedup_hits_total", "function" => f.clone())
-            .increment(dedup_hits);
-        metrics::counter!("coalesce_batches_total", "function" => f.clone()).increment(1);
-        metrics::histogram!("coalesce_batch_size", "function" => f.clone()).record(keys as f64);
-        metrics::histogram!("coalesce_wait_seconds", "function" => f).record(wait.as_secs_f64());
-    }
+/// One coalescer's export handles, built once when the coalescer is created (so a
+/// `metrics` recorder must be installed before a coalescer's first call).
+pub(crate) struct Telemetry {
     #[cfg(feature = "tracing")]
-    {
-        let span = tracing::info_span!(
-            "coalesce.batch",
-            function = name,
-            batch_size = keys,
-            calls = calls,
-            wait_us = wait.as_micros() as u64,
-            run_us = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        for id in callers.flatten() {
-            span.follows_from(id.clone());
+    name: std::sync::Arc<str>,
+    #[cfg(feature = "metrics")]
+    m: Handles,
+}
+
+#[cfg(feature = "metrics")]
+struct Handles {
+    calls: metrics::Counter,
+    keys: metrics::Counter,
+    dedup_hits: metrics::Counter,
+    batches: metrics::Counter,
+    batch_size: metrics::Histogram,
+    wait: metrics::Histogram,
+    run: metrics::Histogram,
+    errors: [metrics::Counter; 6],
+    overloaded: metrics::Counter,
+    cancelled: metrics::Counter,
+    in_flight: metrics::Gauge,
+    pending: metrics::Gauge,
+}
+
+/// The `kind` labels of `coalesce_errors_total`, in the order of `Handles::errors`.
+#[cfg(feature = "metrics")]
+const ERROR_KINDS: [&str; 6] = ["batch", "key", "panic", "timeout", "shape", "error"];
+
+impl Telemetry {
+    #[allow(unused_variables)]
+    pub(crate) fn new(name: &std::sync::Arc<str>) -> Self {
+        #[cfg(feature = "metrics")]
+        let m = {
+            let f = name.to_string();
+            Handles {
+                calls: metrics::counter!("coalesce_calls_total", "function" => f.clone()),
+                keys: metrics::counter!("coalesce_keys_total", "function" => f.clone()),
+                dedup_hits: metrics::counter!("coalesce_dedup_hits_total", "function" => f.clone()),
+                batches: metrics::counter!("coalesce_batches_total", "function" => f.clone()),
+                batch_size: metrics::histogram!("coalesce_batch_size", "function" => f.clone()),
+                wait: metrics::histogram!("coalesce_wait_seconds", "function" => f.clone()),
+                run: metrics::histogram!("coalesce_run_seconds", "function" => f.clone()),
+                errors: ERROR_KINDS.map(|kind| {
+                    metrics::counter!("coalesce_errors_total", "function" => f.clone(), "kind" => kind)
+                }),
+                overloaded: metrics::counter!("coalesce_overloaded_total", "function" => f.clone()),
+                cancelled: metrics::counter!("coalesce_cancelled_total", "function" => f.clone()),
+                in_flight: metrics::gauge!("coalesce_in_flight", "function" => f.clone()),
+                pending: metrics::gauge!("coalesce_pending", "function" => f),
+            }
+        };
+        Telemetry {
+            #[cfg(feature = "tracing")]
+            name: name.clone(),
+            #[cfg(feature = "metrics")]
+            m,
         }
-        span
     }
-}
 
-#[allow(unused_variables)]
-pub(crate) fn batch_finished(
-    name: &str,
-    span: &BatchSpan,
-    run: Duration,
-    outcome: &'static str,
-    failed_calls: usize,
-) {
-    #[cfg(feature = "metrics")]
-    {
-        metrics::histogram!("coalesce_run_seconds", "function" => name.to_owned())
-            .record(run.as_secs_f64());
-        if failed_calls > 0 {
-            metrics::counter!("coalesce_errors_total", "function" => name.to_owned(), "kind" => outcome)
-                .increment(failed_calls as u64);
+    #[allow(unused_variables)]
+    pub(crate) fn batch_started<'a>(
+        &self,
+        calls: usize,
+        keys: usize,
+        dedup_hits: u64,
+        wait: Duration,
+        callers: impl Iterator<Item = &'a CallerSpan>,
+    ) -> BatchSpan {
+        #[cfg(feature = "metrics")]
+        {
+            let m = &self.m;
+            m.calls.increment(calls as u64);
+            m.keys.increment(keys as u64);
+            m.dedup_hits.increment(dedup_hits);
+            m.batches.increment(1);
+            m.batch_size.record(keys as f64);
+            m.wait.record(wait.as_secs_f64());
+        }
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!(
+                "coalesce.batch",
+                function = &*self.name,
+                batch_size = keys,
+                calls = calls,
+                wait_us = wait.as_micros() as u64,
+                run_us = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                for id in callers.flatten() {
+                    span.follows_from(id.clone());
+                }
+            }
+            span
         }
     }
-    #[cfg(feature = "tracing")]
-    {
-        span.record("run_us", run.as_micros() as u64);
-        span.record("outcome", outcome);
+
+    #[allow(unused_variables)]
+    pub(crate) fn batch_finished(
+        &self,
+        span: &BatchSpan,
+        run: Duration,
+        outcome: &'static str,
+        failed_calls: usize,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            self.m.run.record(run.as_secs_f64());
+            if failed_calls > 0 {
+                let i = ERROR_KINDS.iter().position(|k| *k == outcome).unwrap_or(5);
+                self.m.errors[i].increment(failed_calls as u64);
+            }
+        }
+        #[cfg(feature = "tracing")]
+        if !span.is_disabled() {
+            span.record("run_us", run.as_micros() as u64);
+            span.record("outcome", outcome);
+        }
     }
-}
 
-#[allow(unused_variables)]
-pub(crate) fn key_errors(name: &str, n: u64) {
-    #[cfg(feature = "metrics")]
-    if n > 0 {
-        metrics::counter!("coalesce_errors_total", "function" => name.to_owned(), "kind" => "key")
-            .increment(n);
+    #[allow(unused_variables)]
+    pub(crate) fn key_errors(&self, n: u64) {
+        #[cfg(feature = "metrics")]
+        self.m.errors[1].increment(n);
     }
-}
 
-#[allow(unused_variables)]
-pub(crate) fn overloaded(name: &str) {
-    #[cfg(feature = "metrics")]
-    metrics::counter!("coalesce_overloaded_total", "function" => name.to_owned()).increment(1);
-}
+    pub(crate) fn overloaded(&self) {
+        #[cfg(feature = "metrics")]
+        self.m.overloaded.increment(1);
+    }
 
-#[allow(unused_variables)]
-pub(crate) fn cancelled(name: &str) {
-    #[cfg(feature = "metrics")]
-    metrics::counter!("coalesce_cancelled_total", "function" => name.to_owned()).increment(1);
-}
+    pub(crate) fn cancelled(&self) {
+        #[cfg(feature = "metrics")]
+        self.m.cancelled.increment(1);
+    }
 
-#[allow(unused_variables)]
-pub(crate) fn gauges(name: &str, in_flight: u64, pending: u64) {
-    #[cfg(feature = "metrics")]
-    {
-        metrics::gauge!("coalesce_in_flight", "function" => name.to_owned()).set(in_flight as f64);
-        metrics::gauge!("coalesce_pending", "function" => name.to_owned()).set(pending as f64);
+    #[allow(unused_variables)]
+    pub(crate) fn gauges(&self, in_flight: u64, pending: u64) {
+        #[cfg(feature = "metrics")]
+        {
+            self.m.in_flight.set(in_flight as f64);
+            self.m.pending.set(pending as f64);
+        }
     }
 }
 

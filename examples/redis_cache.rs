@@ -9,42 +9,17 @@
 //! SQLite database as the source of truth, runs a cold and a warm burst of 1,000
 //! concurrent gets, and prints calls in vs MGETs and SQL queries out.
 
+#[path = "common/read_through.rs"]
+mod read_through;
+
 use coalesce::coalesce;
+use read_through::CacheError;
 use redis::aio::MultiplexedConnection;
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-#[derive(Debug)]
-pub enum CacheError {
-    Redis(redis::RedisError),
-    Db(sqlx::Error),
-}
-
-impl std::fmt::Display for CacheError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CacheError::Redis(e) => write!(f, "cache: {e}"),
-            CacheError::Db(e) => write!(f, "database: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for CacheError {}
-
-impl From<redis::RedisError> for CacheError {
-    fn from(e: redis::RedisError) -> Self {
-        CacheError::Redis(e)
-    }
-}
-
-impl From<sqlx::Error> for CacheError {
-    fn from(e: sqlx::Error) -> Self {
-        CacheError::Db(e)
-    }
-}
+use std::time::Instant;
 
 pub struct ProductCache {
     redis: MultiplexedConnection,
@@ -55,28 +30,12 @@ pub struct ProductCache {
 }
 
 impl ProductCache {
-    fn key(&self, id: i64) -> String {
-        format!("{}:{id}", self.prefix)
-    }
-
     /// `cache.product(id).await -> Result<Option<String>, coalesce::Error<CacheError>>`
     #[coalesce(window = "2ms", max_batch = 500, name = "redis_cache.product")]
     pub async fn product(&self, ids: Vec<i64>) -> Result<HashMap<i64, String>, CacheError> {
         let mut conn = self.redis.clone();
-        let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
         self.mgets.fetch_add(1, Ordering::Relaxed);
-        let cached: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let mut found = HashMap::with_capacity(ids.len());
-        let mut misses = Vec::new();
-        for (id, value) in ids.into_iter().zip(cached) {
-            match value {
-                Some(value) => {
-                    found.insert(id, value);
-                }
-                None => misses.push(id),
-            }
-        }
+        let (mut found, misses) = read_through::mget(&mut conn, &self.prefix, ids).await?;
         if misses.is_empty() {
             return Ok(found);
         }
@@ -88,18 +47,8 @@ impl ProductCache {
         .bind(serde_json::to_string(&misses).expect("ids serialize"))
         .fetch_all(&self.db)
         .await?;
-        if !rows.is_empty() {
-            let mut fill = redis::pipe();
-            for (id, name) in &rows {
-                fill.cmd("SET")
-                    .arg(self.key(*id))
-                    .arg(name)
-                    .arg("EX")
-                    .arg(60)
-                    .ignore();
-            }
-            let () = fill.query_async(&mut conn).await?;
-        }
+        let fill = rows.iter().map(|(id, name)| (id, name));
+        read_through::fill(&mut conn, &self.prefix, fill, 60).await?;
         found.extend(rows);
         Ok(found)
     }
@@ -124,13 +73,9 @@ async fn burst(cache: &Arc<ProductCache>, calls: i64) -> Result<usize, Box<dyn s
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let redis = tokio::time::timeout(
-        Duration::from_secs(3),
-        redis::Client::open(url.as_str())?.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| format!("timed out connecting to Redis at {url}"))?
-    .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+    let redis = read_through::connect(&url)
+        .await
+        .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
 
     // One connection: every connection to `sqlite::memory:` is its own database.
     let db = SqlitePoolOptions::new()
@@ -173,8 +118,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Remove this run's keys.
-    let mut conn = cache.redis.clone();
-    let keys: Vec<String> = (1..=360).map(|id| cache.key(id)).collect();
-    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+    read_through::remove_keys(&mut cache.redis.clone(), &cache.prefix).await?;
     Ok(())
 }

@@ -2,16 +2,14 @@
 //! become a handful of `GET /prices?symbols=A,B,C` requests to an in-process
 //! axum server, and server failures reach every caller as typed errors.
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::http::Uri;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use coalesce::{coalesce, Error};
+#[macro_use]
+#[path = "../examples/common/http.rs"]
+mod http;
+
+use coalesce::Error;
 use futures::future::join_all;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use http::{price_of, PriceClient, PriceError, Server, FAIL, MALFORMED, OK, SLOW};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,108 +19,8 @@ const NAME: &str = "tests.http.prices";
 /// Tests here read the one coalescer's metrics: run them one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const OK: u8 = 0;
-const FAIL: u8 = 1;
-const SLOW: u8 = 2;
-const MALFORMED: u8 = 3;
-
-/// What the fake price service has seen, and how it behaves.
-#[derive(Default)]
-struct Server {
-    requests: AtomicU64,
-    longest_uri: AtomicUsize,
-    mode: AtomicU8,
-}
-
-fn price_of(symbol: &str) -> f64 {
-    symbol.bytes().map(f64::from).sum::<f64>() / 100.0
-}
-
-async fn prices(State(server): State<Arc<Server>>, uri: Uri) -> Response {
-    server.requests.fetch_add(1, Ordering::SeqCst);
-    server
-        .longest_uri
-        .fetch_max(uri.to_string().len(), Ordering::SeqCst);
-    match server.mode.load(Ordering::SeqCst) {
-        FAIL => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
-        SLOW => tokio::time::sleep(Duration::from_secs(2)).await,
-        MALFORMED => return (StatusCode::OK, "{\"AAA\": 1.0,").into_response(),
-        _ => {}
-    }
-    let symbols = uri
-        .query()
-        .and_then(|q| q.strip_prefix("symbols="))
-        .unwrap_or("");
-    let body: HashMap<&str, f64> = symbols
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| (s, price_of(s)))
-        .collect();
-    Json(body).into_response()
-}
-
-/// Starts the service on 127.0.0.1, on a free port.
-async fn serve() -> (Arc<Server>, String) {
-    let server = Arc::new(Server::default());
-    let app = Router::new()
-        .route("/prices", get(prices))
-        .with_state(server.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (server, format!("http://{addr}"))
-}
-
-#[derive(Debug)]
-enum PriceError {
-    /// Could not send the request or read the response.
-    Transport(reqwest::Error),
-    /// The service answered with an error status.
-    Status(u16),
-    /// The body was not the JSON map we expect.
-    Decode(serde_json::Error),
-}
-
-impl std::fmt::Display for PriceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PriceError::Transport(e) => write!(f, "price service unreachable: {e}"),
-            PriceError::Status(code) => write!(f, "price service answered {code}"),
-            PriceError::Decode(e) => write!(f, "price service sent a malformed body: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for PriceError {}
-
-struct PriceClient {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl PriceClient {
-    /// One request for every symbol of the batch.
-    #[coalesce(
-        window = "2ms",
-        max_batch = 100,
-        timeout = "200ms",
-        name = "tests.http.prices"
-    )]
-    async fn price(&self, symbols: Vec<String>) -> Result<HashMap<String, f64>, PriceError> {
-        let url = format!("{}/prices?symbols={}", self.base, symbols.join(","));
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(PriceError::Transport)?;
-        if !response.status().is_success() {
-            return Err(PriceError::Status(response.status().as_u16()));
-        }
-        let body = response.bytes().await.map_err(PriceError::Transport)?;
-        serde_json::from_slice(&body).map_err(PriceError::Decode)
-    }
-}
+// This test's own coalescer, so that its metrics are this file's alone.
+coalesced_price!("tests.http.prices");
 
 fn symbol(i: usize) -> String {
     format!("SYM{i:04}")
@@ -133,12 +31,8 @@ fn batches() -> u64 {
 }
 
 async fn client() -> (Arc<Server>, PriceClient) {
-    let (server, base) = serve().await;
-    let client = PriceClient {
-        http: reqwest::Client::new(),
-        base,
-    };
-    (server, client)
+    let (server, base) = http::serve(Server::default()).await.unwrap();
+    (server, PriceClient::new(base))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,110 +6,31 @@
 
 mod support;
 
-use coalesce::{coalesce, Error};
+#[path = "../examples/common/pg.rs"]
+mod pg;
+
+use coalesce::Error;
 use futures::future::join_all;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use std::collections::HashMap;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use pg::{User, UserRepo};
+use sqlx::postgres::PgPool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct User {
-    id: i64,
-    name: String,
-}
-
-/// A repository over `users` in whatever schema its pool's `search_path` names.
-struct UserRepo {
-    pool: PgPool,
-    /// Queries this repo sent (client side).
-    queries: AtomicU64,
-}
-
-impl UserRepo {
-    fn new(pool: PgPool) -> Self {
-        UserRepo {
-            pool,
-            queries: AtomicU64::new(0),
-        }
-    }
-
-    /// One query for every id of the batch.
-    #[coalesce(window = "2ms", max_batch = 500)]
-    async fn users(&self, ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
-        self.queries.fetch_add(1, Ordering::SeqCst);
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, name FROM users WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name)| (id, User { id, name }))
-            .collect())
-    }
-
-    /// The ordered shape: one `Option<User>` per id, in the order of `ids`.
-    #[coalesce(window = "2ms", max_batch = 500)]
-    async fn users_ordered(&self, ids: Vec<i64>) -> Result<Vec<Option<User>>, sqlx::Error> {
-        self.queries.fetch_add(1, Ordering::SeqCst);
-        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
-            "SELECT k.id, u.name FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, ord) \
-             LEFT JOIN users u ON u.id = k.id ORDER BY k.ord",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name)| name.map(|name| User { id, name }))
-            .collect())
-    }
-}
 
 /// A fresh schema holding `users(id, name)` with ids `1..=rows`, named
 /// `<label>-<id>`, and a pool whose connections see only that schema.
 async fn schema_with_users(label: &str, rows: i64) -> Option<(String, PgPool)> {
     let url = support::database_url();
-    let admin = match PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&url)
-        .await
-    {
+    let admin = match pg::connect_admin(&url).await {
         Ok(pool) => pool,
         Err(e) => return support::unavailable("PostgreSQL", &url, e),
     };
     let schema = support::unique("coalesce_pg");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
+    pg::create_users(&admin, &schema, label, rows)
         .await
         .unwrap();
-    sqlx::query(&format!(
-        "CREATE TABLE {schema}.users (id bigint PRIMARY KEY, name text NOT NULL)"
-    ))
-    .execute(&admin)
-    .await
-    .unwrap();
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.users SELECT g, $1 || '-' || g FROM generate_series(1, $2::bigint) g"
-    ))
-    .bind(label)
-    .bind(rows)
-    .execute(&admin)
-    .await
-    .unwrap();
     admin.close().await;
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let pool = pg::schema_pool(&url, &schema).await.unwrap();
     Some((schema, pool))
 }
 
@@ -125,20 +46,7 @@ async fn drop_schema(schema: &str) {
 /// Scans of `schema.users` the server has counted (sequential + index), once the
 /// statistics of the repo's (closed) connections have been flushed.
 async fn server_scans(admin: &PgPool, schema: &str) -> i64 {
-    let mut conn = admin.acquire().await.unwrap();
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables \
-         WHERE schemaname = $1 AND relname = 'users'",
-    )
-    .bind(schema)
-    .fetch_optional(&mut *conn)
-    .await
-    .unwrap()
-    .unwrap_or(0)
+    pg::table_scans(admin, schema).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,19 +76,8 @@ async fn a_burst_of_1000_loads_makes_two_queries() {
         "1000 calls made {queries} queries"
     );
 
-    // Make every backend of the pool flush its statistics now (PostgreSQL 15+;
-    // otherwise a deferred flush can take up to 10 s), then end them.
-    let mut held = Vec::new();
-    for _ in 0..pool.size() {
-        held.push(pool.acquire().await.unwrap());
-    }
-    for conn in &mut held {
-        let _ = sqlx::query("SELECT pg_stat_force_next_flush()")
-            .execute(&mut **conn)
-            .await;
-    }
-    drop(held);
-    pool.close().await;
+    // Make every backend of the pool flush its statistics now, then end them.
+    pg::flush_stats_and_close(&pool).await.unwrap();
     let expected = before + queries as i64;
     let scans = support::eventually(Duration::from_secs(30), || async {
         let scans = server_scans(&admin, &schema).await;

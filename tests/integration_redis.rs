@@ -7,8 +7,12 @@
 
 mod support;
 
+#[path = "../examples/common/read_through.rs"]
+mod read_through;
+
 use coalesce::coalesce;
 use futures::future::join_all;
+use read_through::CacheError;
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,23 +45,6 @@ impl Db {
     }
 }
 
-#[derive(Debug)]
-struct CacheError(redis::RedisError);
-
-impl std::fmt::Display for CacheError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cache unavailable: {}", self.0)
-    }
-}
-
-impl std::error::Error for CacheError {}
-
-impl From<redis::RedisError> for CacheError {
-    fn from(e: redis::RedisError) -> Self {
-        CacheError(e)
-    }
-}
-
 struct Cache {
     redis: MultiplexedConnection,
     db: Db,
@@ -69,7 +56,7 @@ struct Cache {
 
 impl Cache {
     fn key(&self, id: u64) -> String {
-        format!("{}:{id}", self.prefix)
+        read_through::key(&self.prefix, id)
     }
 
     /// One `MGET` for the batch; one database load for its misses; one pipeline of
@@ -77,61 +64,25 @@ impl Cache {
     #[coalesce(window = "2ms", max_batch = 500)]
     async fn get(&self, ids: Vec<u64>) -> Result<HashMap<u64, String>, CacheError> {
         let mut conn = self.redis.clone();
-        let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
         self.mgets.fetch_add(1, Ordering::SeqCst);
-        let cached: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let mut found = HashMap::with_capacity(ids.len());
-        let mut misses = Vec::new();
-        for (id, value) in ids.into_iter().zip(cached) {
-            match value {
-                Some(value) => {
-                    found.insert(id, value);
-                }
-                None => misses.push(id),
-            }
-        }
+        let (mut found, misses) = read_through::mget(&mut conn, &self.prefix, ids).await?;
         if !misses.is_empty() {
             let loaded = self.db.load(&misses).await;
-            if !loaded.is_empty() {
-                let mut fill = redis::pipe();
-                for (id, value) in &loaded {
-                    fill.cmd("SET")
-                        .arg(self.key(*id))
-                        .arg(value)
-                        .arg("EX")
-                        .arg(300)
-                        .ignore();
-                }
-                let () = fill.query_async(&mut conn).await?;
-            }
+            read_through::fill(&mut conn, &self.prefix, &loaded, 300).await?;
             found.extend(loaded);
         }
         Ok(found)
     }
 }
 
-async fn connect() -> Option<MultiplexedConnection> {
+async fn cache(rows: u64) -> Option<Cache> {
     let url = support::redis_url();
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(client) => client,
+    let redis = match read_through::connect(&url).await {
+        Ok(conn) => conn,
         Err(e) => return support::unavailable("Redis", &url, e),
     };
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    {
-        Ok(Ok(conn)) => Some(conn),
-        Ok(Err(e)) => support::unavailable("Redis", &url, e),
-        Err(_) => support::unavailable("Redis", &url, "connect timed out"),
-    }
-}
-
-async fn cache(rows: u64) -> Option<Cache> {
     Some(Cache {
-        redis: connect().await?,
+        redis,
         db: Db::with_rows(rows),
         prefix: support::unique("coalesce_cache"),
         mgets: AtomicU64::new(0),
@@ -152,15 +103,7 @@ async fn server_mgets(conn: &mut MultiplexedConnection) -> u64 {
 }
 
 async fn cleanup(cache: &Cache) {
-    let mut conn = cache.redis.clone();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", cache.prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-    }
+    let _ = read_through::remove_keys(&mut cache.redis.clone(), &cache.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

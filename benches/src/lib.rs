@@ -166,7 +166,7 @@ pub enum Loader {
     /// See [`Kind::Direct`]; round-trip work waits behind the semaphore.
     Direct(Work, Semaphore),
     /// See [`Kind::CoalesceWindow`] and [`Kind::CoalesceAdaptive`].
-    Coalesce(Coalescer<u64, u64>),
+    Coalesce(Box<Coalescer<u64, u64>>),
     /// See [`Kind::Dataloader`].
     Dataloader(dataloader::non_cached::Loader<u64, u64, DlBatch>),
     /// See [`Kind::AsyncGraphql`].
@@ -193,12 +193,15 @@ impl Loader {
                     .window(window)
                     .max_batch(max_batch)
                     .dispatch(dispatch);
-                Loader::Coalesce(Coalescer::new(config, move |keys: Vec<u64>| async move {
-                    if work == Work::RoundTrip {
-                        tokio::time::sleep(ROUND_TRIP).await;
-                    }
-                    keys.into_iter().map(compute).collect::<Vec<u64>>()
-                }))
+                Loader::Coalesce(Box::new(Coalescer::new(
+                    config,
+                    move |keys: Vec<u64>| async move {
+                        if work == Work::RoundTrip {
+                            tokio::time::sleep(ROUND_TRIP).await;
+                        }
+                        keys.into_iter().map(compute).collect::<Vec<u64>>()
+                    },
+                )))
             }
             Kind::Dataloader => Loader::Dataloader(
                 dataloader::non_cached::Loader::new(DlBatch(work))

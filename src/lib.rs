@@ -37,6 +37,7 @@
 //! | `Result<HashMap<K, V>, E>` (or `BTreeMap`) | `Result<Option<V>, Error<E>>` |
 //! | `Vec<V>`, one per key, same order | `Result<V, Error>` |
 //! | `Result<Vec<V>, E>` | `Result<V, Error<E>>` |
+//! | `HashMap<K, Result<V, E>>`, or inside `Result<_, E>` | `Result<Option<V>, Error<E>>` |
 //!
 //! A map may leave keys out (those callers get `None`); entries for keys nobody asked
 //! for are ignored and counted. An ordered `Vec` of the wrong length fails every
@@ -60,6 +61,39 @@
 //! assert_eq!(squares(4).await.unwrap(), Some(16));
 //! assert_eq!(squares(3).await.unwrap(), None); // no entry for an odd key
 //! assert_eq!(lengths("four".to_owned()).await.unwrap(), 4);
+//! # }
+//! ```
+//!
+//! # One bad key need not fail the batch
+//!
+//! A map of `Result`s fails only the callers of the keys whose entry is an `Err`
+//! ([`Error::Key`]). And `isolate = N` retries a batch that failed as a whole in
+//! halves, down to N levels, so a poisonous key fails only its own callers.
+//!
+//! ```
+//! use coalesce::{coalesce, Error};
+//! use std::collections::HashMap;
+//!
+//! #[coalesce]
+//! async fn parse(ids: Vec<u32>) -> HashMap<u32, Result<u64, String>> {
+//!     ids.into_iter().map(|id| (id, if id == 7 { Err(format!("{id} is bad")) } else { Ok(u64::from(id)) })).collect()
+//! }
+//!
+//! #[coalesce(isolate = 4)]
+//! async fn strict(ids: Vec<u32>) -> Result<HashMap<u32, u32>, String> {
+//!     // One bad id fails the whole query...
+//!     if ids.contains(&7) { return Err("7 is bad".to_owned()); }
+//!     Ok(ids.into_iter().map(|id| (id, id)).collect())
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let (a, b) = tokio::join!(parse(1), parse(7));
+//! assert_eq!(a.unwrap(), Some(1));
+//! assert!(matches!(b, Err(Error::Key { .. })));
+//! // ...but with isolate, only the callers of 7 see it.
+//! let (c, d) = tokio::join!(strict(3), strict(7));
+//! assert_eq!(c.unwrap(), Some(3));
+//! assert!(matches!(d, Err(Error::Key { .. })));
 //! # }
 //! ```
 //!
@@ -100,6 +134,7 @@
 //! | `max_in_flight = N` | unbounded | at most N batches of one group run at once |
 //! | `max_pending = N` | unbounded | past N waiting calls, a call fails at once with [`Error::Overloaded`] |
 //! | `timeout = "2s"` | none | a batch running longer fails its callers with [`Error::Timeout`] |
+//! | `isolate = N` | off | bisect a failed batch down to N levels (see above) |
 //! | `group = <expr>` | none | extra partition, evaluated per call |
 //! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
 //! | `dispatch = "adaptive"` | `"window"` | see [Choosing a window](#choosing-a-window) |

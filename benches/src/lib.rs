@@ -61,11 +61,13 @@ pub enum Kind {
     BatchedFn,
     /// `batch-aint-one`, `BatchingPolicy::Immediate`.
     BatchAintOne,
+    /// `batch-aint-one`, `BatchingPolicy::Balanced { min_size_hint: 10 }`.
+    BatchAintOneBalanced,
 }
 
 impl Kind {
     /// Every contender, direct call first.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::CoalesceWindow,
         Kind::CoalesceAdaptive,
@@ -73,6 +75,7 @@ impl Kind {
         Kind::AsyncGraphql,
         Kind::BatchedFn,
         Kind::BatchAintOne,
+        Kind::BatchAintOneBalanced,
     ];
 
     /// A short label for tables and benchmark ids.
@@ -85,6 +88,7 @@ impl Kind {
             Kind::AsyncGraphql => "async-graphql",
             Kind::BatchedFn => "batched-fn",
             Kind::BatchAintOne => "batch-aint-one",
+            Kind::BatchAintOneBalanced => "batch-aint-one-balanced",
         }
     }
 
@@ -93,12 +97,17 @@ impl Kind {
         match self {
             Kind::Direct => "no batching".into(),
             Kind::CoalesceWindow => format!("Dispatch::Window, window {window:?}"),
-            Kind::CoalesceAdaptive => format!("Dispatch::Adaptive, window {window:?}"),
+            Kind::CoalesceAdaptive => format!(
+                "Dispatch::Adaptive, window {window:?}; round trip: max_in_flight {DIRECT_PERMITS}"
+            ),
             Kind::Dataloader => "non_cached::Loader, with_yield_count(1)".into(),
             Kind::AsyncGraphql => "DataLoader::new(.., tokio::spawn), delay(0), no cache".into(),
             Kind::BatchedFn => "max_delay: 1 (ms; 0 disables batching)".into(),
             Kind::BatchAintOne => {
                 "BatchingPolicy::Immediate, max_key_concurrency 10, one key".into()
+            }
+            Kind::BatchAintOneBalanced => {
+                "BatchingPolicy::Balanced { min_size_hint: 10 }, one key".into()
             }
         }
     }
@@ -189,10 +198,14 @@ impl Loader {
                 } else {
                     Dispatch::Adaptive
                 };
-                let config = Config::new(format!("bench.{}.{max_batch}", kind.label()))
+                let mut config = Config::new(format!("bench.{}.{max_batch}", kind.label()))
                     .window(window)
                     .max_batch(max_batch)
                     .dispatch(dispatch);
+                if kind == Kind::CoalesceAdaptive && work == Work::RoundTrip {
+                    // As many lanes as the direct path has connections.
+                    config = config.max_in_flight(DIRECT_PERMITS);
+                }
                 Loader::Coalesce(Box::new(Coalescer::new(
                     config,
                     move |keys: Vec<u64>| async move {
@@ -214,7 +227,7 @@ impl Loader {
                     .max_batch_size(max_batch),
             ),
             Kind::BatchedFn => Loader::BatchedFn(batched::handle(work, max_batch)),
-            Kind::BatchAintOne => Loader::BatchAintOne(
+            Kind::BatchAintOne | Kind::BatchAintOneBalanced => Loader::BatchAintOne(
                 batch_aint_one::Batcher::builder()
                     .name("bench")
                     .processor(BaoBatch(work))
@@ -224,7 +237,11 @@ impl Loader {
                             .max_key_queued_items(4 * BURST)
                             .build(),
                     )
-                    .batching_policy(batch_aint_one::BatchingPolicy::Immediate)
+                    .batching_policy(if kind == Kind::BatchAintOne {
+                        batch_aint_one::BatchingPolicy::Immediate
+                    } else {
+                        batch_aint_one::BatchingPolicy::Balanced { min_size_hint: 10 }
+                    })
                     .build(),
             ),
         }

@@ -12,11 +12,14 @@ pub enum Dispatch {
     /// up to one window of latency; batches are as full as the traffic allows.
     #[default]
     Window,
-    /// "When the road is empty, let everyone drive": a call that finds no batch of
-    /// its group in flight is dispatched at once, as a batch of one. Calls that arrive
-    /// while a batch runs gather, and leave together when the running batch completes,
-    /// when the window elapses, or when `max_batch` is reached — whichever is first.
-    /// A quiet service pays no window; a busy one batches as much as it needs to.
+    /// "When the road is empty, let everyone drive": a call that finds a free lane
+    /// (fewer batches of its group in flight than `max_in_flight`, or none in flight
+    /// when `max_in_flight` is not set) is dispatched at once, as a batch of one.
+    /// Calls that arrive while every lane is busy gather, and leave together when a
+    /// running batch completes, when the window elapses, or when `max_batch` is
+    /// reached — whichever is first. A quiet service pays no window; a busy one
+    /// batches as much as it needs to. Set `max_in_flight` to what the backend can
+    /// serve at once (its connection pool, say) to let that many calls drive.
     Adaptive,
 }
 
@@ -118,6 +121,16 @@ impl Config {
     pub fn isolate(mut self, depth: u32) -> Self {
         self.isolate = depth;
         self
+    }
+
+    /// How many batches of a group may leave at once in [`Dispatch::Adaptive`]:
+    /// `max_in_flight`, or one lane when it is not set.
+    pub(crate) fn lanes(&self) -> usize {
+        if self.max_in_flight == usize::MAX {
+            1
+        } else {
+            self.max_in_flight
+        }
     }
 
     /// The name this coalescer reports under.

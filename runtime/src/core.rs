@@ -464,10 +464,9 @@ where
             Some(b) => b.clone(),
             None => {
                 let now = Instant::now();
-                // On an empty road an adaptive batch leaves at once.
+                // With a free lane an adaptive batch leaves at once.
                 let kicked = self.config.dispatch == Dispatch::Adaptive
-                    && entry.get().in_flight < self.config.max_in_flight
-                    && entry.get().in_flight == 0;
+                    && entry.get().in_flight < self.config.lanes();
                 let b = Arc::new(Batch {
                     group: entry.key().clone(),
                     st: Mutex::new(BatchState {
@@ -686,7 +685,7 @@ where
         if !handed {
             g.in_flight -= 1;
             self.metrics.in_flight.fetch_sub(1, Relaxed);
-            if self.config.dispatch == Dispatch::Adaptive && g.in_flight == 0 {
+            if self.config.dispatch == Dispatch::Adaptive && g.in_flight < self.config.lanes() {
                 if let Some(open) = &g.open {
                     let mut st = lock(&open.st);
                     st.kicked = true;

@@ -505,3 +505,42 @@ async fn per_key_results_fail_only_their_own_key() {
     }
     assert_eq!(c.metrics().key_errors, 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_with_lanes_sends_callers_at_once_while_a_lane_is_free() {
+    let rec = Recorder::default();
+    let rec2 = rec.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.adaptive_lanes")
+            .window(Duration::from_secs(10))
+            .max_in_flight(3)
+            .dispatch(Dispatch::Adaptive),
+        move |keys: Vec<u64>| {
+            rec2.batches.lock().unwrap().push(keys.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
+            }
+        },
+    ));
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::new();
+    // Three callers, one after another while the others' batches run: each finds a
+    // free lane and leaves at once.
+    for k in 0..3u64 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move { c.load(k).await }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // All lanes busy: these gather and leave together when the first lane frees.
+    for k in 3..8u64 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move { c.load(k).await }));
+    }
+    for (k, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap().unwrap(), Some(k as u64));
+    }
+    assert_eq!(rec.sizes(), vec![1, 1, 1, 5]);
+    // The gathered batch left when the first lane freed (10 ms), not after the window.
+    assert!(start.elapsed() < Duration::from_millis(30));
+}

@@ -111,7 +111,13 @@ async fn load() {
         500.0, 1_000.0, 2_000.0, 4_000.0, 8_000.0, 16_000.0, 32_000.0, 64_000.0,
     ];
     let span = Duration::from_millis(500);
-    let kinds = [Kind::Direct, Kind::CoalesceWindow, Kind::CoalesceAdaptive];
+    let kinds = [
+        Kind::Direct,
+        Kind::CoalesceWindow,
+        Kind::CoalesceAdaptive,
+        Kind::BatchAintOne,
+        Kind::BatchAintOneBalanced,
+    ];
     println!("### Offered load: open-loop arrivals for {span:?}, 2 ms round trip (direct: per key, 10 permits; coalesce: per batch, max_batch 1000)\n");
     println!("| offered (calls/s) | contender | achieved (calls/s) | p50 (ms) | p99 (ms) |");
     println!("|---:|---|---:|---:|---:|");
@@ -135,6 +141,8 @@ async fn load() {
         "naive (per key, 10 permits)",
         "coalesce window 1ms",
         "coalesce adaptive",
+        "batch-aint-one immediate",
+        "batch-aint-one balanced",
     ];
     if let Err(e) = plot(&labels, &series) {
         eprintln!("plot failed: {e}");
@@ -152,7 +160,13 @@ fn plot(
     let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
-    let colors = [RED, BLUE, RGBColor(0, 150, 0)];
+    let colors = [
+        RED,
+        BLUE,
+        RGBColor(0, 150, 0),
+        RGBColor(200, 120, 0),
+        RGBColor(120, 0, 160),
+    ];
     let xs = series[0].iter().map(|p| p.0);
     let (xmin, xmax) = (
         xs.clone().fold(f64::MAX, f64::min) * 0.9,

@@ -95,63 +95,35 @@ impl Args {
     /// a malformed pair is returned as the error.
     fn parse_one(&mut self, input: ParseStream, errors: &mut Errors) -> syn::Result<()> {
         let lookahead = input.lookahead1();
-        if lookahead.peek(kw::window) {
-            let key = input.parse::<kw::window>()?;
-            let value = parse_duration_arg(input, "window", true)?;
-            set(&mut self.window, value, key.span, "window", errors);
-        } else if lookahead.peek(kw::max_batch) {
-            let key = input.parse::<kw::max_batch>()?;
-            let value = parse_count_arg(input, "max_batch")?;
-            set(&mut self.max_batch, value, key.span, "max_batch", errors);
-        } else if lookahead.peek(kw::max_in_flight) {
-            let key = input.parse::<kw::max_in_flight>()?;
-            let value = parse_count_arg(input, "max_in_flight")?;
-            set(
-                &mut self.max_in_flight,
-                value,
-                key.span,
-                "max_in_flight",
-                errors,
-            );
-        } else if lookahead.peek(kw::isolate) {
-            let key = input.parse::<kw::isolate>()?;
-            let value = parse_count_arg(input, "isolate")?;
-            set(&mut self.isolate, value, key.span, "isolate", errors);
-        } else if lookahead.peek(kw::max_pending) {
-            let key = input.parse::<kw::max_pending>()?;
-            let value = parse_count_arg(input, "max_pending")?;
-            set(
-                &mut self.max_pending,
-                value,
-                key.span,
-                "max_pending",
-                errors,
-            );
-        } else if lookahead.peek(kw::timeout) {
-            let key = input.parse::<kw::timeout>()?;
-            let value = parse_duration_arg(input, "timeout", false)?;
-            set(&mut self.timeout, value, key.span, "timeout", errors);
-        } else if lookahead.peek(kw::group) {
-            let key = input.parse::<kw::group>()?;
+        let args = self;
+        // One arm per argument, in the order "expected one of ..." lists them.
+        macro_rules! arg {
+            ($name:ident, $value:expr) => {
+                if lookahead.peek(kw::$name) {
+                    let key = input.parse::<kw::$name>()?;
+                    let value = $value;
+                    set(&mut args.$name, value, key.span, stringify!($name), errors);
+                    return Ok(());
+                }
+            };
+        }
+        arg!(window, parse_duration_arg(input, "window", true)?);
+        arg!(max_batch, parse_count_arg(input, "max_batch")?);
+        arg!(max_in_flight, parse_count_arg(input, "max_in_flight")?);
+        arg!(isolate, parse_count_arg(input, "isolate")?);
+        arg!(max_pending, parse_count_arg(input, "max_pending")?);
+        arg!(timeout, parse_duration_arg(input, "timeout", false)?);
+        arg!(group, {
             input.parse::<Token![=]>()?;
             let expr = input.parse::<Expr>()?;
-            let value = Spanned {
+            Spanned {
                 span: expr.span(),
                 value: expr,
-            };
-            set(&mut self.group, value, key.span, "group", errors);
-        } else if lookahead.peek(kw::name) {
-            let key = input.parse::<kw::name>()?;
-            let value = parse_name_arg(input)?;
-            set(&mut self.name, value, key.span, "name", errors);
-        } else if lookahead.peek(kw::dispatch) {
-            let key = input.parse::<kw::dispatch>()?;
-            let value = parse_dispatch_arg(input)?;
-            set(&mut self.dispatch, value, key.span, "dispatch", errors);
-        } else {
-            return Err(lookahead.error());
-        }
-        Ok(())
+            }
+        });
+        arg!(name, parse_name_arg(input)?);
+        arg!(dispatch, parse_dispatch_arg(input)?);
+        Err(lookahead.error())
     }
 }
 

@@ -277,6 +277,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run of `latencies` (one per completed call) over `wall`.
+    pub fn new(wall: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort_unstable();
+        Run {
+            wall,
+            calls: latencies.len(),
+            latencies,
+        }
+    }
+
     /// Nanoseconds of wall time per completed call.
     pub fn ns_per_call(&self) -> f64 {
         self.wall.as_nanos() as f64 / self.calls.max(1) as f64
@@ -330,11 +340,10 @@ pub async fn burst(loader: &Arc<Loader>, n: usize, base: u64, record: bool) -> R
         }
     }
     let wall = start.elapsed();
-    latencies.sort_unstable();
+    // Latencies may not be recorded (warm-up), but every call completed.
     Run {
-        wall,
         calls: n,
-        latencies,
+        ..Run::new(wall, latencies)
     }
 }
 
@@ -350,12 +359,7 @@ pub async fn sequential(loader: &Arc<Loader>, n: usize, base: u64) -> Run {
             latencies.push(t.elapsed());
         }
         let wall = start.elapsed();
-        latencies.sort_unstable();
-        Run {
-            wall,
-            calls: n,
-            latencies,
-        }
+        Run::new(wall, latencies)
     })
     .await
 }
@@ -389,12 +393,7 @@ pub async fn offered_load(loader: &Arc<Loader>, rate: f64, duration: Duration, b
         latencies.push(t.await.expect("task panicked"));
     }
     let wall = start.elapsed();
-    latencies.sort_unstable();
-    Run {
-        wall,
-        calls: total,
-        latencies,
-    }
+    Run::new(wall, latencies)
 }
 
 /// The runtime every workload runs on: Tokio multi-thread, 2 workers.

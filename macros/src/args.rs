@@ -155,24 +155,26 @@ fn skip_to_comma(input: ParseStream) {
 }
 
 /// `= "5ms"`: a string literal holding a duration. `allow_zero` is false for `timeout`.
+/// `= "..."`: the string literal of an argument, or `expected` on whatever stands there.
+fn parse_str_arg(input: ParseStream, expected: impl FnOnce() -> String) -> syn::Result<LitStr> {
+    input.parse::<Token![=]>()?;
+    match input.parse::<Lit>()? {
+        Lit::Str(lit) => Ok(lit),
+        other => Err(syn::Error::new(other.span(), expected())),
+    }
+}
+
 fn parse_duration_arg(
     input: ParseStream,
     name: &str,
     allow_zero: bool,
 ) -> syn::Result<Spanned<u64>> {
-    input.parse::<Token![=]>()?;
-    let lit = match input.parse::<Lit>()? {
-        Lit::Str(lit) => lit,
-        other => {
-            return Err(syn::Error::new(
-                other.span(),
-                format!(
-                    "`{name}` takes a duration written as a string with a unit, \
+    let lit = parse_str_arg(input, || {
+        format!(
+            "`{name}` takes a duration written as a string with a unit, \
                      e.g. `{name} = \"5ms\"` (units: ns, us, ms, s)"
-                ),
-            ))
-        }
-    };
+        )
+    })?;
     let nanos = parse_duration(&lit.value()).map_err(|msg| syn::Error::new(lit.span(), msg))?;
     if nanos == 0 && !allow_zero {
         return Err(syn::Error::new(
@@ -222,16 +224,9 @@ fn parse_count_arg(input: ParseStream, name: &str) -> syn::Result<Spanned<usize>
 
 /// `= "users.load"`: a non-empty string.
 fn parse_name_arg(input: ParseStream) -> syn::Result<Spanned<LitStr>> {
-    input.parse::<Token![=]>()?;
-    let lit = match input.parse::<Lit>()? {
-        Lit::Str(lit) => lit,
-        other => {
-            return Err(syn::Error::new(
-                other.span(),
-                "`name` takes a string literal, e.g. `name = \"users.load\"`",
-            ))
-        }
-    };
+    let lit = parse_str_arg(input, || {
+        "`name` takes a string literal, e.g. `name = \"users.load\"`".to_owned()
+    })?;
     if lit.value().is_empty() {
         return Err(syn::Error::new(
             lit.span(),
@@ -247,12 +242,8 @@ fn parse_name_arg(input: ParseStream) -> syn::Result<Spanned<LitStr>> {
 /// `= "window"` or `= "adaptive"`.
 fn parse_dispatch_arg(input: ParseStream) -> syn::Result<Spanned<Dispatch>> {
     const EXPECTED: &str = "`dispatch` is either \"window\" (every batch waits for its window) \
-                            or \"adaptive\" (go at once when nothing is in flight)";
-    input.parse::<Token![=]>()?;
-    let lit = match input.parse::<Lit>()? {
-        Lit::Str(lit) => lit,
-        other => return Err(syn::Error::new(other.span(), EXPECTED)),
-    };
+                            or \"adaptive\" (go at once while a lane is free)";
+    let lit = parse_str_arg(input, || EXPECTED.to_owned())?;
     let value = match lit.value().as_str() {
         "window" => Dispatch::Window,
         "adaptive" => Dispatch::Adaptive,

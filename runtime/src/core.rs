@@ -151,6 +151,20 @@ struct BatchState<K, V, E> {
 /// A call admitted into a batch, and whether it drives that batch.
 type Admitted<'c, G, K, V, E> = (Call<'c, G, K, V, E>, bool);
 
+impl<K, V, E> BatchState<K, V, E> {
+    /// Takes a caller out of the batch (answered or cancelled). Returns its slot,
+    /// and whether it was the last caller of that key.
+    fn leave(&mut self, ticket: usize) -> (usize, bool) {
+        let t = &mut self.tickets[ticket];
+        t.live = false;
+        t.waker = None;
+        let slot = t.slot as usize;
+        self.callers -= 1;
+        self.slots[slot].waiters -= 1;
+        (slot, self.slots[slot].waiters == 0)
+    }
+}
+
 impl<K: Hash + Eq, V, E> BatchState<K, V, E> {
     /// Drops the keys every caller of which has left, before dispatch. Returns how
     /// many were dropped.
@@ -925,16 +939,9 @@ where
         let mut guard = core.lock_state();
         let state = &mut *guard;
         let mut st = lock(&self.batch.st);
-        let t = &mut st.tickets[self.ticket];
-        t.live = false;
-        t.waker = None;
-        let slot_index = t.slot as usize;
-        st.callers -= 1;
-        let slot = &mut st.slots[slot_index];
-        slot.waiters -= 1;
-        let key_left = slot.waiters == 0;
+        let (slot_index, key_left) = st.leave(self.ticket);
         if key_left {
-            slot.value = None;
+            st.slots[slot_index].value = None;
         }
         let phase = st.phase;
         if phase == Phase::Done {
@@ -1021,14 +1028,7 @@ where
     V: Clone,
 {
     let m = &core.metrics;
-    let t = &mut st.tickets[ticket];
-    t.live = false;
-    t.waker = None;
-    let slot_index = t.slot as usize;
-    st.callers -= 1;
-    let slot = &mut st.slots[slot_index];
-    slot.waiters -= 1;
-    let last = slot.waiters == 0;
+    let (slot_index, last) = st.leave(ticket);
     if let Some(err) = &st.failure {
         let counter = match err {
             Error::Panicked { .. } => &m.panics,
@@ -1039,6 +1039,7 @@ where
         counter.fetch_add(1, Relaxed);
         return Err(err.clone());
     }
+    let slot = &mut st.slots[slot_index];
     let entry = if last {
         slot.value.take()
     } else {

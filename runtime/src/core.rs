@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tokio::time::{Instant, Sleep};
@@ -26,8 +27,8 @@ use tokio::time::{Instant, Sleep};
 use crate::config::{Config, Dispatch};
 use crate::error::Error;
 use crate::isolate;
-use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::output::{BatchOutput, Delivery};
+use crate::metrics::{add, Metrics, MetricsSnapshot};
+use crate::output::{BatchOutput, Delivery, Entries};
 use crate::sync::{lock, Arc, Mutex};
 use crate::telemetry;
 
@@ -73,6 +74,8 @@ struct State<G, K, V, E> {
     /// Keyed by (instance address, group): see `Core::load_in`.
     groups: HashMap<(usize, G), Group<G, K, V, E>>,
     pending: usize,
+    /// Distinct keys of the last batch dispatched: a new batch reserves this much.
+    size_hint: usize,
 }
 
 struct Group<G, K, V, E> {
@@ -148,9 +151,6 @@ struct BatchState<K, V, E> {
     failure: Option<Error<E>>,
 }
 
-/// A call admitted into a batch, and whether it drives that batch.
-type Admitted<'c, G, K, V, E> = (Call<'c, G, K, V, E>, bool);
-
 impl<K, V, E> BatchState<K, V, E> {
     /// Takes a caller out of the batch (answered or cancelled). Returns its slot,
     /// and whether it was the last caller of that key.
@@ -196,9 +196,31 @@ impl<K: Hash + Eq, V, E> BatchState<K, V, E> {
     }
 }
 
+/// How a call was admitted.
+enum Admission<'c, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Into a shared batch; `true` if this caller drives it.
+    Joined(Call<'c, G, K, V, E>, bool),
+    /// Alone, on a free lane of an adaptive road.
+    Solo(Solo<'c, G, K, V, E>),
+}
+
+/// A batch outcome that delivered entries.
+enum Settled<K, V, E> {
+    Keyed(Entries<K, V, E>),
+    Ordered(Vec<V>),
+}
+
 /// What a caller's future does next.
 enum Step<V, E> {
     Finished(Result<Option<V>, Error<E>>),
+    /// Admitted alone: run the batch of this one key.
+    Solo,
     /// The driver's batch is due: take an in-flight slot and start it.
     Due,
     /// Adopt the running batch of a dropped driver.
@@ -209,6 +231,25 @@ enum Outcome<K, V, E> {
     Delivered(Delivery<K, V, E>),
     Panicked(String),
     TimedOut,
+}
+
+/// A call dispatched alone because its adaptive road had a free lane and no batch
+/// was gathering: it holds that lane and runs the batch function for its one key
+/// itself, with no shared batch to coordinate (nobody else can join it, so nobody
+/// needs a hand-off). Dropping it before it has finished is a cancellation: the lane
+/// is released and the batch future dropped.
+struct Solo<'c, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    core: &'c Core<G, K, V, E>,
+    group: (usize, G),
+    key: K,
+    run: Option<Run<K, V, E>>,
+    finished: bool,
 }
 
 /// One caller's registration in a batch. Dropping it before it has finished is a
@@ -251,6 +292,7 @@ where
             state: Mutex::new(State {
                 groups: HashMap::new(),
                 pending: 0,
+                size_hint: 1,
             }),
         }
     }
@@ -372,6 +414,7 @@ where
         let mut make = Some(make);
         let mut args = Some((group, key));
         let mut call: Option<Call<'_, G, K, V, E>> = None;
+        let mut solo: Option<Solo<'_, G, K, V, E>> = None;
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
             let step = poll_fn(|cx| match &mut call {
@@ -382,7 +425,11 @@ where
                     };
                     match self.enqueue(group, key, cx.waker()) {
                         Err(e) => Poll::Ready(Step::Finished(Err(e))),
-                        Ok((c, driver)) => {
+                        Ok(Admission::Solo(s)) => {
+                            solo = Some(s);
+                            Poll::Ready(Step::Solo)
+                        }
+                        Ok(Admission::Joined(c, driver)) => {
                             let c = call.insert(c);
                             if driver {
                                 c.poll_step(cx, &mut timer)
@@ -395,10 +442,11 @@ where
             })
             .await;
             let Some(c) = call.as_mut() else {
-                // Only an overload rejection finishes before enqueueing.
-                return match step {
-                    Step::Finished(r) => r,
-                    Step::Due | Step::Adopt => Err(Error::Missing {
+                // Only an overload rejection and a solo call finish before joining.
+                return match (step, solo.take(), make.take()) {
+                    (Step::Finished(r), _, _) => r,
+                    (Step::Solo, Some(solo), Some(make)) => self.run_solo(solo, make).await,
+                    _ => Err(Error::Missing {
                         name: self.name.clone(),
                     }),
                 };
@@ -408,7 +456,7 @@ where
                     c.finished = true;
                     return r;
                 }
-                Step::Adopt => {}
+                Step::Adopt | Step::Solo => {}
                 Step::Due => {
                     let Some((keys, span)) = self.try_start(c) else {
                         continue;
@@ -421,13 +469,7 @@ where
                         continue;
                     };
                     match catch_unwind(AssertUnwindSafe(move || make(keys))) {
-                        #[cfg(feature = "tracing")]
-                        Ok(run) => c.run = Some(telemetry::instrument(run, span)),
-                        #[cfg(not(feature = "tracing"))]
-                        Ok(run) => {
-                            let () = span;
-                            c.run = Some(run)
-                        }
+                        Ok(run) => c.run = Some(telemetry::instrument(run, &span)),
                         Err(p) => {
                             c.complete(Outcome::Panicked(panic_message(&*p)));
                             continue;
@@ -436,9 +478,168 @@ where
                 }
             }
             let mut run_timer: Option<Pin<Box<Sleep>>> = None;
-            let outcome = poll_fn(|cx| c.poll_run(cx, &mut run_timer)).await;
+            let batch = &c.batch;
+            let outcome = poll_fn(|cx| {
+                poll_batch(
+                    &mut c.run,
+                    || lock(&batch.st).run_deadline,
+                    &mut run_timer,
+                    cx,
+                )
+            })
+            .await;
             c.complete(outcome);
         }
+    }
+
+    /// Runs the batch of a solo call's one key and reads its entry.
+    #[allow(clippy::let_unit_value)]
+    async fn run_solo(
+        &self,
+        mut solo: Solo<'_, G, K, V, E>,
+        make: impl FnOnce(Vec<K>) -> Run<K, V, E>,
+    ) -> Result<Option<V>, Error<E>> {
+        let started = Instant::now();
+        let span = self.batch_started(
+            (1, 1, 0, 0),
+            Duration::ZERO,
+            std::iter::once(&telemetry::caller_span()),
+        );
+        let key = solo.key.clone();
+        let outcome = match catch_unwind(AssertUnwindSafe(move || make(vec![key]))) {
+            Ok(run) => {
+                solo.run = Some(telemetry::instrument(run, &span));
+                let deadline = self.config.timeout.map(|t| started + t);
+                let mut timer = None;
+                poll_fn(|cx| poll_batch(&mut solo.run, || deadline, &mut timer, cx)).await
+            }
+            Err(p) => Outcome::Panicked(panic_message(&*p)),
+        };
+        let run = Instant::now().saturating_duration_since(started);
+        self.metrics.run_ns.record(run.as_nanos() as u64);
+        let result = match self.settle(outcome) {
+            Ok(Settled::Keyed(entries)) => {
+                let mut mine = None;
+                let mut unrequested = 0u64;
+                let key = &solo.key;
+                // A panic in user code (the iterator, `Eq`) fails the call.
+                let read = catch_unwind(AssertUnwindSafe(|| {
+                    for (k, r) in entries {
+                        if mine.is_none() && k == *key {
+                            mine = Some(r);
+                        } else {
+                            unrequested += 1;
+                        }
+                    }
+                }));
+                add(&self.metrics.unrequested_entries, unrequested);
+                match read {
+                    Ok(()) => Ok(mine),
+                    Err(p) => Err(Error::Panicked {
+                        name: self.name.clone(),
+                        message: std::sync::Arc::from(panic_message(&*p)),
+                    }),
+                }
+            }
+            Ok(Settled::Ordered(mut values)) => match (values.pop(), values.len()) {
+                (Some(v), 0) => Ok(Some(Ok(v))),
+                (last, rest) => Err(Error::Shape {
+                    name: self.name.clone(),
+                    keys: 1,
+                    values: rest + usize::from(last.is_some()),
+                }),
+            },
+            Err(e) => Err(e),
+        };
+        let failure = result.as_ref().err();
+        self.telemetry.batch_finished(
+            &span,
+            run,
+            outcome_label(failure),
+            u64::from(failure.is_some()) as usize,
+        );
+        solo.finished = true;
+        solo.release();
+        match result {
+            Ok(entry) => self.entry_result(entry),
+            Err(e) => {
+                self.count_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The entries a batch delivered, or the error every caller of the batch gets.
+    fn settle(&self, outcome: Outcome<K, V, E>) -> Result<Settled<K, V, E>, Error<E>> {
+        let name = self.name.clone();
+        match outcome {
+            Outcome::Delivered(Delivery::Keyed(entries)) => Ok(Settled::Keyed(entries)),
+            Outcome::Delivered(Delivery::Ordered(values)) => Ok(Settled::Ordered(values)),
+            Outcome::Delivered(Delivery::Failed(e)) => Err(Error::Batch {
+                name,
+                source: std::sync::Arc::new(e),
+            }),
+            Outcome::Panicked(message) => Err(Error::Panicked {
+                name,
+                message: std::sync::Arc::from(message),
+            }),
+            Outcome::TimedOut => Err(Error::Timeout {
+                name,
+                after: self.config.timeout.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Counts one caller failed by its batch.
+    fn count_failure(&self, err: &Error<E>) {
+        let m = &self.metrics;
+        let counter = match err {
+            Error::Panicked { .. } => &m.panics,
+            Error::Timeout { .. } => &m.timeouts,
+            Error::Shape { .. } => &m.shape_errors,
+            _ => &m.batch_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// One caller's result from its key's entry.
+    fn entry_result(
+        &self,
+        entry: Option<Result<V, std::sync::Arc<E>>>,
+    ) -> Result<Option<V>, Error<E>> {
+        match entry {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(source)) => {
+                self.metrics.key_errors.fetch_add(1, Relaxed);
+                self.telemetry.key_errors(1);
+                Err(Error::Key {
+                    name: self.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Counts a batch that starts now and opens its span. `counts` is (calls
+    /// admitted, distinct keys dispatched, duplicate calls, keys abandoned).
+    fn batch_started<'a>(
+        &self,
+        counts: (u64, usize, u64, u64),
+        wait: Duration,
+        callers: impl Iterator<Item = &'a telemetry::CallerSpan>,
+    ) -> telemetry::BatchSpan {
+        let (admitted, keys, dedup_hits, abandoned) = counts;
+        let m = &self.metrics;
+        m.calls.fetch_add(admitted, Relaxed);
+        add(&m.dedup_hits, dedup_hits);
+        add(&m.abandoned_keys, abandoned);
+        m.keys.fetch_add(keys as u64, Relaxed);
+        m.batches.fetch_add(1, Relaxed);
+        m.batch_size.record(keys as u64);
+        m.wait_ns.record(wait.as_nanos() as u64);
+        self.telemetry
+            .batch_started(admitted as usize, keys, dedup_hits, wait, callers)
     }
 
     fn lock_state(&self) -> crate::sync::MutexGuard<'_, State<G, K, V, E>> {
@@ -452,7 +653,7 @@ where
         group: (usize, G),
         key: K,
         waker: &Waker,
-    ) -> Result<Admitted<'_, G, K, V, E>, Error<E>> {
+    ) -> Result<Admission<'_, G, K, V, E>, Error<E>> {
         let mut guard = self.lock_state();
         let state = &mut *guard;
         if state.pending >= self.config.max_pending {
@@ -466,6 +667,7 @@ where
         }
         state.pending += 1;
         self.metrics.pending.store(state.pending as u64, Relaxed);
+        let hint = state.size_hint.min(self.config.max_batch);
         let mut entry = match state.groups.entry(group) {
             hashbrown::hash_map::Entry::Occupied(o) => o,
             hashbrown::hash_map::Entry::Vacant(v) => v.insert_entry(Group {
@@ -477,23 +679,39 @@ where
         let batch = match &entry.get().open {
             Some(b) => b.clone(),
             None => {
+                // With a free lane and nobody waiting, an adaptive call leaves at
+                // once, alone.
+                let g = entry.get_mut();
+                if self.config.dispatch == Dispatch::Adaptive
+                    && g.in_flight < self.config.lanes()
+                    && g.queue.is_empty()
+                {
+                    g.in_flight += 1;
+                    self.metrics.in_flight.fetch_add(1, Relaxed);
+                    let group = entry.key().clone();
+                    drop(guard);
+                    return Ok(Admission::Solo(Solo {
+                        core: self,
+                        group,
+                        key,
+                        run: None,
+                        finished: false,
+                    }));
+                }
                 let now = Instant::now();
-                // With a free lane an adaptive batch leaves at once.
-                let kicked = self.config.dispatch == Dispatch::Adaptive
-                    && entry.get().in_flight < self.config.lanes();
                 let b = Arc::new(Batch {
                     group: entry.key().clone(),
                     st: Mutex::new(BatchState {
                         phase: Phase::Gathering,
-                        keys: Vec::new(),
-                        index: HashTable::new(),
-                        slots: Vec::new(),
+                        keys: Vec::with_capacity(hint),
+                        index: HashTable::with_capacity(hint),
+                        slots: Vec::with_capacity(hint),
                         live_keys: 0,
-                        tickets: Vec::new(),
+                        tickets: Vec::with_capacity(hint),
                         free_tickets: Vec::new(),
                         callers: 0,
                         driver: 0,
-                        kicked,
+                        kicked: false,
                         queued: false,
                         permit: false,
                         dedup_hits: 0,
@@ -577,7 +795,7 @@ where
         if let Some(w) = kick {
             w.wake();
         }
-        Ok((
+        Ok(Admission::Joined(
             Call {
                 core: self,
                 batch,
@@ -632,6 +850,7 @@ where
         {
             group.open = None;
         }
+        state.size_hint = st.live_keys.max(1);
         drop(guard);
         let now = Instant::now();
         st.phase = Phase::Running;
@@ -653,22 +872,14 @@ where
             st.dispatched = Some(order);
             keys
         };
-        let m = &self.metrics;
-        m.calls.fetch_add(st.admitted, Relaxed);
-        m.dedup_hits.fetch_add(st.dedup_hits, Relaxed);
-        m.abandoned_keys
-            .fetch_add((st.keys.len() - st.live_keys) as u64, Relaxed);
-        m.keys.fetch_add(keys.len() as u64, Relaxed);
-        m.batches.fetch_add(1, Relaxed);
-        m.batch_size.record(keys.len() as u64);
-        m.wait_ns
-            .record(now.saturating_duration_since(st.opened).as_nanos() as u64);
-        let wait = now.saturating_duration_since(st.opened);
-        let span = self.telemetry.batch_started(
-            st.admitted as usize,
-            keys.len(),
-            st.dedup_hits,
-            wait,
+        let span = self.batch_started(
+            (
+                st.admitted,
+                keys.len(),
+                st.dedup_hits,
+                (st.keys.len() - st.live_keys) as u64,
+            ),
+            now.saturating_duration_since(st.opened),
             st.tickets.iter().map(|t| &t.span),
         );
         st.span = span.clone();
@@ -771,39 +982,6 @@ where
         }
     }
 
-    /// Polls the batch this caller drives, catching a panic and enforcing the timeout.
-    fn poll_run(
-        &mut self,
-        cx: &mut Context<'_>,
-        timer: &mut Option<Pin<Box<Sleep>>>,
-    ) -> Poll<Outcome<K, V, E>> {
-        let Some(run) = self.run.as_mut() else {
-            return Poll::Ready(Outcome::Panicked("the batch was lost".to_owned()));
-        };
-        let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)));
-        let outcome = match polled {
-            Ok(Poll::Ready(delivery)) => Outcome::Delivered(delivery),
-            Err(p) => Outcome::Panicked(panic_message(&*p)),
-            Ok(Poll::Pending) => {
-                let deadline = lock(&self.batch.st).run_deadline;
-                let Some(deadline) = deadline else {
-                    return Poll::Pending;
-                };
-                let sleep =
-                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Outcome::TimedOut,
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        };
-        if let Some(run) = self.run.take() {
-            // A future that panicked may panic again when dropped.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(run)));
-        }
-        Poll::Ready(outcome)
-    }
-
     /// Hands the batch's outcome to every caller and frees its in-flight slot.
     fn complete(&mut self, outcome: Outcome<K, V, E>) {
         let core = self.core;
@@ -814,9 +992,8 @@ where
             m.run_ns
                 .record(now.saturating_duration_since(started).as_nanos() as u64);
         }
-        let name = &core.name;
-        match outcome {
-            Outcome::Delivered(Delivery::Keyed(entries)) => {
+        match core.settle(outcome) {
+            Ok(Settled::Keyed(entries)) => {
                 let mut unrequested = 0u64;
                 let BatchState {
                     keys, index, slots, ..
@@ -833,18 +1010,18 @@ where
                         }
                     }
                 }));
-                m.unrequested_entries.fetch_add(unrequested, Relaxed);
+                add(&m.unrequested_entries, unrequested);
                 if let Err(p) = placed {
                     st.failure = Some(Error::Panicked {
-                        name: name.clone(),
+                        name: core.name.clone(),
                         message: std::sync::Arc::from(panic_message(&*p)),
                     });
                 }
             }
-            Outcome::Delivered(Delivery::Ordered(values)) => {
+            Ok(Settled::Ordered(values)) => {
                 if values.len() != st.dispatched_len {
                     st.failure = Some(Error::Shape {
-                        name: name.clone(),
+                        name: core.name.clone(),
                         keys: st.dispatched_len,
                         values: values.len(),
                     });
@@ -856,35 +1033,10 @@ where
                     }
                 }
             }
-            Outcome::Delivered(Delivery::Failed(e)) => {
-                st.failure = Some(Error::Batch {
-                    name: name.clone(),
-                    source: std::sync::Arc::new(e),
-                });
-            }
-            Outcome::Panicked(message) => {
-                st.failure = Some(Error::Panicked {
-                    name: name.clone(),
-                    message: std::sync::Arc::from(message),
-                });
-            }
-            Outcome::TimedOut => {
-                st.failure = Some(Error::Timeout {
-                    name: name.clone(),
-                    after: core.config.timeout.unwrap_or_default(),
-                });
-            }
+            Err(e) => st.failure = Some(e),
         }
         st.phase = Phase::Done;
         let answered = st.callers;
-        let outcome_label = match &st.failure {
-            None => "ok",
-            Some(Error::Batch { .. }) => "batch",
-            Some(Error::Panicked { .. }) => "panic",
-            Some(Error::Timeout { .. }) => "timeout",
-            Some(Error::Shape { .. }) => "shape",
-            Some(_) => "error",
-        };
         let run = st
             .started
             .map(|s| now.saturating_duration_since(s))
@@ -892,7 +1044,7 @@ where
         core.telemetry.batch_finished(
             &st.span,
             run,
-            outcome_label,
+            outcome_label(st.failure.as_ref()),
             if st.failure.is_some() { answered } else { 0 },
         );
         let wakers: Vec<Waker> = st
@@ -917,6 +1069,50 @@ where
         }
         for w in wakers {
             w.wake();
+        }
+    }
+}
+
+impl<G, K, V, E> Solo<'_, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Gives the lane back (to a queued batch, or by waking the open one).
+    fn release(&mut self) {
+        let core = self.core;
+        let mut guard = core.lock_state();
+        let state = &mut *guard;
+        state.pending -= 1;
+        core.metrics.pending.store(state.pending as u64, Relaxed);
+        core.release_permit(state, &self.group);
+        core.telemetry
+            .gauges(core.metrics.in_flight.load(Relaxed), state.pending as u64);
+    }
+}
+
+impl<G, K, V, E> Drop for Solo<'_, G, K, V, E>
+where
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let m = &self.core.metrics;
+        m.cancelled_calls.fetch_add(1, Relaxed);
+        m.cancelled_batches.fetch_add(1, Relaxed);
+        self.core.telemetry.cancelled();
+        let run = self.run.take();
+        self.release();
+        // User code (the batch future's destructor) runs outside every lock.
+        if let Some(run) = run {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(run)));
         }
     }
 }
@@ -1018,6 +1214,51 @@ where
     }
 }
 
+/// Polls a running batch, catching a panic and enforcing the timeout (`deadline` is
+/// read only while the batch is pending). Drops the batch future once it is done.
+fn poll_batch<K, V, E>(
+    run: &mut Option<Run<K, V, E>>,
+    deadline: impl FnOnce() -> Option<Instant>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Outcome<K, V, E>> {
+    let Some(fut) = run.as_mut() else {
+        return Poll::Ready(Outcome::Panicked("the batch was lost".to_owned()));
+    };
+    let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+    let outcome = match polled {
+        Ok(Poll::Ready(delivery)) => Outcome::Delivered(delivery),
+        Err(p) => Outcome::Panicked(panic_message(&*p)),
+        Ok(Poll::Pending) => {
+            let Some(deadline) = deadline() else {
+                return Poll::Pending;
+            };
+            let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Outcome::TimedOut,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    };
+    if let Some(done) = run.take() {
+        // A future that panicked may panic again when dropped.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(done)));
+    }
+    Poll::Ready(outcome)
+}
+
+/// The outcome label of a batch in telemetry.
+fn outcome_label<E>(failure: Option<&Error<E>>) -> &'static str {
+    match failure {
+        None => "ok",
+        Some(Error::Batch { .. }) => "batch",
+        Some(Error::Panicked { .. }) => "panic",
+        Some(Error::Timeout { .. }) => "timeout",
+        Some(Error::Shape { .. }) => "shape",
+        Some(_) => "error",
+    }
+}
+
 /// Reads this caller's entry from its completed batch.
 fn take_result<G, K, V, E>(
     core: &Core<G, K, V, E>,
@@ -1025,18 +1266,14 @@ fn take_result<G, K, V, E>(
     st: &mut BatchState<K, V, E>,
 ) -> Result<Option<V>, Error<E>>
 where
-    V: Clone,
+    G: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
 {
-    let m = &core.metrics;
     let (slot_index, last) = st.leave(ticket);
     if let Some(err) = &st.failure {
-        let counter = match err {
-            Error::Panicked { .. } => &m.panics,
-            Error::Timeout { .. } => &m.timeouts,
-            Error::Shape { .. } => &m.shape_errors,
-            _ => &m.batch_errors,
-        };
-        counter.fetch_add(1, Relaxed);
+        core.count_failure(err);
         return Err(err.clone());
     }
     let slot = &mut st.slots[slot_index];
@@ -1045,18 +1282,7 @@ where
     } else {
         slot.value.clone()
     };
-    match entry {
-        None => Ok(None),
-        Some(Ok(v)) => Ok(Some(v)),
-        Some(Err(source)) => {
-            m.key_errors.fetch_add(1, Relaxed);
-            core.telemetry.key_errors(1);
-            Err(Error::Key {
-                name: core.name.clone(),
-                source,
-            })
-        }
-    }
+    core.entry_result(entry)
 }
 
 /// Stores `waker` unless the stored one already wakes the same task.

@@ -16,10 +16,16 @@ const SUB_BITS: u32 = 3;
 const LINEAR: u64 = 16;
 const BUCKETS: usize = (LINEAR as usize) + (64 - 4) * SUB as usize;
 
+/// Adds `n` to `counter`, skipping the atomic write when there is nothing to add.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    if n != 0 {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
 /// A lock-free histogram of `u64` values with log-linear buckets.
 pub(crate) struct Histogram {
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     sum: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
@@ -50,19 +56,25 @@ impl Histogram {
     fn new() -> Self {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             min: AtomicU64::new(u64::MAX),
             max: AtomicU64::new(0),
         }
     }
 
+    /// Two atomic additions; the extremes are written only when they move (a plain
+    /// load first), which after warm-up is rare. The count is the buckets' sum.
     pub(crate) fn record(&self, v: u64) {
         self.buckets[bucket_of(v)].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum.fetch_add(v, Relaxed);
-        self.min.fetch_min(v, Relaxed);
-        self.max.fetch_max(v, Relaxed);
+        if v != 0 {
+            self.sum.fetch_add(v, Relaxed);
+        }
+        if v < self.min.load(Relaxed) {
+            self.min.fetch_min(v, Relaxed);
+        }
+        if v > self.max.load(Relaxed) {
+            self.max.fetch_max(v, Relaxed);
+        }
     }
 
     fn summary(&self) -> Summary {

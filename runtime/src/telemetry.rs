@@ -194,12 +194,18 @@ impl Telemetry {
     }
 }
 
-/// Runs the batch future inside its span.
-#[cfg(feature = "tracing")]
-pub(crate) fn instrument<F: std::future::Future + Send + 'static>(
-    run: F,
-    span: BatchSpan,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = F::Output> + Send>> {
-    use tracing::Instrument;
-    Box::pin(run.instrument(span))
+/// Runs the batch future inside its span; a future whose span is disabled (no
+/// subscriber wants it) is returned as it is, without another allocation.
+pub(crate) fn instrument<T: 'static>(
+    run: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
+    span: &BatchSpan,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> {
+    #[cfg(feature = "tracing")]
+    if !span.is_disabled() {
+        use tracing::Instrument;
+        return Box::pin(run.instrument(span.clone()));
+    }
+    #[cfg(not(feature = "tracing"))]
+    let () = *span;
+    run
 }

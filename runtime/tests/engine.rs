@@ -544,3 +544,126 @@ async fn adaptive_with_lanes_sends_callers_at_once_while_a_lane_is_free() {
     // The gathered batch left when the first lane freed (10 ms), not after the window.
     assert!(start.elapsed() < Duration::from_millis(30));
 }
+
+/// A lone adaptive caller runs its batch alone, on a lane it holds; every outcome of
+/// that batch reaches it the way it reaches callers of a shared batch, and the lane
+/// comes back whatever happens.
+#[tokio::test(start_paused = true)]
+async fn adaptive_solo_calls_report_every_outcome_and_free_their_lane() {
+    fn adaptive(name: &'static str) -> Config {
+        Config::new(name)
+            .window(Duration::from_secs(10))
+            .dispatch(Dispatch::Adaptive)
+            .timeout(Duration::from_millis(50))
+    }
+    // A panic, then a normal batch: the lane was given back.
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let c = Coalescer::new(adaptive("t.solo.panic"), move |keys: Vec<u64>| {
+        let first = n2.fetch_add(1, SeqCst) == 0;
+        async move {
+            if first {
+                panic!("solo boom");
+            }
+            keys
+        }
+    });
+    assert!(
+        matches!(c.load(1).await, Err(Error::Panicked { message, .. }) if message.contains("solo boom"))
+    );
+    assert_eq!(c.load(2).await.unwrap(), Some(2));
+    let m = c.metrics();
+    assert_eq!((m.batches, m.panics, m.in_flight, m.pending), (2, 1, 0, 0));
+
+    // A batch that never returns times out.
+    let c = Coalescer::new(adaptive("t.solo.timeout"), |keys: Vec<u64>| async move {
+        std::future::pending::<()>().await;
+        keys
+    });
+    assert!(matches!(c.load(1).await, Err(Error::Timeout { .. })));
+    assert_eq!((c.metrics().timeouts, c.metrics().in_flight), (1, 0));
+
+    // Two values for one key is a shape error.
+    let c = Coalescer::new(adaptive("t.solo.shape"), |keys: Vec<u64>| async move {
+        vec![keys[0], keys[0]]
+    });
+    assert!(matches!(
+        c.load(1).await,
+        Err(Error::Shape {
+            keys: 1,
+            values: 2,
+            ..
+        })
+    ));
+
+    // Keyed: entries for other keys are counted, a missing entry is `None`, and a
+    // per-key error fails only that key.
+    let c = Coalescer::new(adaptive("t.solo.keyed"), |keys: Vec<u64>| async move {
+        let k = keys[0];
+        let mut out: HashMap<u64, Result<u64, &'static str>> = HashMap::new();
+        out.insert(k + 100, Ok(0));
+        match k {
+            1 => {
+                out.insert(k, Ok(k * 10));
+            }
+            2 => {
+                out.insert(k, Err("bad key"));
+            }
+            _ => {}
+        }
+        coalesce_runtime::PerKey(out)
+    });
+    assert_eq!(c.load(1).await.unwrap(), Some(10));
+    assert!(matches!(c.load(2).await, Err(Error::Key { .. })));
+    assert_eq!(c.load(3).await.unwrap(), None);
+    let m = c.metrics();
+    assert_eq!((m.unrequested_entries, m.key_errors, m.batches), (3, 1, 3));
+
+    // A caller dropped while its solo batch runs cancels that batch and frees the
+    // lane: the next caller goes alone at once instead of waiting for the window.
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct Guard(Arc<AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let d2 = dropped.clone();
+    let rec = Recorder::default();
+    let rec2 = rec.clone();
+    let c = Arc::new(Coalescer::new(
+        adaptive("t.solo.cancel"),
+        move |keys: Vec<u64>| {
+            rec2.batches.lock().unwrap().push(keys.clone());
+            let guard = Guard(d2.clone());
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                keys
+            }
+        },
+    ));
+    let c2 = c.clone();
+    let first = tokio::spawn(async move { c2.load(1).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(dropped.load(SeqCst), 1, "the batch future was dropped");
+    let start = tokio::time::Instant::now();
+    assert_eq!(c.load(2).await.unwrap(), Some(2));
+    assert!(
+        start.elapsed() < Duration::from_millis(25),
+        "no window wait"
+    );
+    assert_eq!(rec.sizes(), vec![1, 1]);
+    let m = c.metrics();
+    assert_eq!(
+        (
+            m.cancelled_calls,
+            m.cancelled_batches,
+            m.in_flight,
+            m.pending
+        ),
+        (1, 1, 0, 0)
+    );
+}

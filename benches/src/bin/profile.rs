@@ -1,0 +1,65 @@
+//! Runs one contender's workload in a loop, for a profiler to sample (`perf record`).
+//!
+//! Usage: `cargo run --release -p coalesce-benches --bin profile -- CONTENDER WORKLOAD [MAX_BATCH] [SECONDS]`
+//! where CONTENDER is a label of the tables (`direct`, `coalesce-adaptive`, ...) and
+//! WORKLOAD is `burst` (10,000 concurrent calls, pure CPU), `roundtrip` (the same with
+//! a 2 ms round trip per batch) or `idle` (one caller, sequential calls). Prints the
+//! ns per call of the loop so that a profile can be matched to a table row.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coalesce_benches::{burst, runtime, sequential, Kind, Loader, Work, BURST, WINDOW};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: profile CONTENDER burst|roundtrip|idle [MAX_BATCH] [SECONDS]";
+    let Some(kind) = args
+        .first()
+        .and_then(|l| Kind::ALL.into_iter().find(|k| k.label() == l))
+    else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let workload = args.get(1).map(String::as_str).unwrap_or("burst");
+    let max_batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let seconds: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let work = if workload == "roundtrip" {
+        Work::RoundTrip
+    } else {
+        Work::Cpu
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let loader = Arc::new(Loader::new(kind, work, max_batch, WINDOW));
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let (mut calls, mut wall, mut round) = (0usize, Duration::ZERO, 0u64);
+        while Instant::now() < until {
+            let base = round * BURST as u64;
+            let run = match workload {
+                "idle" => sequential(&loader, 1000, base).await,
+                "burst" | "roundtrip" => burst(&loader, BURST, base, false).await,
+                _ => {
+                    eprintln!("{usage}");
+                    std::process::exit(2);
+                }
+            };
+            calls += run.calls;
+            wall += run.wall;
+            round += 1;
+        }
+        println!(
+            "{} {workload} max_batch {max_batch}: {calls} calls, {:.0} ns per call",
+            kind.label(),
+            wall.as_nanos() as f64 / calls.max(1) as f64
+        );
+        if let Loader::Coalesce(c) = &*loader {
+            let m = c.metrics();
+            println!(
+                "  {} batches, {:.1} keys per batch",
+                m.batches,
+                m.keys as f64 / m.batches.max(1) as f64
+            );
+        }
+    });
+}

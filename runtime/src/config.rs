@@ -14,7 +14,10 @@ pub enum Dispatch {
     Window,
     /// "When the road is empty, let everyone drive": a call that finds a free lane
     /// (fewer batches of its group in flight than `max_in_flight`, or none in flight
-    /// when `max_in_flight` is not set) is dispatched at once, as a batch of one.
+    /// when `max_in_flight` is not set) is dispatched at once. When nothing of its
+    /// group runs it leaves alone, as a batch of one; when other batches run, the
+    /// calls made in the same instant (tasks already runnable) join it first, so a
+    /// burst takes one lane rather than one lane per call.
     /// Calls that arrive while every lane is busy gather, and leave together when a
     /// running batch completes, when the window elapses, or when `max_batch` is
     /// reached — whichever is first. A quiet service pays no window; a busy one

@@ -131,6 +131,9 @@ struct BatchState<K, V, E> {
     driver: usize,
     /// The driver should stop gathering (full, road empty).
     kicked: bool,
+    /// Kicked when it opened: the driver lets the calls made in the same instant
+    /// (tasks already runnable) join before it leaves, by yielding once.
+    settle: bool,
     /// Waiting in the group's queue for an in-flight slot.
     queued: bool,
     /// Holds an in-flight slot.
@@ -679,13 +682,14 @@ where
         let batch = match &entry.get().open {
             Some(b) => b.clone(),
             None => {
-                // With a free lane and nobody waiting, an adaptive call leaves at
-                // once, alone.
+                // An adaptive call that finds a free lane leaves at once: alone
+                // when nothing of its group runs (the road is empty), or else with
+                // the calls made in the same instant (see `BatchState::settle`).
                 let g = entry.get_mut();
-                if self.config.dispatch == Dispatch::Adaptive
+                let free = self.config.dispatch == Dispatch::Adaptive
                     && g.in_flight < self.config.lanes()
-                    && g.queue.is_empty()
-                {
+                    && g.queue.is_empty();
+                if free && g.in_flight == 0 {
                     g.in_flight += 1;
                     self.metrics.in_flight.fetch_add(1, Relaxed);
                     let group = entry.key().clone();
@@ -711,7 +715,8 @@ where
                         free_tickets: Vec::new(),
                         callers: 0,
                         driver: 0,
-                        kicked: false,
+                        kicked: free,
+                        settle: free,
                         queued: false,
                         permit: false,
                         dedup_hits: 0,
@@ -964,6 +969,13 @@ where
                     return Poll::Pending;
                 }
                 if st.kicked || st.phase == Phase::Full {
+                    if std::mem::take(&mut st.settle) && st.phase != Phase::Full {
+                        drop(st);
+                        // Let the calls made in the same instant join: this task is
+                        // woken after every task that is runnable now has run.
+                        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                        return Poll::Pending;
+                    }
                     return Poll::Ready(Step::Due);
                 }
                 let deadline = st.deadline;

@@ -19,6 +19,7 @@ pub mod metrics;
 mod output;
 mod sync;
 mod telemetry;
+mod timer;
 
 pub use crate::anykey::AnyKey;
 pub use crate::coalescer::Coalescer;

@@ -667,3 +667,46 @@ async fn adaptive_solo_calls_report_every_outcome_and_free_their_lane() {
         (1, 1, 0, 0)
     );
 }
+
+/// While a batch of its group runs, an adaptive call on a free lane does not leave
+/// alone: the calls made in the same instant join it, and it leaves with them at
+/// once, without waiting for the window.
+#[tokio::test(start_paused = true)]
+async fn adaptive_calls_made_in_the_same_instant_share_a_free_lane() {
+    let rec = Recorder::default();
+    let rec2 = rec.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("t.adaptive_settle")
+            .window(Duration::from_secs(10))
+            .max_in_flight(4)
+            .dispatch(Dispatch::Adaptive),
+        move |keys: Vec<u64>| {
+            rec2.batches.lock().unwrap().push(keys.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                keys
+            }
+        },
+    ));
+    let start = tokio::time::Instant::now();
+    let c0 = c.clone();
+    let lone = tokio::spawn(async move { c0.load(0).await });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // One lane busy, three free: these six arrive together and take one lane.
+    let together: Vec<_> = (1..7u64)
+        .map(|k| {
+            let c = c.clone();
+            tokio::spawn(async move { c.load(k).await })
+        })
+        .collect();
+    assert_eq!(lone.await.unwrap().unwrap(), Some(0));
+    for (k, h) in together.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap().unwrap(), Some(k as u64 + 1));
+    }
+    assert_eq!(rec.sizes(), vec![1, 6]);
+    assert!(
+        start.elapsed() < Duration::from_millis(20),
+        "no window wait"
+    );
+    assert_eq!(c.metrics().batches, 2);
+}

@@ -3,17 +3,21 @@
 //! Usage: `cargo run --release -p coalesce-benches --bin profile -- CONTENDER WORKLOAD [MAX_BATCH] [SECONDS]`
 //! where CONTENDER is a label of the tables (`direct`, `coalesce-adaptive`, ...) and
 //! WORKLOAD is `burst` (10,000 concurrent calls, pure CPU), `roundtrip` (the same with
-//! a 2 ms round trip per batch) or `idle` (one caller, sequential calls). Prints the
-//! ns per call of the loop so that a profile can be matched to a table row.
+//! a 2 ms round trip per batch), `idle` (one caller, sequential calls) or `load`
+//! (open-loop arrivals at `COALESCE_RATE` calls/s, default 16,000, 2 ms round trip).
+//! Prints the ns per call of the loop, and for `load` the p50 and p99, so that a
+//! profile can be matched to a table row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coalesce_benches::{burst, runtime, sequential, Kind, Loader, Work, BURST, WINDOW};
+use coalesce_benches::{
+    burst, offered_load, runtime, sequential, Kind, Loader, Run, Work, BURST, WINDOW,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: profile CONTENDER burst|roundtrip|idle [MAX_BATCH] [SECONDS]";
+    let usage = "usage: profile CONTENDER burst|roundtrip|idle|load [MAX_BATCH] [SECONDS]";
     let Some(kind) = args
         .first()
         .and_then(|l| Kind::ALL.into_iter().find(|k| k.label() == l))
@@ -24,7 +28,11 @@ fn main() {
     let workload = args.get(1).map(String::as_str).unwrap_or("burst");
     let max_batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let seconds: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let work = if workload == "roundtrip" {
+    let rate: f64 = std::env::var("COALESCE_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16_000.0);
+    let work = if matches!(workload, "roundtrip" | "load") {
         Work::RoundTrip
     } else {
         Work::Cpu
@@ -34,11 +42,18 @@ fn main() {
         let loader = Arc::new(Loader::new(kind, work, max_batch, WINDOW));
         let until = Instant::now() + Duration::from_secs(seconds);
         let (mut calls, mut wall, mut round) = (0usize, Duration::ZERO, 0u64);
+        let mut latencies = Vec::new();
         while Instant::now() < until {
             let base = round * BURST as u64;
             let run = match workload {
                 "idle" => sequential(&loader, 1000, base).await,
                 "burst" | "roundtrip" => burst(&loader, BURST, base, false).await,
+                "load" => {
+                    let run =
+                        offered_load(&loader, rate, Duration::from_millis(500), base * 64).await;
+                    latencies.extend_from_slice(&run.latencies);
+                    run
+                }
                 _ => {
                     eprintln!("{usage}");
                     std::process::exit(2);
@@ -53,6 +68,14 @@ fn main() {
             kind.label(),
             wall.as_nanos() as f64 / calls.max(1) as f64
         );
+        if !latencies.is_empty() {
+            let run = Run::new(wall, latencies);
+            println!(
+                "  at {rate} calls/s: p50 {:?}, p99 {:?}",
+                run.quantile(0.5),
+                run.quantile(0.99)
+            );
+        }
         if let Loader::Coalesce(c) = &*loader {
             let m = c.metrics();
             println!(

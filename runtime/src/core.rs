@@ -418,7 +418,7 @@ where
         let mut args = Some((group, key));
         let mut call: Option<Call<'_, G, K, V, E>> = None;
         let mut solo: Option<Solo<'_, G, K, V, E>> = None;
-        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        let mut timer: Option<WindowWait> = None;
         loop {
             let step = poll_fn(|cx| match &mut call {
                 Some(c) => c.poll_step(cx, &mut timer),
@@ -942,7 +942,7 @@ where
     fn poll_step(
         &mut self,
         cx: &mut Context<'_>,
-        timer: &mut Option<Pin<Box<Sleep>>>,
+        timer: &mut Option<WindowWait>,
     ) -> Poll<Step<V, E>> {
         let mut st = lock(&self.batch.st);
         if st.phase == Phase::Done {
@@ -983,10 +983,15 @@ where
                 if timer.is_none() && Instant::now() >= deadline {
                     return Poll::Ready(Step::Due);
                 }
-                let sleep =
-                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Step::Due),
+                let window = self.core.config.window;
+                match timer
+                    .get_or_insert_with(|| WindowWait::new(deadline, window))
+                    .poll(cx)
+                {
+                    Poll::Ready(()) => {
+                        *timer = None;
+                        Poll::Ready(Step::Due)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -1223,6 +1228,41 @@ where
         if let Some(w) = wake {
             w.wake();
         }
+    }
+}
+
+/// Windows shorter than this are timed by the precise timer thread.
+const PRECISE_BELOW: Duration = Duration::from_millis(1);
+
+/// A driver's wait for its batch's window: Tokio's timer, and for a window shorter
+/// than a millisecond (which Tokio's timer rounds up to its next tick, one to two
+/// milliseconds away) also the process-wide precise timer thread, whichever fires
+/// first. On a real clock the precise timer does; on a paused Tokio clock (tests),
+/// Tokio's auto-advancing timer does, so a paused test never waits on real time.
+struct WindowWait {
+    tokio: Pin<Box<Sleep>>,
+    precise: Option<crate::timer::PreciseSleep>,
+}
+
+impl WindowWait {
+    fn new(deadline: Instant, window: Duration) -> Self {
+        let precise = (window < PRECISE_BELOW).then(|| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            crate::timer::PreciseSleep::until(std::time::Instant::now() + left)
+        });
+        WindowWait {
+            tokio: Box::pin(tokio::time::sleep_until(deadline)),
+            precise,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(precise) = &mut self.precise {
+            if Pin::new(precise).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        self.tokio.as_mut().poll(cx)
     }
 }
 

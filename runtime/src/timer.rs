@@ -19,8 +19,6 @@
 //! If the thread cannot be spawned, sleeps still complete: they fall back to
 //! re-checking the clock each time they are polled and waking themselves at once,
 //! which busy-yields the task (and burns its worker's CPU) until the deadline.
-// Used by core.rs for sub-millisecond windows.
-#![allow(dead_code)]
 // The module uses std's primitives even under `--cfg loom` (the loom model never
 // creates a sleep), so it compiles there as is.
 
@@ -254,6 +252,7 @@ impl Timer {
     }
 
     /// How many entries the heap holds, cancelled ones included.
+    #[cfg(test)]
     fn queued(&self) -> usize {
         lock(&self.state).heap.len()
     }
@@ -329,6 +328,7 @@ impl PreciseSleep {
     }
 
     /// The deadline.
+    #[cfg(test)]
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }

@@ -710,3 +710,52 @@ async fn adaptive_calls_made_in_the_same_instant_share_a_free_lane() {
     );
     assert_eq!(c.metrics().batches, 2);
 }
+
+/// A window under a millisecond (timed by the precise timer thread as well as
+/// Tokio's) gathers the calls made together and never leaves before the window has
+/// passed, on a real clock.
+#[test]
+fn a_sub_millisecond_window_gathers_and_never_leaves_early() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let rec = Recorder::default();
+    let window = Duration::from_micros(300);
+    let c = squares(Config::new("t.sub_ms").window(window), &rec);
+    rt.block_on(async {
+        for round in 0..20u64 {
+            let start = std::time::Instant::now();
+            let out = join_all((0..10u64).map(|k| c.load(round * 10 + k))).await;
+            assert!(start.elapsed() >= window, "left before its window");
+            for (k, r) in out.into_iter().enumerate() {
+                let k = round * 10 + k as u64;
+                assert_eq!(r.unwrap(), Some(k * k));
+            }
+        }
+    });
+    assert_eq!(rec.sizes(), vec![10; 20]);
+}
+
+/// Under a paused Tokio clock a sub-millisecond window follows that clock (Tokio's
+/// timer auto-advances), so a paused test never waits on the real one.
+#[tokio::test(start_paused = true)]
+async fn a_sub_millisecond_window_follows_a_paused_clock() {
+    let rec = Recorder::default();
+    let c = squares(
+        Config::new("t.sub_ms_paused").window(Duration::from_micros(250)),
+        &rec,
+    );
+    // Far ahead of the real clock: a real-time deadline would be an hour away.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let start = tokio::time::Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(1),
+        join_all((0..5u64).map(|k| c.load(k))),
+    )
+    .await
+    .expect("the window ended on the paused clock");
+    assert!(out.into_iter().all(|r| r.is_ok()));
+    assert!(start.elapsed() >= Duration::from_micros(250));
+    assert_eq!(rec.sizes(), vec![5]);
+}

@@ -5,6 +5,7 @@
 //! WORKLOAD is `burst` (10,000 concurrent calls, pure CPU), `roundtrip` (the same with
 //! a 2 ms round trip per batch), `idle` (one caller, sequential calls) or `load`
 //! (open-loop arrivals at `COALESCE_RATE` calls/s, default 16,000, 2 ms round trip).
+//! `COALESCE_WINDOW_US` overrides `coalesce`'s window.
 //! Prints the ns per call of the loop, and for `load` the p50 and p99, so that a
 //! profile can be matched to a table row.
 
@@ -39,7 +40,11 @@ fn main() {
     };
     let rt = runtime();
     rt.block_on(async {
-        let loader = Arc::new(Loader::new(kind, work, max_batch, WINDOW));
+        let window = std::env::var("COALESCE_WINDOW_US")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(WINDOW, Duration::from_micros);
+        let loader = Arc::new(Loader::new(kind, work, max_batch, window));
         let until = Instant::now() + Duration::from_secs(seconds);
         let (mut calls, mut wall, mut round) = (0usize, Duration::ZERO, 0u64);
         let mut latencies = Vec::new();
@@ -47,7 +52,11 @@ fn main() {
             let base = round * BURST as u64;
             let run = match workload {
                 "idle" => sequential(&loader, 1000, base).await,
-                "burst" | "roundtrip" => burst(&loader, BURST, base, false).await,
+                "burst" | "roundtrip" => {
+                    let run = burst(&loader, BURST, base, true).await;
+                    latencies.extend_from_slice(&run.latencies);
+                    run
+                }
                 "load" => {
                     let run =
                         offered_load(&loader, rate, Duration::from_millis(500), base * 64).await;
@@ -71,7 +80,7 @@ fn main() {
         if !latencies.is_empty() {
             let run = Run::new(wall, latencies);
             println!(
-                "  at {rate} calls/s: p50 {:?}, p99 {:?}",
+                "  p50 {:?}, p99 {:?} (load: {rate} calls/s)",
                 run.quantile(0.5),
                 run.quantile(0.99)
             );

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use coalesce::{Coalescer, Config, Dispatch};
 use tokio::sync::Semaphore;
 
+pub mod bare;
 pub mod batched;
 
 /// The number of concurrent calls in one burst.
@@ -49,6 +50,8 @@ pub enum Work {
 pub enum Kind {
     /// No batching: each call computes (or awaits its own round trip) itself.
     Direct,
+    /// The floor of a hand-rolled coalescer (see [`bare`]): a reference, not a peer.
+    Bare,
     /// `coalesce` with [`Dispatch::Window`].
     CoalesceWindow,
     /// `coalesce` with [`Dispatch::Adaptive`].
@@ -67,8 +70,9 @@ pub enum Kind {
 
 impl Kind {
     /// Every contender, direct call first.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Direct,
+        Kind::Bare,
         Kind::CoalesceWindow,
         Kind::CoalesceAdaptive,
         Kind::Dataloader,
@@ -82,6 +86,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
+            Kind::Bare => "bare-mutex-vec",
             Kind::CoalesceWindow => "coalesce-window",
             Kind::CoalesceAdaptive => "coalesce-adaptive",
             Kind::Dataloader => "dataloader",
@@ -96,6 +101,9 @@ impl Kind {
     pub fn settings(self, window: Duration) -> String {
         match self {
             Kind::Direct => "no batching".into(),
+            Kind::Bare => format!(
+                "reference floor: Mutex<Vec<(key, oneshot)>>, a spawned flush per batch, window {window:?}"
+            ),
             Kind::CoalesceWindow => format!("Dispatch::Window, window {window:?}"),
             Kind::CoalesceAdaptive => format!(
                 "Dispatch::Adaptive, window {window:?}; round trip: max_in_flight {DIRECT_PERMITS}"
@@ -182,6 +190,8 @@ pub enum Loader {
     AsyncGraphql(async_graphql::dataloader::DataLoader<AgBatch>),
     /// See [`Kind::BatchedFn`].
     BatchedFn(batched::Handle),
+    /// See [`Kind::Bare`].
+    Bare(Arc<bare::Bare>),
     /// See [`Kind::BatchAintOne`].
     BatchAintOne(batch_aint_one::Batcher<BaoBatch>),
 }
@@ -192,6 +202,7 @@ impl Loader {
     pub fn new(kind: Kind, work: Work, max_batch: usize, window: Duration) -> Self {
         match kind {
             Kind::Direct => Loader::Direct(work, Semaphore::new(DIRECT_PERMITS)),
+            Kind::Bare => Loader::Bare(bare::Bare::new(work, max_batch, window)),
             Kind::CoalesceWindow | Kind::CoalesceAdaptive => {
                 let dispatch = if kind == Kind::CoalesceWindow {
                     Dispatch::Window
@@ -260,6 +271,7 @@ impl Loader {
             Loader::Dataloader(l) => l.load(key).await,
             Loader::AsyncGraphql(l) => l.load_one(key).await.expect("infallible").expect("present"),
             Loader::BatchedFn(h) => h.call(key).await,
+            Loader::Bare(b) => b.load(key).await,
             Loader::BatchAintOne(b) => b.add((), key).await.expect("processed"),
         }
     }

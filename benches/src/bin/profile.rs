@@ -88,9 +88,13 @@ fn main() {
         if let Loader::Coalesce(c) = &*loader {
             let m = c.metrics();
             println!(
-                "  {} batches, {:.1} keys per batch",
+                "  {} batches, {:.1} keys per batch; wait p50 {:?} p99 {:?}; run p50 {:?} p99 {:?}",
                 m.batches,
-                m.keys as f64 / m.batches.max(1) as f64
+                m.keys as f64 / m.batches.max(1) as f64,
+                m.wait.p50,
+                m.wait.p99,
+                m.run.p50,
+                m.run.p99
             );
         }
     });

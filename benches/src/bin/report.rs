@@ -35,34 +35,82 @@ async fn median_burst(loader: &Arc<Loader>, record: bool) -> Run {
     runs.swap_remove(REPEATS / 2)
 }
 
+/// Bursts per contender in the overhead table: contenders take turns, one burst
+/// each per round, so that drift in the machine's speed hits all of them alike.
+const ROUNDS: usize = 21;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 async fn overhead() {
     println!(
-        "### Engine overhead: burst of {BURST} tasks, pure-CPU batch fn (median of {REPEATS})\n"
+        "### Engine overhead: burst of {BURST} tasks, pure-CPU batch fn (median of {ROUNDS} interleaved rounds)\n"
     );
     println!("ns per key (wall time / {BURST}); in brackets, overhead over the direct call.\n");
     let sizes = [1usize, 10, 100, 1000];
+    let mut table = vec![vec![0f64; sizes.len()]; Kind::ALL.len()];
+    for (i, &size) in sizes.iter().enumerate() {
+        let loaders: Vec<Arc<Loader>> = Kind::ALL
+            .iter()
+            .map(|&kind| Arc::new(Loader::new(kind, Work::Cpu, size, WINDOW)))
+            .collect();
+        let mut samples = vec![Vec::with_capacity(ROUNDS); loaders.len()];
+        for loader in &loaders {
+            burst(loader, BURST, 0, false).await;
+        }
+        for round in 0..ROUNDS {
+            for (k, loader) in loaders.iter().enumerate() {
+                let base = (round as u64 + 1) * BURST as u64;
+                samples[k].push(burst(loader, BURST, base, false).await.ns_per_call());
+            }
+        }
+        for (k, xs) in samples.into_iter().enumerate() {
+            table[k][i] = median(xs);
+        }
+    }
     print!("| contender | settings |");
     for s in sizes {
         print!(" max_batch {s} |");
     }
     println!();
     println!("|---|---|{}", "---:|".repeat(sizes.len()));
-    let mut direct = [0f64; 4];
-    for kind in Kind::ALL {
+    for (k, kind) in Kind::ALL.into_iter().enumerate() {
         print!("| {} | {} |", kind.label(), kind.settings(WINDOW));
-        for (i, &s) in sizes.iter().enumerate() {
-            let loader = Arc::new(Loader::new(kind, Work::Cpu, s, WINDOW));
-            let ns = median_burst(&loader, false).await.ns_per_call();
+        for (i, ns) in table[k].iter().enumerate() {
             if kind == Kind::Direct {
-                direct[i] = ns;
                 print!(" {ns:.0} |");
             } else {
-                print!(" {ns:.0} (+{:.0}) |", ns - direct[i]);
+                print!(" {ns:.0} ({:+.0}) |", ns - table[0][i]);
             }
         }
         println!();
     }
-    println!();
+    let last = sizes.len() - 1;
+    let over = |kind: Kind| {
+        let k = Kind::ALL.iter().position(|&x| x == kind).unwrap_or(0);
+        table[k][last] - table[0][last]
+    };
+    let best_peer = [
+        Kind::Dataloader,
+        Kind::AsyncGraphql,
+        Kind::BatchedFn,
+        Kind::BatchAintOne,
+        Kind::BatchAintOneBalanced,
+    ]
+    .into_iter()
+    .min_by(|a, b| over(*a).total_cmp(&over(*b)))
+    .unwrap_or(Kind::BatchAintOne);
+    println!(
+        "\nAt max_batch {}: best peer {} {:+.0} ns/key; coalesce window {:+.0}, adaptive {:+.0}; bare reference {:+.0}.\n",
+        sizes[last],
+        best_peer.label(),
+        over(best_peer),
+        over(Kind::CoalesceWindow),
+        over(Kind::CoalesceAdaptive),
+        over(Kind::Bare),
+    );
 }
 
 async fn roundtrip() {

@@ -6,7 +6,8 @@
 //! 127.0.0.1. Queries are counted on the server: `pg_stat_user_tables.idx_scan` of
 //! `users` (one per executed lookup) and `pg_stat_database.xact_commit`.
 //!
-//! Usage: `cargo run --release -p coalesce-benches --bin pg_burst [-- ROUNDS]`
+//! Usage: `cargo run --release -p coalesce-benches --bin pg_burst [-- ROUNDS [MODE]]`
+//! where MODE (`naive`, `window` or `adaptive`) runs that mode only, for a profiler.
 
 use std::collections::HashMap;
 
@@ -43,33 +44,32 @@ fn user(row: &sqlx::postgres::PgRow) -> User {
     }
 }
 
+const BY_ID: &str = "SELECT id, name FROM public.users WHERE id = $1";
+const BY_IDS: &str = "SELECT id, name FROM public.users WHERE id = ANY($1)";
+
 /// One query per call.
 async fn get_user_naive(id: i64) -> Result<Option<User>, sqlx::Error> {
-    let row = sqlx::query("SELECT id, name FROM public.users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&pool())
-        .await?;
+    let row = sqlx::query(BY_ID).bind(id).fetch_optional(&pool()).await?;
     Ok(row.as_ref().map(user))
 }
 
 async fn get_users(ids: &[i64]) -> Result<HashMap<i64, User>, sqlx::Error> {
-    let rows = sqlx::query("SELECT id, name FROM public.users WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(&pool())
-        .await?;
+    let rows = sqlx::query(BY_IDS).bind(ids).fetch_all(&pool()).await?;
     Ok(rows.iter().map(user).map(|u| (u.id, u)).collect())
 }
 
-/// Coalesced, fixed 2 ms window.
-#[coalesce(window = "2ms", max_batch = 1000, name = "pg.window")]
+/// Coalesced, fixed 500 µs window.
+#[coalesce(window = "500us", max_batch = 1000, name = "pg.window")]
 async fn get_user_window(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
     get_users(&ids).await
 }
 
-/// Coalesced, adaptive dispatch (2 ms window bound).
+/// Coalesced, adaptive dispatch (500 µs window bound), as many lanes as the pool
+/// has connections.
 #[coalesce(
-    window = "2ms",
+    window = "500us",
     max_batch = 1000,
+    max_in_flight = 10,
     dispatch = "adaptive",
     name = "pg.adaptive"
 )]
@@ -147,8 +147,45 @@ async fn setup(url: &str) {
     pool.close().await;
 }
 
+/// CPU time consumed so far, in nanoseconds, by this process (all its threads) and
+/// by every `postgres` process on the machine, from `/proc/*/task/*/schedstat`.
+fn cpu_ns() -> (u64, u64) {
+    fn first(path: &std::path::Path) -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+    fn threads(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir.join("task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .map(|t| first(&t.path().join("schedstat")))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    let client = threads(std::path::Path::new("/proc/self"));
+    let server = std::fs::read_dir("/proc")
+        .map(|procs| {
+            procs
+                .flatten()
+                .filter(|p| {
+                    std::fs::read_to_string(p.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "postgres")
+                })
+                .map(|p| threads(&p.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    (client, server)
+}
+
 struct Measured {
     run: Run,
+    /// CPU time of the client and of the server during the burst.
+    cpu: (Duration, Duration),
     scans: i64,
     xacts: i64,
     batches: u64,
@@ -161,14 +198,27 @@ async fn measure(url: &str, mode: Mode, round: u64) -> Measured {
         .connect(url)
         .await
         .expect("connect");
-    // Open every connection before the clock starts.
+    // Open every connection, and prepare both statements on each, before the clock
+    // starts: a service's pool is warm, and a fresh backend's first query pays for
+    // parsing, planning and filling its caches.
     let warm: Vec<_> = (0..POOL).map(|_| p.acquire()).collect();
     for c in futures::future::join_all(warm).await {
-        drop(c.expect("acquire"));
+        let mut c = c.expect("acquire");
+        sqlx::query(BY_ID)
+            .bind(1i64)
+            .fetch_optional(&mut *c)
+            .await
+            .expect("warm-up");
+        sqlx::query(BY_IDS)
+            .bind([1i64, 2].as_slice())
+            .fetch_all(&mut *c)
+            .await
+            .expect("warm-up");
     }
     *CURRENT.lock().unwrap() = Some(p.clone());
     let (s0, x0) = counters(url).await;
     let b0 = batches(mode);
+    let cpu0 = cpu_ns();
     let start = Instant::now();
     let base = (round * 7919) % (ROWS as u64 - BURST as u64);
     let tasks: Vec<_> = (0..BURST)
@@ -182,16 +232,25 @@ async fn measure(url: &str, mode: Mode, round: u64) -> Measured {
             })
         })
         .collect();
+    let spawned = start.elapsed();
     let mut latencies = Vec::with_capacity(BURST);
     for t in tasks {
         latencies.push(t.await.expect("task"));
     }
     let wall = start.elapsed();
+    let cpu1 = cpu_ns();
+    let cpu = (
+        Duration::from_nanos(cpu1.0.saturating_sub(cpu0.0)),
+        Duration::from_nanos(cpu1.1.saturating_sub(cpu0.1)),
+    );
+    if std::env::var_os("PG_BURST_DEBUG").is_some() {
+        eprintln!("{mode:?}: spawned in {spawned:?}, done in {wall:?}, cpu {cpu:?}");
+    }
     latencies.sort_unstable();
     // Closing the pool ends its backends, which flushes their statistics.
     CURRENT.lock().unwrap().take();
     p.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (s1, x1) = counters(url).await;
     Measured {
         run: Run {
@@ -199,8 +258,11 @@ async fn measure(url: &str, mode: Mode, round: u64) -> Measured {
             calls: BURST,
             latencies,
         },
-        scans: s1 - s0,
-        xacts: x1 - x0,
+        cpu,
+        // Less the warm-up: per connection, one single-id and one two-id lookup,
+        // each its own transaction.
+        scans: s1 - s0 - 3 * i64::from(POOL),
+        xacts: x1 - x0 - 2 * i64::from(POOL),
         batches: batches(mode) - b0,
     }
 }
@@ -218,14 +280,21 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
     setup(&url).await;
-    let modes = [Mode::Naive, Mode::Window, Mode::Adaptive];
+    let only = std::env::args().nth(2);
+    let modes: Vec<Mode> = [Mode::Naive, Mode::Window, Mode::Adaptive]
+        .into_iter()
+        .filter(|m| {
+            only.as_deref()
+                .is_none_or(|o| format!("{m:?}").eq_ignore_ascii_case(o))
+        })
+        .collect();
     let mut results: HashMap<&str, Vec<Measured>> = HashMap::new();
     // Warm-up round (plans, caches), not reported.
-    for mode in modes {
+    for &mode in &modes {
         measure(&url, mode, 0).await;
     }
     for round in 1..=rounds {
-        for mode in modes {
+        for &mode in &modes {
             let m = measure(&url, mode, round).await;
             eprintln!(
                 "round {round} {mode:?}: {:.1} ms, {} index scans, {} transactions",
@@ -236,14 +305,21 @@ async fn main() {
             results.entry(label(mode)).or_default().push(m);
         }
     }
+    for name in ["pg.window", "pg.adaptive"] {
+        if let Some(m) = coalesce::metrics::get(name) {
+            eprintln!("{m}");
+        }
+    }
     println!("PostgreSQL burst: {BURST} concurrent get_user(id), {ROWS}-row table, pool of {POOL}; median of {rounds} rounds\n");
-    println!("| mode | wall (ms) | throughput (calls/s) | p50 (ms) | p99 (ms) | queries sent (client) | transactions (server) | index scans (server) | speed-up | fewer transactions |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let naive = median(&results["naive"]);
+    println!("| mode | wall (ms) | throughput (calls/s) | p50 (ms) | p99 (ms) | queries sent (client) | transactions (server) | index scans (server) | CPU client + server (ms) | speed-up | fewer transactions |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let Some(naive) = results.get("naive").map(|r| median(r)) else {
+        return;
+    };
     for mode in modes {
         let m = median(&results[label(mode)]);
         println!(
-            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.1}x | {:.0}x |",
+            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.1} + {:.1} | {:.1}x | {:.0}x |",
             label(mode),
             m.run.wall.as_secs_f64() * 1e3,
             m.run.throughput(),
@@ -256,6 +332,8 @@ async fn main() {
             },
             m.xacts,
             m.scans,
+            m.cpu.0.as_secs_f64() * 1e3,
+            m.cpu.1.as_secs_f64() * 1e3,
             m.run.throughput() / naive.run.throughput(),
             naive.xacts as f64 / m.xacts.max(1) as f64,
         );
@@ -275,7 +353,7 @@ fn batches(mode: Mode) -> u64 {
 fn label(mode: Mode) -> &'static str {
     match mode {
         Mode::Naive => "naive",
-        Mode::Window => "#[coalesce] window 2ms",
+        Mode::Window => "#[coalesce] window 500us",
         Mode::Adaptive => "#[coalesce] adaptive",
     }
 }
@@ -287,6 +365,7 @@ fn median(ms: &[Measured]) -> Measured {
     let m = &ms[idx[idx.len() / 2]];
     Measured {
         run: m.run.clone(),
+        cpu: m.cpu,
         scans: m.scans,
         xacts: m.xacts,
         batches: m.batches,

@@ -21,8 +21,9 @@ pub const BURST: usize = 10_000;
 /// The simulated round trip of one backend request.
 pub const ROUND_TRIP: Duration = Duration::from_millis(2);
 
-/// The window `coalesce` runs with in every workload (both dispatch modes).
-pub const WINDOW: Duration = Duration::from_millis(1);
+/// The window `coalesce` runs with in every workload (both dispatch modes): under a
+/// millisecond, so it is timed by the precise timer, not rounded up to Tokio's tick.
+pub const WINDOW: Duration = Duration::from_micros(500);
 
 /// Permits of the direct path's connection pool in the round-trip workload.
 pub const DIRECT_PERMITS: usize = 10;

@@ -131,9 +131,11 @@ struct BatchState<K, V, E> {
     driver: usize,
     /// The driver should stop gathering (full, road empty).
     kicked: bool,
-    /// Kicked when it opened: the driver lets the calls made in the same instant
-    /// (tasks already runnable) join before it leaves, by yielding once.
-    settle: bool,
+    /// Kicked when it opened: before it leaves, the driver lets the calls made in
+    /// the same instant join, by yielding (every task runnable now runs first)
+    /// until a yield brings no new caller, the batch is full or the window is over.
+    /// Holds the calls admitted as of the last yield.
+    settle: Option<u64>,
     /// Waiting in the group's queue for an in-flight slot.
     queued: bool,
     /// Holds an in-flight slot.
@@ -716,7 +718,7 @@ where
                         callers: 0,
                         driver: 0,
                         kicked: free,
-                        settle: free,
+                        settle: free.then_some(0),
                         queued: false,
                         permit: false,
                         dedup_hits: 0,
@@ -969,12 +971,18 @@ where
                     return Poll::Pending;
                 }
                 if st.kicked || st.phase == Phase::Full {
-                    if std::mem::take(&mut st.settle) && st.phase != Phase::Full {
-                        drop(st);
-                        // Let the calls made in the same instant join: this task is
-                        // woken after every task that is runnable now has run.
-                        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
-                        return Poll::Pending;
+                    if let Some(seen) = st.settle.take() {
+                        if st.phase != Phase::Full
+                            && st.admitted > seen
+                            && Instant::now() < st.deadline
+                        {
+                            st.settle = Some(st.admitted);
+                            drop(st);
+                            // Let the calls made in the same instant join: this task
+                            // is woken after every task runnable now has run.
+                            let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                            return Poll::Pending;
+                        }
                     }
                     return Poll::Ready(Step::Due);
                 }

@@ -4,13 +4,14 @@
 //! naive call, `coalesce` fixed window and `coalesce` adaptive (2 ms round trip).
 //!
 //! Usage: `cargo run --release -p coalesce-benches --bin report [-- SECTION...]`
-//! where SECTION is any of `overhead`, `roundtrip`, `idle`, `load` (default: all).
+//! where SECTION is any of `overhead`, `roundtrip`, `idle`, `load`, `window`
+//! (default: all).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use coalesce_benches::{
-    burst, offered_load, runtime, sequential, Kind, Loader, Run, Work, BURST, WINDOW,
+    burst, offered_load, runtime, sequential, Kind, Loader, Run, Work, BURST, ROUND_TRIP, WINDOW,
 };
 use plotters::prelude::*;
 
@@ -114,12 +115,61 @@ async fn overhead() {
 }
 
 async fn roundtrip() {
-    println!("### Simulated round trip: burst of {BURST}, 2 ms per batch (direct: 2 ms per key, 10 permits), max_batch 1000 (median of {REPEATS})\n");
+    println!("### Simulated round trip: burst of {BURST}, 2 ms per batch (direct: 2 ms per key, 10 permits), max_batch 1000\n");
+    println!("Batching contenders take turns for {ROUNDS} rounds (median wall; p50/p99 over every call of every round); the direct path, 3 s a burst, runs {REPEATS} bursts (median).\n");
+    // What one simulated round trip lasts here: Tokio's timer rounds the 2 ms sleep
+    // up to its next 1 ms tick.
+    let mut one = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = std::time::Instant::now();
+        tokio::time::sleep(ROUND_TRIP).await;
+        one.push(t.elapsed());
+    }
+    let one = Run::new(Duration::ZERO, one);
+    println!(
+        "One round trip alone (`tokio::time::sleep({ROUND_TRIP:?})`, 200 in a row): p50 {:.2} ms, p99 {:.2} ms.\n",
+        ms(one.quantile(0.5)),
+        ms(one.quantile(0.99))
+    );
     println!("| contender | wall (ms) | throughput (keys/s) | p50 (ms) | p99 (ms) |");
     println!("|---|---:|---:|---:|---:|");
-    for kind in Kind::ALL {
-        let loader = Arc::new(Loader::new(kind, Work::RoundTrip, 1000, WINDOW));
-        let r = median_burst(&loader, true).await;
+    let loaders: Vec<Arc<Loader>> = Kind::ALL
+        .iter()
+        .map(|&kind| Arc::new(Loader::new(kind, Work::RoundTrip, 1000, WINDOW)))
+        .collect();
+    let mut walls = vec![Vec::with_capacity(ROUNDS); loaders.len()];
+    let mut latencies = vec![Vec::new(); loaders.len()];
+    for (k, loader) in loaders.iter().enumerate().skip(1) {
+        burst(loader, BURST, 0, false).await;
+        latencies[k].reserve(ROUNDS * BURST);
+    }
+    for round in 0..ROUNDS {
+        for (k, loader) in loaders.iter().enumerate().skip(1) {
+            let base = (round as u64 + 1) * BURST as u64;
+            let r = burst(loader, BURST, base, true).await;
+            walls[k].push(r.wall);
+            latencies[k].extend_from_slice(&r.latencies);
+        }
+    }
+    let runs = loaders.iter().enumerate().map(|(k, loader)| {
+        let loader = loader.clone();
+        let walls = std::mem::take(&mut walls[k]);
+        let lat = std::mem::take(&mut latencies[k]);
+        async move {
+            if k == 0 {
+                median_burst(&loader, true).await
+            } else {
+                let mut walls = walls;
+                walls.sort_unstable();
+                Run {
+                    calls: BURST,
+                    ..Run::new(walls[walls.len() / 2], lat)
+                }
+            }
+        }
+    });
+    for (kind, run) in Kind::ALL.into_iter().zip(runs) {
+        let r = run.await;
         println!(
             "| {} | {:.1} | {:.0} | {:.2} | {:.2} |",
             kind.label(),
@@ -276,22 +326,6 @@ fn plot(
     Ok(())
 }
 
-/// Loops one coalesce workload for a profiler (`perf record`): `profile-burst` runs
-/// adaptive bursts at max_batch 1000, `profile-idle` sequential adaptive calls.
-async fn profile(what: &str) {
-    let loader = Arc::new(Loader::new(Kind::CoalesceAdaptive, Work::Cpu, 1000, WINDOW));
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    let mut base = 0;
-    while std::time::Instant::now() < until {
-        if what == "profile-burst" {
-            burst(&loader, BURST, base, false).await;
-        } else {
-            sequential(&loader, 1000, base).await;
-        }
-        base += BURST as u64;
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
@@ -309,10 +343,33 @@ fn main() {
         if want("load") {
             load().await;
         }
-        for p in ["profile-burst", "profile-idle"] {
-            if args.iter().any(|a| a == p) {
-                profile(p).await;
-            }
+        if want("window") {
+            window().await;
         }
     });
+}
+
+/// Window precision: one caller, sequential calls, fixed-window mode. Windows under
+/// 1 ms are timed by the precise timer thread; 1 ms and more by Tokio's timer.
+async fn window() {
+    println!("### Window precision: one caller, 200 sequential calls, Dispatch::Window, pure-CPU batch fn\n");
+    println!("| window | p50 (µs) | p99 (µs) | timed by |");
+    println!("|---:|---:|---:|---|");
+    for micros in [100u64, 250, 500, 1000, 2000] {
+        let w = Duration::from_micros(micros);
+        let loader = Arc::new(Loader::new(Kind::CoalesceWindow, Work::Cpu, 1000, w));
+        sequential(&loader, 20, 0).await;
+        let r = sequential(&loader, 200, 1000).await;
+        println!(
+            "| {w:?} | {:.0} | {:.0} | {} |",
+            us(r.quantile(0.5)),
+            us(r.quantile(0.99)),
+            if w < Duration::from_millis(1) {
+                "precise timer thread (and Tokio's)"
+            } else {
+                "Tokio's timer (1 ms ticks, rounded up)"
+            }
+        );
+    }
+    println!();
 }

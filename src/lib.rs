@@ -208,7 +208,7 @@
 //! | mode | a lone call pays | under a burst | choose it when |
 //! | --- | --- | --- | --- |
 //! | `dispatch = "window"` | up to one `window` | batches as full as traffic allows within the window | the backend is the bottleneck (rate limits, per-request cost, connection pool), and a few ms per call are cheap |
-//! | `dispatch = "adaptive"` | nothing: it leaves at once | calls that arrive while a batch runs gather and leave together when it completes | latency matters at low load, and load comes in bursts |
+//! | `dispatch = "adaptive"` | nothing: it leaves at once | a call that finds a free lane leaves with the calls made in the same instant; calls that arrive while every lane is busy gather and leave together when a lane frees | latency matters at low load, and load comes in bursts; set `max_in_flight` to what the backend serves at once |
 //!
 //! Read the metrics to tune it: `wait` is the time from a batch's first call to its
 //! dispatch (what the window costs), `run` the batch function's own time. If `wait`
@@ -218,8 +218,11 @@
 //! linearly, lower `max_batch`. `max_in_flight` protects the backend; `max_pending`
 //! bounds memory under a flood.
 //!
-//! Tokio's timer has millisecond granularity, so a window under a millisecond lasts
-//! until the next timer tick; adaptive dispatch needs no timer for a lone call.
+//! Tokio's timer has millisecond granularity and rounds up, so a 1 ms window lasts
+//! about 2 ms. A window under a millisecond (`window = "250us"`) is therefore also
+//! timed by one process-wide thread, precise to some tens of microseconds; under a
+//! paused Tokio clock (`start_paused` tests) it still follows that clock. Adaptive
+//! dispatch needs no timer at all for a call that finds a free lane.
 //!
 //! # Metrics
 //!

@@ -201,6 +201,21 @@ impl<K: Hash + Eq, V, E> BatchState<K, V, E> {
     }
 }
 
+/// Idle groups are kept (not removed and re-inserted batch after batch) while the
+/// coalescer has at most this many groups.
+const IDLE_GROUPS_KEPT: usize = 16;
+
+impl<G: Hash + Eq, K, V, E> State<G, K, V, E> {
+    /// Forgets an idle group, unless there are few enough groups to keep it for the
+    /// next batch: a group that comes and goes costs nothing, and many groups
+    /// (tenants, shards) never pile up.
+    fn retire(&mut self, group: &(usize, G)) {
+        if self.groups.len() > IDLE_GROUPS_KEPT {
+            self.groups.remove(group);
+        }
+    }
+}
+
 /// How a call was admitted.
 enum Admission<'c, G, K, V, E>
 where
@@ -505,8 +520,11 @@ where
         make: impl FnOnce(Vec<K>) -> Run<K, V, E>,
     ) -> Result<Option<V>, Error<E>> {
         let started = Instant::now();
-        let span = self.batch_started(
-            (1, 1, 0, 0),
+        self.metrics.solo.fetch_add(1, Relaxed);
+        let span = self.telemetry.batch_started(
+            1,
+            1,
+            0,
             Duration::ZERO,
             std::iter::once(&telemetry::caller_span()),
         );
@@ -926,7 +944,7 @@ where
             }
         }
         if g.open.is_none() && g.in_flight == 0 && g.queue.is_empty() {
-            state.groups.remove(group);
+            state.retire(group);
         }
         if let Some(w) = wake {
             w.wake();
@@ -1218,7 +1236,7 @@ where
                     g.queue.retain(|b| !Arc::ptr_eq(b, &self.batch));
                 }
                 if !release && g.open.is_none() && g.in_flight == 0 && g.queue.is_empty() {
-                    state.groups.remove(&self.batch.group);
+                    state.retire(&self.batch.group);
                 }
             }
             if release {
@@ -1360,5 +1378,30 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// One call in each of 1,000 groups (tenants, say): idle groups are forgotten
+    /// once there are more than a handful, so the group table stays small.
+    #[tokio::test]
+    async fn idle_groups_do_not_pile_up() {
+        for dispatch in [Dispatch::Window, Dispatch::Adaptive] {
+            let core: Core<u64, u64, u64> = Core::new(
+                Config::new("t.idle_groups")
+                    .window(Duration::ZERO)
+                    .dispatch(dispatch),
+            );
+            for g in 0..1000u64 {
+                let got = core.load(g, g, |keys: Vec<u64>| async move { keys }).await;
+                assert_eq!(got.unwrap(), Some(g));
+            }
+            let groups = lock(&core.state).groups.len();
+            assert!(groups <= IDLE_GROUPS_KEPT, "{groups} groups kept");
+            assert_eq!(core.metrics().batches, 1000);
+        }
     }
 }

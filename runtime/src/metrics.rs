@@ -78,10 +78,19 @@ impl Histogram {
     }
 
     fn summary(&self) -> Summary {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        self.summary_with(0, 0)
+    }
+
+    /// The summary as if `value` had also been recorded `times` times (values counted
+    /// elsewhere, in one counter, to keep them off a hot path).
+    fn summary_with(&self, value: u64, times: u64) -> Summary {
+        let mut counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        counts[bucket_of(value)] += times;
         let count: u64 = counts.iter().sum();
-        let min = self.min.load(Relaxed);
-        let max = self.max.load(Relaxed);
+        let (mut min, mut max) = (self.min.load(Relaxed), self.max.load(Relaxed));
+        if times > 0 {
+            (min, max) = (min.min(value), max.max(value));
+        }
         let quantile = |q: f64| -> u64 {
             if count == 0 {
                 return 0;
@@ -98,7 +107,7 @@ impl Histogram {
         };
         Summary {
             count,
-            sum: self.sum.load(Relaxed),
+            sum: self.sum.load(Relaxed) + value * times,
             min: if count == 0 { 0 } else { min },
             max,
             p50: quantile(0.50),
@@ -161,6 +170,10 @@ pub(crate) struct Metrics {
     pub(crate) unrequested_entries: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) pending: AtomicU64,
+    /// Batches of one run by a lone adaptive call: each is one call, one key, one
+    /// batch of size 1 and a wait of 0, added in at snapshot time, so that such a
+    /// call pays one atomic addition for all of them.
+    pub(crate) solo: AtomicU64,
     pub(crate) batch_size: Histogram,
     pub(crate) wait_ns: Histogram,
     pub(crate) run_ns: Histogram,
@@ -187,6 +200,7 @@ impl Metrics {
             unrequested_entries: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            solo: AtomicU64::new(0),
             batch_size: Histogram::new(),
             wait_ns: Histogram::new(),
             run_ns: Histogram::new(),
@@ -207,12 +221,13 @@ impl Metrics {
             p90: Duration::from_nanos(s.p90),
             p99: Duration::from_nanos(s.p99),
         };
+        let solo = self.solo.load(Relaxed);
         MetricsSnapshot {
             name: self.name.to_string(),
-            calls: self.calls.load(Relaxed),
-            keys: self.keys.load(Relaxed),
+            calls: self.calls.load(Relaxed) + solo,
+            keys: self.keys.load(Relaxed) + solo,
             dedup_hits: self.dedup_hits.load(Relaxed),
-            batches: self.batches.load(Relaxed),
+            batches: self.batches.load(Relaxed) + solo,
             batch_errors: self.batch_errors.load(Relaxed),
             key_errors: self.key_errors.load(Relaxed),
             panics: self.panics.load(Relaxed),
@@ -226,8 +241,8 @@ impl Metrics {
             unrequested_entries: self.unrequested_entries.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             pending: self.pending.load(Relaxed),
-            batch_size: self.batch_size.summary(),
-            wait: ns(self.wait_ns.summary()),
+            batch_size: self.batch_size.summary_with(1, solo),
+            wait: ns(self.wait_ns.summary_with(0, solo)),
             run: ns(self.run_ns.summary()),
         }
     }
@@ -445,5 +460,19 @@ mod tests {
         assert_eq!((s.count, s.min, s.max, s.sum), (100, 1, 100, 5050));
         assert!((50..=56).contains(&s.p50), "p50 {}", s.p50);
         assert!((99..=100).contains(&s.p99), "p99 {}", s.p99);
+    }
+
+    #[test]
+    fn values_counted_elsewhere_join_the_summary() {
+        let h = Histogram::new();
+        for v in [10, 20, 30] {
+            h.record(v);
+        }
+        let s = h.summary_with(1, 7);
+        assert_eq!((s.count, s.min, s.max, s.sum), (10, 1, 30, 67));
+        assert_eq!(s.p50, 1);
+        let empty = Histogram::new().summary_with(0, 4);
+        assert_eq!((empty.count, empty.min, empty.max, empty.sum), (4, 0, 0, 0));
+        assert_eq!(Histogram::new().summary_with(5, 0), Summary::default());
     }
 }

@@ -1,18 +1,20 @@
-//! Soak run: at least 1,000,000 calls from many tasks over many keys, with 1% of
+//! Soak run, once with each dispatch mode (fixed window, then adaptive with four
+//! lanes): at least 1,000,000 calls from many tasks over many keys, with 1% of
 //! batches failing, 0.1% panicking, 0.1% running past the timeout, and 5% of callers
 //! giving up early. Checks that every completed call got its own key's value, that
 //! no call is left pending, that the metrics add up, and that resident memory at the
 //! end stays within a small bound of memory after warm-up.
 //!
-//! `cargo run --release -p coalesce-runtime --example soak [-- CALLS]` (bounded: it
-//! stops after 50 s even if CALLS were not all made, and says so).
+//! `cargo run --release -p coalesce-runtime --example soak [-- CALLS]` (CALLS per
+//! mode; bounded: each mode stops after 50 s even if CALLS were not all made, and
+//! says so).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coalesce_runtime::{Coalescer, Config, Error};
+use coalesce_runtime::{Coalescer, Config, Dispatch, Error};
 
 const TASKS: u64 = 512;
 const KEYS: u64 = 200_000;
@@ -72,34 +74,48 @@ async fn main() {
         }
     }));
 
+    let window = run(Dispatch::Window, calls).await;
+    let adaptive = run(Dispatch::Adaptive, calls).await;
+    if window && adaptive {
+        println!("soak: PASS");
+    } else {
+        std::process::exit(1);
+    }
+}
+
+/// One soak run; returns whether every check held.
+async fn run(dispatch: Dispatch, calls: u64) -> bool {
     let batch_seq = Arc::new(AtomicU64::new(0x9E37_79B9_7F4A_7C15));
     let seq = batch_seq.clone();
-    let coalescer = Arc::new(Coalescer::new(
-        Config::new("soak")
-            .window(Duration::from_millis(1))
-            .max_batch(256)
-            .timeout(Duration::from_millis(20))
-            .max_pending(100_000),
-        move |keys: Vec<u64>| {
-            let mut r = seq.fetch_add(0x9E37_79B9, Relaxed) | 1;
-            let roll = next(&mut r) % 1000;
-            async move {
-                tokio::task::yield_now().await;
-                match roll {
-                    0 => panic!("injected panic"),
-                    1 => {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        Ok(HashMap::new())
-                    }
-                    2..=11 => Err(Injected),
-                    _ => Ok(keys
-                        .into_iter()
-                        .map(|k| (k, k * 2 + 1))
-                        .collect::<HashMap<_, _>>()),
+    let mut config = Config::new(format!("soak.{dispatch:?}").to_lowercase())
+        .window(Duration::from_millis(1))
+        .max_batch(256)
+        .timeout(Duration::from_millis(20))
+        .max_pending(100_000)
+        .dispatch(dispatch);
+    if dispatch == Dispatch::Adaptive {
+        // Few enough lanes that calls also gather and queue, not only go alone.
+        config = config.max_in_flight(4);
+    }
+    let coalescer = Arc::new(Coalescer::new(config, move |keys: Vec<u64>| {
+        let mut r = seq.fetch_add(0x9E37_79B9, Relaxed) | 1;
+        let roll = next(&mut r) % 1000;
+        async move {
+            tokio::task::yield_now().await;
+            match roll {
+                0 => panic!("injected panic"),
+                1 => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(HashMap::new())
                 }
+                2..=11 => Err(Injected),
+                _ => Ok(keys
+                    .into_iter()
+                    .map(|k| (k, k * 2 + 1))
+                    .collect::<HashMap<_, _>>()),
             }
-        },
-    ));
+        }
+    }));
 
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
@@ -158,7 +174,7 @@ async fn main() {
     let get = |a: &AtomicU64| a.load(Relaxed);
     let done = get(&counts.done);
     println!(
-        "soak: {done} calls in {elapsed:.2?} ({:.0} calls/s), {TASKS} tasks, {KEYS} keys",
+        "soak ({dispatch:?}): {done} calls in {elapsed:.2?} ({:.0} calls/s), {TASKS} tasks, {KEYS} keys",
         done as f64 / elapsed.as_secs_f64()
     );
     println!(
@@ -212,12 +228,8 @@ async fn main() {
     if warm > 0 && end_rss > warm + 64 * 1024 {
         failures.push(format!("memory grew from {warm} KiB to {end_rss} KiB"));
     }
-    if failures.is_empty() {
-        println!("soak: PASS");
-    } else {
-        for f in &failures {
-            eprintln!("soak: FAIL: {f}");
-        }
-        std::process::exit(1);
+    for f in &failures {
+        eprintln!("soak ({dispatch:?}): FAIL: {f}");
     }
+    failures.is_empty()
 }

@@ -253,11 +253,11 @@ enum Outcome<K, V, E> {
     TimedOut,
 }
 
-/// A call dispatched alone because its adaptive road had a free lane and no batch
-/// was gathering: it holds that lane and runs the batch function for its one key
-/// itself, with no shared batch to coordinate (nobody else can join it, so nobody
-/// needs a hand-off). Dropping it before it has finished is a cancellation: the lane
-/// is released and the batch future dropped.
+/// A call dispatched alone because its adaptive road was empty (a free lane, and
+/// nothing of its group running or gathering): it holds that lane and runs the
+/// batch function for its one key itself, with no shared batch to coordinate
+/// (nobody else can join it, so nobody needs a hand-off). Dropping it before it has
+/// finished is a cancellation: the lane is released and the batch future dropped.
 struct Solo<'c, G, K, V, E>
 where
     G: Hash + Eq + Clone + Send + Sync + 'static,

@@ -235,9 +235,10 @@ async fn load() {
         }
     }
     println!();
+    let window_label = format!("coalesce window {WINDOW:?}");
     let labels = [
         "naive (per key, 10 permits)",
-        "coalesce window 1ms",
+        window_label.as_str(),
         "coalesce adaptive",
         "batch-aint-one immediate",
         "batch-aint-one balanced",
@@ -248,6 +249,9 @@ async fn load() {
         println!("Plot: [benches/plots/load.svg](benches/plots/load.svg)\n");
     }
 }
+
+/// Which coordinate of a (offered load, p99 ms, throughput) point a panel plots.
+type Pick = fn(&(f64, f64, f64)) -> f64;
 
 fn plot(
     labels: &[&str],
@@ -271,57 +275,55 @@ fn plot(
         xs.fold(0.0, f64::max) * 1.1,
     );
     let ymax = series.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.5;
-    let mut c = ChartBuilder::on(&left)
-        .caption("p99 latency vs offered load", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((xmin..xmax).log_scale(), (0.5..ymax).log_scale())?;
-    c.configure_mesh()
-        .x_desc("offered load (calls/s)")
-        .y_desc("p99 latency (ms)")
-        .draw()?;
-    for (i, s) in series.iter().enumerate() {
-        let color = colors[i];
-        c.draw_series(LineSeries::new(
-            s.iter().map(|p| (p.0, p.1)),
-            color.stroke_width(2),
-        ))?
-        .label(labels[i])
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        c.draw_series(s.iter().map(|p| Circle::new((p.0, p.1), 3, color.filled())))?;
-    }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
     let tmax = series.iter().flatten().map(|p| p.2).fold(1.0, f64::max) * 1.5;
-    let mut c = ChartBuilder::on(&right)
-        .caption("throughput vs offered load", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((xmin..xmax).log_scale(), (xmin * 0.5..tmax).log_scale())?;
-    c.configure_mesh()
-        .x_desc("offered load (calls/s)")
-        .y_desc("achieved throughput (calls/s)")
-        .draw()?;
-    for (i, s) in series.iter().enumerate() {
-        let color = colors[i];
-        c.draw_series(LineSeries::new(
-            s.iter().map(|p| (p.0, p.2)),
-            color.stroke_width(2),
-        ))?
-        .label(labels[i])
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        c.draw_series(s.iter().map(|p| Circle::new((p.0, p.2), 3, color.filled())))?;
+    let panels: [(_, &str, &str, f64, f64, Pick); 2] = [
+        (
+            &left,
+            "p99 latency vs offered load",
+            "p99 latency (ms)",
+            0.5,
+            ymax,
+            |p| p.1,
+        ),
+        (
+            &right,
+            "throughput vs offered load",
+            "achieved throughput (calls/s)",
+            xmin * 0.5,
+            tmax,
+            |p| p.2,
+        ),
+    ];
+    for (area, caption, y_desc, ylo, yhi, y) in panels {
+        let mut c = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((xmin..xmax).log_scale(), (ylo..yhi).log_scale())?;
+        c.configure_mesh()
+            .x_desc("offered load (calls/s)")
+            .y_desc(y_desc)
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let color = colors[i];
+            c.draw_series(LineSeries::new(
+                s.iter().map(|p| (p.0, y(p))),
+                color.stroke_width(2),
+            ))?
+            .label(labels[i])
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            c.draw_series(
+                s.iter()
+                    .map(|p| Circle::new((p.0, y(p)), 3, color.filled())),
+            )?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
     }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
     root.present()?;
     Ok(())
 }

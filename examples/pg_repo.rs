@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     pg::create_users(&admin, &schema, "user", 10_000).await?;
 
     let pool = pg::schema_pool(&url, &schema).await?;
-    let repo = Arc::new(UserRepo::new(pool.clone()));
+    let repo = Arc::new(UserRepo::new(pool.clone(), &schema));
     let scans_before = pg::table_scans(&admin, &schema).await?;
 
     // 1,000 concurrent requests, each looking up one user, as a web handler would.
@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // The ordered shape, with some ids that have no row: 20 calls, one query.
-    let repo = UserRepo::new(pg::schema_pool(&url, &schema).await?);
+    let repo = UserRepo::new(pg::schema_pool(&url, &schema).await?, &schema);
     let ordered =
         futures::future::join_all((9_991..=10_010).map(|id| repo.users_ordered(id))).await;
     let missing = ordered.iter().filter(|r| matches!(r, Ok(None))).count();

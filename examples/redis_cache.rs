@@ -21,17 +21,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Cheap to clone: the connection, the pool and the counters are shared, and
+/// clones share batches (`instance = self.prefix`).
+#[derive(Clone)]
 pub struct ProductCache {
     redis: MultiplexedConnection,
     db: SqlitePool,
-    prefix: String,
-    mgets: AtomicU64,
-    sql_queries: AtomicU64,
+    prefix: Arc<str>,
+    mgets: Arc<AtomicU64>,
+    sql_queries: Arc<AtomicU64>,
 }
 
 impl ProductCache {
     /// `cache.product(id).await -> Result<Option<String>, coalesce::Error<CacheError>>`
-    #[coalesce(window = "2ms", max_batch = 500, name = "redis_cache.product")]
+    #[coalesce(window = "2ms", max_batch = 500, name = "redis_cache.product", instance = self.prefix)]
     pub async fn product(&self, ids: Vec<i64>) -> Result<HashMap<i64, String>, CacheError> {
         let mut conn = self.redis.clone();
         self.mgets.fetch_add(1, Ordering::Relaxed);
@@ -95,9 +98,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = Arc::new(ProductCache {
         redis,
         db,
-        prefix: format!("coalesce_example_{}", std::process::id()),
-        mgets: AtomicU64::new(0),
-        sql_queries: AtomicU64::new(0),
+        prefix: format!("coalesce_example_{}", std::process::id()).into(),
+        mgets: Arc::default(),
+        sql_queries: Arc::default(),
     });
     for round in ["cold", "warm"] {
         let (mgets, queries) = (

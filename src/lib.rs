@@ -97,17 +97,66 @@
 //! # }
 //! ```
 //!
-//! # Methods, extra parameters and groups
+//! # Methods and instances
 //!
-//! On a method, calls through the same instance coalesce and calls through different
-//! instances never share a batch. Other parameters are kept on the single-key fn, and
-//! only calls with equal arguments share a batch; `group = <expr>` adds a partition
-//! computed per call.
+//! `#[coalesce]` works on `async fn m(&self, ids: Vec<K>)` in an `impl` block
+//! (repositories, API clients). Each batch runs with a *clone* of the instance of
+//! the call that opened it, so it owns what it reads and may outlive any caller:
+//! the type must be `Clone` (cheap when its state is behind `Arc`s or pools, as a
+//! `PgPool` or a `reqwest::Client` is), or the method takes `self: Arc<Self>` or
+//! `self: &Arc<Self>`.
+//!
+//! Which calls count as one instance is yours to say:
+//!
+//! - by default, calls through **the same object** coalesce, and calls through
+//!   different objects (or different types at one address) never share a batch;
+//! - with `instance = <expr>`, calls whose expression is **equal** coalesce, whatever
+//!   object they come through. Name what makes two instances different (a schema, a
+//!   base URL, a credential): clones of one repository, cloned per request by
+//!   axum's `State`, then share batches, and repositories over two schemas never do.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//! use std::sync::Arc;
+//!
+//! #[derive(Clone)]
+//! struct UserRepo {
+//!     schema: Arc<str>, // and a pool, cloned with the repo
+//! }
+//!
+//! impl UserRepo {
+//!     // Clones of one repo share batches; two schemas never do.
+//!     #[coalesce(window = "2ms", instance = self.schema)]
+//!     async fn user(&self, ids: Vec<u64>) -> HashMap<u64, String> {
+//!         ids.into_iter().map(|id| (id, format!("{}.user {id}", self.schema))).collect()
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let repo = UserRepo { schema: "tenant_a".into() };
+//! let clone = repo.clone(); // another object, the same instance
+//! let other = UserRepo { schema: "tenant_b".into() };
+//! let (a, b, c) = tokio::join!(repo.user(1), clone.user(2), other.user(1));
+//! assert_eq!(a.unwrap().unwrap(), "tenant_a.user 1");
+//! assert_eq!(b.unwrap().unwrap(), "tenant_a.user 2");
+//! assert_eq!(c.unwrap().unwrap(), "tenant_b.user 1");
+//! # }
+//! ```
+//!
+//! Without `instance`, the same three calls make three batches; the metrics show it
+//! (`split_batches` close to `batches`, batch sizes of 1).
+//!
+//! # Extra parameters and groups
+//!
+//! Other parameters are kept on the single-key fn, and only calls with equal
+//! arguments share a batch; `group = <expr>` adds a partition computed per call.
 //!
 //! ```
 //! use coalesce::coalesce;
 //! use std::collections::HashMap;
 //!
+//! #[derive(Clone)]
 //! struct PriceClient { currency: &'static str }
 //!
 //! impl PriceClient {
@@ -136,6 +185,7 @@
 //! | `timeout = "2s"` | none | a batch running longer fails its callers with [`Error::Timeout`] |
 //! | `isolate = N` | off | bisect a failed batch down to N levels (see above) |
 //! | `group = <expr>` | none | extra partition, evaluated per call |
+//! | `instance = <expr>` | the object | what makes two instances of a method's type one (see above) |
 //! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
 //! | `dispatch = "adaptive"` | `"window"` | see [Choosing a window](#choosing-a-window) |
 //!

@@ -1,103 +1,319 @@
 //! Paths the `#[coalesce]` expansion names. Not public API: hidden from docs and
 //! kept off the crate root so that it never shows up in "did you mean" hints.
 
-pub use ::coalesce_runtime::{
-    per_key, required, AnyKey, BatchOutput, Config, Core, Dispatch, Error, PerKey,
-};
-pub use ::std::sync::LazyLock;
+pub use ::coalesce_runtime::{per_key, BatchOutput, Config, Core, Dispatch, Error, PerKey};
 pub use ::std::time::Duration;
 
-use ::core::any::Any;
+use ::core::any::{Any, TypeId};
 use ::core::future::Future;
 use ::core::hash::Hash;
-use ::core::marker::PhantomData;
+use ::std::borrow::Cow;
 use ::std::boxed::Box;
-use ::std::sync::OnceLock;
+use ::std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use ::std::vec::Vec;
 
-/// The `static` behind one `#[coalesce]` fn: its [`Core`], created on first use.
-///
-/// The core is stored type-erased so that the `static` itself puts no bounds on
-/// `G`, `K`, `V`, `E` and is always `Sync`. Every bound is then checked at one
-/// place, the call of [`load`] or [`load_in`] whose type arguments the expansion
-/// writes with the user's own type tokens: a key that is not `Hash` gives one
-/// error, on the key type in the user's signature, not several in generated code.
-pub struct Slot<G, K, V, E> {
-    core: OnceLock<Box<dyn Any + Send + Sync>>,
-    types: PhantomData<Types<G, K, V, E>>,
+/// A coalescer's name as the expansion knows it.
+#[derive(Clone, Copy)]
+pub enum Name {
+    /// `name = "..."`, as written.
+    Given(&'static str),
+    /// A free fn: `module::path::fn`.
+    Path(&'static str),
+    /// A method: its fn name; the coalescer is named `<type of Self>::fn`, so
+    /// that `Users::get` and `Orders::get` in one module (and the instantiations
+    /// of a generic impl) have names of their own.
+    Method(&'static str),
 }
 
-/// Marks a [`Slot`]'s types without owning them: `Send`, `Sync` and `'static`
-/// whatever they are.
-type Types<G, K, V, E> = fn() -> (G, K, V, E);
-
-impl<G, K, V, E> Slot<G, K, V, E> {
-    /// An empty slot, for the initializer of the `static`.
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
-        Slot {
-            core: OnceLock::new(),
-            types: PhantomData,
+impl Name {
+    fn resolve<S: ?Sized>(self) -> Cow<'static, str> {
+        match self {
+            Name::Given(name) | Name::Path(name) => Cow::Borrowed(name),
+            Name::Method(name) => Cow::Owned(format!("{}::{name}", ::core::any::type_name::<S>())),
         }
     }
 }
 
-impl<G, K, V, E> Slot<G, K, V, E>
-where
-    G: Hash + Eq + Clone + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
-    E: Send + Sync + 'static,
-{
-    fn core(&'static self, config: fn() -> Config) -> &'static Core<G, K, V, E> {
-        self.core
-            .get_or_init(|| Box::new(Core::<G, K, V, E>::new(config())))
-            .downcast_ref()
-            // Only this impl fills the slot, always with this type.
-            .unwrap_or_else(|| unreachable!("a coalesce slot holds a core of another type"))
+/// The `static` behind one `#[coalesce]` fn: its [`Core`]s, one per
+/// instantiation, each created on first use.
+///
+/// A `static` in an `impl<T>` is shared by every `T`, and cannot name `T`; the
+/// slot therefore keeps one core per type it is used with (the instance type and
+/// the core's types), so that the instantiations of a generic impl never share
+/// a coalescer, let alone a batch. The core is stored type-erased, so that the
+/// `static` itself puts no bounds on any type; every bound is checked at the
+/// call of [`load`], [`load_for`] or [`load_with`], whose type arguments the
+/// expansion writes with the user's own type tokens.
+pub struct Slot {
+    first: OnceLock<(TypeId, &'static (dyn Any + Send + Sync))>,
+    more: Mutex<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
+}
+
+impl Slot {
+    /// An empty slot, for the initializer of the `static`.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Slot {
+            first: OnceLock::new(),
+            more: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The core for instance type `S`, made on first use. Cores live as long as
+    /// the program (they are `static`s): one per instantiation used.
+    fn core<S, G, K, V, E>(
+        &'static self,
+        name: Name,
+        config: fn(Config) -> Config,
+    ) -> &'static Core<G, K, V, E>
+    where
+        S: ?Sized + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + 'static,
+        E: Send + Sync + 'static,
+    {
+        let id = TypeId::of::<(fn() -> *const S, Core<G, K, V, E>)>();
+        let make = || -> &'static (dyn Any + Send + Sync) {
+            Box::leak(Box::new(Core::<G, K, V, E>::new(config(Config::new(
+                name.resolve::<S>(),
+            )))))
+        };
+        let (first_id, first) = *self.first.get_or_init(|| (id, make()));
+        let any = if first_id == id {
+            first
+        } else {
+            let mut more = self.more.lock().unwrap_or_else(PoisonError::into_inner);
+            match more.iter().find(|(t, _)| *t == id) {
+                Some((_, core)) => *core,
+                None => {
+                    let core = make();
+                    more.push((id, core));
+                    core
+                }
+            }
+        };
+        match any.downcast_ref() {
+            Some(core) => core,
+            // Every entry is stored under the `TypeId` of its own type.
+            None => {
+                unreachable!("a coalesce slot holds a core of another type under this type's id")
+            }
+        }
     }
 }
 
-/// The body of a `#[coalesce]` free fn: one call of [`Core::load`] on the slot's core.
+/// What a coalesced method's `Self` must be: each batch runs with a clone of
+/// the instance of the call that opened it, so that it owns what it reads and
+/// can outlive any one caller.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must be `Clone + Send + Sync + 'static` to have #[coalesce] methods",
+    label = "each batch owns a clone of the instance it runs with",
+    note = "derive or implement `Clone` (cheap when the state is behind `Arc`s or pools, as \
+            `PgPool` and `reqwest::Client` are), or take `self: Arc<Self>` or `self: &Arc<Self>`"
+)]
+pub trait Instance {
+    /// `Self`, once the bounds hold.
+    type Checked;
+}
+
+impl<T: Clone + Send + Sync + 'static> Instance for T {
+    type Checked = T;
+}
+
+/// What a key type must be. The expansion names the key type as
+/// `<K as Key>::Checked`, spanned at the key type the user wrote: an unmet
+/// bound is reported once, there, and the projection it leaves unresolved
+/// silences every follow-on report in generated code and at call sites.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the key of a #[coalesce] fn: keys must be `Hash + Eq + Clone + Send + Sync + 'static`",
+    label = "the key type of a batch",
+    note = "the coalescer deduplicates keys (`Hash + Eq`), hands the batch fn its own copies \
+            (`Clone`) and may run the batch on another thread (`Send + Sync + 'static`)"
+)]
+pub trait Key {
+    /// `Self`, once the bounds hold.
+    type Checked;
+}
+
+impl<T: Hash + Eq + Clone + Send + Sync + 'static> Key for T {
+    type Checked = T;
+}
+
+/// What a value type must be (named `<V as Value>::Checked`; see [`Key`]).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the value of a #[coalesce] fn: values must be `Clone + Send + 'static`",
+    label = "the value type of a batch",
+    note = "callers of one key each get a value (`Clone`), handed over from the batch's task (`Send + 'static`)"
+)]
+pub trait Value {
+    /// `Self`, once the bounds hold.
+    type Checked;
+}
+
+impl<T: Clone + Send + 'static> Value for T {
+    type Checked = T;
+}
+
+/// What a batch error type must be (named `<E as BatchError>::Checked`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error of a #[coalesce] fn: errors must be `Send + Sync + 'static`",
+    label = "the error type of a batch",
+    note = "every caller of a failed batch shares the error behind an `Arc` (`Send + Sync + 'static`); it need not be `Clone`"
+)]
+pub trait BatchError {
+    /// `Self`, once the bounds hold.
+    type Checked;
+}
+
+impl<T: Send + Sync + 'static> BatchError for T {
+    type Checked = T;
+}
+
+/// What another parameter's type must be (named `<T as Param>::Checked`): only
+/// calls with equal arguments share a batch.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a parameter of a #[coalesce] fn: parameters besides the keys must be `Hash + Eq + Clone + Send + Sync + 'static`",
+    label = "calls share a batch only when this argument is equal",
+    note = "the coalescer compares the arguments of calls (`Hash + Eq`) and hands the batch fn its own copy (`Clone`, `Send + Sync + 'static`)"
+)]
+pub trait Param {
+    /// `Self`, once the bounds hold.
+    type Checked;
+}
+
+impl<T: Hash + Eq + Clone + Send + Sync + 'static> Param for T {
+    type Checked = T;
+}
+
+/// What `Self` must be for `self: Arc<Self>` and `self: &Arc<Self>` methods.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must be `Send + Sync + 'static` to have #[coalesce] methods on `Arc<Self>`",
+    label = "each batch holds an `Arc` of the instance it runs with, and may run on another thread"
+)]
+pub trait Shared {
+    /// `Self`, once the bounds hold.
+    type Checked: ?Sized;
+}
+
+impl<T: ?Sized + Send + Sync + 'static> Shared for T {
+    type Checked = T;
+}
+
+/// The body of a `#[coalesce]` free fn.
 #[inline]
 pub fn load<G, K, V, E, F, Fut>(
-    slot: &'static Slot<G, K, V, E>,
-    config: fn() -> Config,
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
     group: G,
     key: K,
     batch: F,
-) -> impl Future<Output = Result<Option<V>, Error<E>>>
+) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send
 where
-    G: Hash + Eq + Clone + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
-    F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+    F: Fn(&G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, V, Error = E>,
 {
-    slot.core(config).load(group, key, batch)
+    slot.core::<(), G, K, V, E>(name, config)
+        .load(group, key, batch)
 }
 
-/// The body of a `#[coalesce]` method: one call of [`Core::load_in`] on the slot's core.
+/// The body of a `#[coalesce]` method on `&self`: calls through the same object
+/// coalesce.
 #[inline]
-pub fn load_in<'a, G, K, V, E, S, F, Fut>(
-    slot: &'static Slot<G, K, V, E>,
-    config: fn() -> Config,
+pub fn load_for<'a, S, G, K, V, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
     this: &'a S,
     group: G,
     key: K,
     batch: F,
-) -> impl Future<Output = Result<Option<V>, Error<E>>> + 'a
+) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
 where
-    G: Hash + Eq + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
-    S: ?Sized + Sync,
-    F: Fn(&'a S, Vec<K>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'a,
+    F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, V, Error = E>,
 {
-    slot.core(config).load_in(this, group, key, batch)
+    slot.core::<S, G, K, V, E>(name, config)
+        .load_for(this, group, key, batch)
+}
+
+/// The body of a `#[coalesce]` method on `self: Arc<Self>` or `self: &Arc<Self>`:
+/// calls through the same object coalesce.
+#[inline]
+pub fn load_for_arc<'a, T, G, K, V, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
+    this: &'a Arc<T>,
+    group: G,
+    key: K,
+    batch: F,
+) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
+where
+    T: ?Sized + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(Arc<T>, &G, Vec<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: BatchOutput<K, V, Error = E>,
+{
+    slot.core::<T, G, K, V, E>(name, config)
+        .load_for_arc(this, group, key, batch)
+}
+
+/// The body of a `#[coalesce(instance = …)]` method: calls with equal instance
+/// values (the first element of `group`) coalesce, whatever object they come
+/// through; the batch runs with a clone of the opener's `self`.
+#[inline]
+pub fn load_with<'a, S, G, K, V, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
+    this: &'a S,
+    group: G,
+    key: K,
+    batch: F,
+) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
+where
+    S: Clone + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: BatchOutput<K, V, Error = E>,
+{
+    slot.core::<S, G, K, V, E>(name, config)
+        .load_with(this, group, key, batch)
+}
+
+/// For the `Vec`-shaped single-key fns: an entry is always present after a
+/// successful ordered batch, so `None` becomes [`Error::Missing`]. `S` is the
+/// instance type of a method (for its coalescer's name), `()` for a free fn.
+pub fn required<S: ?Sized, V, E>(
+    result: Result<Option<V>, Error<E>>,
+    name: Name,
+) -> Result<V, Error<E>> {
+    match result {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(Error::Missing {
+            name: Arc::from(name.resolve::<S>()),
+        }),
+        Err(e) => Err(e),
+    }
 }

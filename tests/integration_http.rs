@@ -5,6 +5,7 @@
 #[macro_use]
 #[path = "../examples/common/http.rs"]
 mod http;
+mod support;
 
 use coalesce::Error;
 use futures::future::join_all;
@@ -37,6 +38,7 @@ async fn client() -> (Arc<Server>, PriceClient) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_calls_make_a_handful_of_requests() {
+    support::generous_windows(&["tests.http.prices"]);
     let _serial = SERIAL.lock().await;
     let (server, client) = client().await;
     let batches_before = batches();
@@ -54,6 +56,7 @@ async fn five_hundred_calls_make_a_handful_of_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_batch_bounds_the_url_length() {
+    support::generous_windows(&["tests.http.prices"]);
     let _serial = SERIAL.lock().await;
     let (server, client) = client().await;
     let results = join_all((0..1000).map(|i| client.price(symbol(i)))).await;
@@ -75,6 +78,7 @@ async fn max_batch_bounds_the_url_length() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_reaches_every_caller_as_a_status_error() {
+    support::generous_windows(&["tests.http.prices"]);
     let _serial = SERIAL.lock().await;
     let (server, client) = client().await;
     server.mode.store(FAIL, Ordering::SeqCst);
@@ -99,6 +103,7 @@ async fn a_500_reaches_every_caller_as_a_status_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_service_times_out_every_caller() {
+    support::generous_windows(&["tests.http.prices"]);
     let _serial = SERIAL.lock().await;
     let (server, client) = client().await;
     server.mode.store(SLOW, Ordering::SeqCst);
@@ -119,6 +124,7 @@ async fn a_slow_service_times_out_every_caller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_body_reaches_every_caller_as_a_decode_error() {
+    support::generous_windows(&["tests.http.prices"]);
     let _serial = SERIAL.lock().await;
     let (server, client) = client().await;
     server.mode.store(MALFORMED, Ordering::SeqCst);

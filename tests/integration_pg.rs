@@ -51,12 +51,13 @@ async fn server_scans(admin: &PgPool, schema: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_1000_loads_makes_two_queries() {
+    support::generous_windows(&["pg_repo.users", "pg_repo.users_ordered"]);
     let Some((schema, pool)) = schema_with_users("u", 1000).await else {
         return;
     };
     let admin = PgPool::connect(&support::database_url()).await.unwrap();
     let before = server_scans(&admin, &schema).await;
-    let repo = UserRepo::new(pool.clone());
+    let repo = UserRepo::new(pool.clone(), &schema);
 
     let results = join_all((1..=1000).map(|id| repo.users(id))).await;
     for (id, result) in (1..=1000).zip(results) {
@@ -96,10 +97,11 @@ async fn a_burst_of_1000_loads_makes_two_queries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ordered_shape_returns_each_callers_row_or_none() {
+    support::generous_windows(&["pg_repo.users", "pg_repo.users_ordered"]);
     let Some((schema, pool)) = schema_with_users("o", 100).await else {
         return;
     };
-    let repo = UserRepo::new(pool.clone());
+    let repo = UserRepo::new(pool.clone(), &schema);
     // 150 calls, 50 of them for ids with no row, and some repeated ids.
     let ids: Vec<i64> = (51..=200).chain([60, 61, 199]).collect();
     let results = join_all(ids.iter().map(|&id| repo.users_ordered(id))).await;
@@ -124,10 +126,11 @@ async fn the_ordered_shape_returns_each_callers_row_or_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_error_reaches_every_caller_of_the_batch() {
+    support::generous_windows(&["pg_repo.users", "pg_repo.users_ordered"]);
     let Some((schema, pool)) = schema_with_users("e", 10).await else {
         return;
     };
-    let repo = UserRepo::new(pool.clone());
+    let repo = UserRepo::new(pool.clone(), &schema);
     // Warm up: the table is there.
     assert!(repo.users(1).await.unwrap().is_some());
     sqlx::query(&format!("DROP TABLE {schema}.users"))
@@ -164,13 +167,17 @@ async fn a_database_error_reaches_every_caller_of_the_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_repos_on_two_schemas_never_mix_results() {
+    support::generous_windows(&["pg_repo.users", "pg_repo.users_ordered"]);
     let Some((schema_a, pool_a)) = schema_with_users("alpha", 300).await else {
         return;
     };
     let Some((schema_b, pool_b)) = schema_with_users("beta", 300).await else {
         return;
     };
-    let (a, b) = (UserRepo::new(pool_a.clone()), UserRepo::new(pool_b.clone()));
+    let (a, b) = (
+        UserRepo::new(pool_a.clone(), &schema_a),
+        UserRepo::new(pool_b.clone(), &schema_b),
+    );
     // Interleaved calls for the same ids through both repos, at once.
     let calls = (1..=300).flat_map(|id| [(true, id), (false, id)]);
     let results = join_all(calls.map(|(is_a, id)| {

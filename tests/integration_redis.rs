@@ -45,13 +45,14 @@ impl Db {
     }
 }
 
+#[derive(Clone)]
 struct Cache {
     redis: MultiplexedConnection,
-    db: Db,
-    /// Namespace of this cache's keys.
-    prefix: String,
-    /// `MGET`s sent (client side).
-    mgets: AtomicU64,
+    db: std::sync::Arc<Db>,
+    /// Namespace of this cache's keys: what makes two caches two instances.
+    prefix: std::sync::Arc<str>,
+    /// `MGET`s sent (client side), by this cache and its clones.
+    mgets: std::sync::Arc<AtomicU64>,
 }
 
 impl Cache {
@@ -61,7 +62,7 @@ impl Cache {
 
     /// One `MGET` for the batch; one database load for its misses; one pipeline of
     /// `SET`s to fill the cache.
-    #[coalesce(window = "2ms", max_batch = 500)]
+    #[coalesce(window = "25ms", max_batch = 500, instance = self.prefix)]
     async fn get(&self, ids: Vec<u64>) -> Result<HashMap<u64, String>, CacheError> {
         let mut conn = self.redis.clone();
         self.mgets.fetch_add(1, Ordering::SeqCst);
@@ -83,9 +84,9 @@ async fn cache(rows: u64) -> Option<Cache> {
     };
     Some(Cache {
         redis,
-        db: Db::with_rows(rows),
-        prefix: support::unique("coalesce_cache"),
-        mgets: AtomicU64::new(0),
+        db: std::sync::Arc::new(Db::with_rows(rows)),
+        prefix: support::unique("coalesce_cache").into(),
+        mgets: Default::default(),
     })
 }
 

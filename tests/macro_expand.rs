@@ -170,16 +170,17 @@ async fn group_splits_batches() {
     assert_eq!(seen, [vec![1, 3], vec![2, 4]]);
 }
 
+#[derive(Clone)]
 struct Repo {
     offset: u64,
-    batches: AtomicUsize,
+    batches: std::sync::Arc<AtomicUsize>,
 }
 
 impl Repo {
     fn new(offset: u64) -> Self {
         Repo {
             offset,
-            batches: AtomicUsize::new(0),
+            batches: Default::default(),
         }
     }
 

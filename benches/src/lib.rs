@@ -198,6 +198,14 @@ pub enum Loader {
 }
 
 impl Loader {
+    /// The coalescer's own metrics, for the `coalesce` contenders.
+    pub fn metrics(&self) -> Option<coalesce::metrics::MetricsSnapshot> {
+        match self {
+            Loader::Coalesce(c) => Some(c.metrics()),
+            _ => None,
+        }
+    }
+
     /// A loader of `kind` doing `work`, batches of at most `max_batch` keys, and (for
     /// `coalesce`) the given window.
     pub fn new(kind: Kind, work: Work, max_batch: usize, window: Duration) -> Self {

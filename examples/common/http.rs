@@ -34,16 +34,21 @@ impl std::fmt::Display for PriceError {
 
 impl std::error::Error for PriceError {}
 
+/// A client of the price service at `base`. Cheap to clone (`reqwest::Client` is
+/// an `Arc` inside); clones share batches (`instance = self.base`), clients of
+/// two services never do.
+#[derive(Clone)]
 pub struct PriceClient {
     http: reqwest::Client,
-    base: String,
+    /// The service's base URL: what makes two clients two instances.
+    pub base: std::sync::Arc<str>,
 }
 
 impl PriceClient {
     pub fn new(base: String) -> Self {
         PriceClient {
             http: reqwest::Client::new(),
-            base,
+            base: base.into(),
         }
     }
 
@@ -72,8 +77,9 @@ impl PriceClient {
 /// The including crate declares this module as `mod http;`.
 macro_rules! coalesced_price {
     ($name:literal) => {
+        #[rustfmt::skip]
         impl $crate::http::PriceClient {
-            #[::coalesce::coalesce(window = "2ms", max_batch = 100, timeout = "200ms", name = $name)]
+            #[::coalesce::coalesce(window = "2ms", max_batch = 100, timeout = "200ms", name = $name, instance = self.base)]
             pub async fn price(
                 &self,
                 symbols: Vec<String>,

@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,24 +16,32 @@ pub struct User {
     pub name: String,
 }
 
-/// A repository over `users` in whatever schema its pool's `search_path` names.
+/// A repository over `users` in the schema its pool's `search_path` names.
+///
+/// Cheap to clone (the pool and the counter are shared), as handlers clone it
+/// per request. Its coalesced methods say `instance = self.schema`: clones of
+/// one repository share batches, and repositories over two schemas never do.
+#[derive(Clone)]
 pub struct UserRepo {
     pub pool: PgPool,
-    /// Queries this repo sent (client side).
-    pub queries: AtomicU64,
+    /// The schema the pool's connections see.
+    pub schema: Arc<str>,
+    /// Queries this repo (and its clones) sent (client side).
+    pub queries: Arc<AtomicU64>,
 }
 
 impl UserRepo {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, schema: &str) -> Self {
         UserRepo {
             pool,
-            queries: AtomicU64::new(0),
+            schema: Arc::from(schema),
+            queries: Arc::default(),
         }
     }
 
     /// One query for every id of the batch.
     /// `repo.users(id).await -> Result<Option<User>, coalesce::Error<sqlx::Error>>`
-    #[coalesce(window = "2ms", max_batch = 500, name = "pg_repo.users")]
+    #[coalesce(window = "2ms", max_batch = 500, name = "pg_repo.users", instance = self.schema)]
     pub async fn users(&self, ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
         self.queries.fetch_add(1, Ordering::SeqCst);
         let rows: Vec<(i64, String)> =
@@ -48,7 +57,7 @@ impl UserRepo {
 
     /// The ordered shape: one `Option<User>` per id, in the order of `ids`.
     /// `repo.users_ordered(id).await -> Result<Option<User>, coalesce::Error<sqlx::Error>>`
-    #[coalesce(window = "2ms", max_batch = 500, name = "pg_repo.users_ordered")]
+    #[coalesce(window = "2ms", max_batch = 500, name = "pg_repo.users_ordered", instance = self.schema)]
     pub async fn users_ordered(&self, ids: Vec<i64>) -> Result<Vec<Option<User>>, sqlx::Error> {
         self.queries.fetch_add(1, Ordering::SeqCst);
         let rows: Vec<(i64, Option<String>)> = sqlx::query_as(

@@ -20,6 +20,7 @@ mod kw {
     syn::custom_keyword!(max_pending);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(group);
+    syn::custom_keyword!(instance);
     syn::custom_keyword!(name);
     syn::custom_keyword!(dispatch);
 }
@@ -59,6 +60,8 @@ pub struct Args {
     pub timeout: Option<Spanned<u64>>,
     /// `group = <expr>`, evaluated on every call.
     pub group: Option<Spanned<Expr>>,
+    /// `instance = <expr>`: what makes two instances one for coalescing.
+    pub instance: Option<Spanned<Expr>>,
     /// `name = "users.load"`, the coalescer's name in metrics.
     pub name: Option<Spanned<LitStr>>,
     /// `dispatch = "window" | "adaptive"`.
@@ -113,14 +116,8 @@ impl Args {
         arg!(isolate, parse_count_arg(input, "isolate")?);
         arg!(max_pending, parse_count_arg(input, "max_pending")?);
         arg!(timeout, parse_duration_arg(input, "timeout", false)?);
-        arg!(group, {
-            input.parse::<Token![=]>()?;
-            let expr = input.parse::<Expr>()?;
-            Spanned {
-                span: expr.span(),
-                value: expr,
-            }
-        });
+        arg!(group, parse_expr_arg(input)?);
+        arg!(instance, parse_expr_arg(input)?);
         arg!(name, parse_name_arg(input)?);
         arg!(dispatch, parse_dispatch_arg(input)?);
         Err(lookahead.error())
@@ -143,6 +140,16 @@ fn set<T>(
     } else {
         *slot = Some(value);
     }
+}
+
+/// `= <expr>`: an expression, evaluated on every call.
+fn parse_expr_arg(input: ParseStream) -> syn::Result<Spanned<Expr>> {
+    input.parse::<Token![=]>()?;
+    let expr = input.parse::<Expr>()?;
+    Ok(Spanned {
+        span: expr.span(),
+        value: expr,
+    })
 }
 
 /// After a bad argument, skips its remaining tokens so the next one can be read.

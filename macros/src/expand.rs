@@ -7,19 +7,23 @@
 //! pub async fn load(ids: Vec<u64>, region: Region) -> Result<HashMap<u64, User>, DbError> { body }
 //! ```
 //!
-//! is, in outline (paths through `::coalesce::__private` shortened):
+//! is, in outline (paths through `::coalesce::__private` shortened, every user
+//! type named as `<T as Key>::Checked` and the like so that an unmet bound is
+//! reported once, on the user's tokens):
 //!
 //! ```text
 //! pub async fn load(ids: u64, region: Region) -> Result<Option<User>, ::coalesce::Error<DbError>> {
-//!     const __COALESCE_NAME: &str = concat!(module_path!(), "::", "load");
-//!     static __COALESCE_CORE: Slot<Region, u64, User, DbError> = Slot::new();
-//!     let __coalesce_group = Clone::clone(&region);
+//!     static __COALESCE_SLOT: Slot = Slot::new();
 //!     load::<Region, u64, User, DbError, _, _>(
-//!         &__COALESCE_CORE,
-//!         || Config::new(__COALESCE_NAME).window(Duration::from_nanos(5000000)),
-//!         __coalesce_group,
+//!         &__COALESCE_SLOT,
+//!         Name::Path(concat!(module_path!(), "::", "load")),
+//!         |config| config.window(Duration::from_nanos(5000000)),
+//!         region,                       // the group: every extra parameter
 //!         ids,
-//!         move |__coalesce_keys| load_batch(__coalesce_keys, region),
+//!         move |group, keys| {
+//!             let region = Clone::clone(group);
+//!             async move { load_batch(keys, region).await }
+//!         },
 //!     )
 //!     .await
 //! }
@@ -27,8 +31,12 @@
 //! pub async fn load_batch(ids: Vec<u64>, region: Region) -> Result<HashMap<u64, User>, DbError> { body }
 //! ```
 //!
-//! A method calls `load_in(&__COALESCE_CORE, config, self, ...)` with a closure
-//! that calls `self.load_batch(...)`; a `Vec` shape wraps the result in `required`.
+//! A `&self` method calls `load_for(slot, name, config, self, ...)` (or, with
+//! `instance = expr`, `load_with` and the expression first in the group) with a
+//! closure that receives a clone of the instance: `move |this, group, keys|
+//! async move { this.load_batch(keys, ..).await }`. `self: Arc<Self>` and
+//! `self: &Arc<Self>` call `load_for_arc`. A `Vec` shape wraps the result in
+//! `required`.
 
 use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
@@ -38,7 +46,7 @@ use syn::{Attribute, FnArg, Item, ItemFn, Pat, PatIdent, ReturnType, Type};
 
 use crate::args::{Args, Dispatch};
 use crate::error::Errors;
-use crate::signature::{self, ShapeKind, Signature};
+use crate::signature::{self, ReceiverKind, ShapeKind, Signature};
 
 /// The whole macro: `#[coalesce(args)] item`.
 pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -70,13 +78,16 @@ pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The single-key fn and the batch fn, for a signature without problems.
 fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
-    let (Some((key_param, key_type)), Some(shape)) = (signature.key_param(), &signature.shape)
-    else {
-        unreachable!("the analysis reports a missing key or shape as an error")
+    let (Some((key_param, key_type)), Some(shape), Some(key)) = (
+        signature.key_param(),
+        &signature.shape,
+        signature.key_param().and_then(|(p, _)| p.ident.as_ref()),
+    ) else {
+        // The analysis reports a missing key, shape or key name as an error.
+        let error = syn::Error::new_spanned(&func.sig, "#[coalesce] could not read this signature");
+        return fallback(func, signature, &error);
     };
-    let Some(key) = &key_param.ident else {
-        unreachable!("the analysis reports a pattern parameter as an error")
-    };
+    let _ = key_param;
     let private = quote!(::coalesce::__private);
     let value_type = &shape.value;
     let error_type = match &shape.error {
@@ -87,60 +98,87 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let keys_var = Ident::new("__coalesce_keys", Span::mixed_site());
     let this_var = Ident::new("__coalesce_this", Span::mixed_site());
 
-    // The group: the `group = expr` value and every extra parameter. Calls share
-    // a batch only if all of these are equal.
-    let mut group_types = Vec::new();
-    let mut group_values = Vec::new();
-    if let Some(group) = &args.group {
-        let expr = &group.value;
-        group_types.push(quote!(#private::AnyKey));
-        group_values.push(quote_spanned!(group.span=> #private::AnyKey::new(#expr)));
+    // The group: `instance = expr`, `group = expr` and every extra parameter,
+    // in that order. Calls share a batch only if all of these are equal. The
+    // expressions are evaluated (and cloned: they may name a field or a
+    // parameter) before the parameters are moved into the group.
+    let mut parts: Vec<(TokenStream, TokenStream)> = Vec::new();
+    let mut lets = Vec::new();
+    for (index, arg) in [&args.instance, &args.group].into_iter().enumerate() {
+        let Some(arg) = arg else { continue };
+        let expr = &arg.value;
+        let var = format_ident!("__coalesce_arg{}", index, span = Span::mixed_site());
+        lets.push(quote_spanned!(arg.span=> let #var = ::core::clone::Clone::clone(&(#expr));));
+        parts.push((quote_spanned!(arg.span=> _), var.to_token_stream()));
     }
     let mut extra_types = Vec::new();
-    let mut batch_args = Vec::new();
+    let mut extra_positions = Vec::new();
     for (index, param) in signature.params.iter().enumerate() {
-        let ident = param.ident.as_ref().expect("reported by the analysis");
         if Some(index) == signature.key {
-            batch_args.push(keys_var.to_token_stream());
-        } else {
-            extra_types.push(&*param.arg.ty);
-            group_types.push(param.arg.ty.to_token_stream());
-            group_values.push(quote!(::core::clone::Clone::clone(&#ident)));
-            // Cloned per batch call: the batch closure may run more than once
-            // (`isolate` retries the halves of a failed batch).
-            batch_args.push(quote!(::core::clone::Clone::clone(&#ident)));
+            continue;
         }
+        let Some(ident) = param.ident.as_ref() else {
+            let error = syn::Error::new_spanned(
+                &param.arg,
+                "#[coalesce] needs a plain parameter name here",
+            );
+            return fallback(func, signature, &error);
+        };
+        extra_types.push(&*param.arg.ty);
+        extra_positions.push((index, parts.len()));
+        parts.push((checked(&*param.arg.ty, "Param"), ident.to_token_stream()));
     }
     // A parameter type that is not `Hash + Eq + ...` is reported on the group
     // type argument: one parameter alone is the group (no 1-tuple, whose error
     // would list every tuple impl of `Hash`); a tuple points at the parameter list.
     let parens = func.sig.paren_token.span;
-    let (group_type, group_value, group_range) = match (&group_types[..], &group_values[..]) {
-        ([], []) => (quote!(()), quote!(()), None),
-        ([ty], [value]) if args.group.is_none() => {
-            (ty.clone(), value.clone(), Some(token_range(ty)))
+    let single_part = parts.len() == 1;
+    let (group_type, group_value) = match &parts[..] {
+        [] => (quote!(()), quote!(())),
+        [(ty, value)] => (ty.clone(), value.clone()),
+        _ => {
+            let types = parts.iter().map(|(ty, _)| ty);
+            let values = parts.iter().map(|(_, v)| v);
+            (
+                quote_spanned!(parens.join()=> (#(#types,)*)),
+                quote!((#(#values,)*)),
+            )
         }
-        _ => (
-            quote_spanned!(parens.join()=> (#(#group_types,)*)),
-            quote!((#(#group_values,)*)),
-            Some((parens.open(), parens.close())),
-        ),
     };
-    let (group_let, group_arg) = if group_values.is_empty() {
-        (None, group_value)
-    } else {
-        (
-            Some(quote!(let #group_var = #group_value;)),
-            group_var.to_token_stream(),
-        )
-    };
+    // The batch fn's arguments: the keys, and each extra parameter cloned from
+    // the group (once per batch call: `isolate` may call it more than once).
+    let mut batch_args = Vec::new();
+    let mut extra_lets = Vec::new();
+    let mut extras = extra_positions.iter().peekable();
+    for index in 0..signature.params.len() {
+        if Some(index) == signature.key {
+            batch_args.push(keys_var.to_token_stream());
+            continue;
+        }
+        let Some((_, part)) = extras.next() else {
+            continue;
+        };
+        let field = if single_part {
+            quote!(#group_var)
+        } else {
+            let i = syn::Index::from(*part);
+            quote!(&#group_var.#i)
+        };
+        let var = format_ident!("__coalesce_extra{}", index, span = Span::mixed_site());
+        extra_lets.push(quote!(let #var = ::core::clone::Clone::clone(#field);));
+        batch_args.push(var.to_token_stream());
+    }
 
     let config = config(args);
+    let fn_name = func.sig.ident.unraw().to_string();
     let name = match &args.name {
-        Some(name) => name.value.to_token_stream(),
+        Some(name) => {
+            let lit = &name.value;
+            quote!(#private::Name::Given(#lit))
+        }
+        None if signature.receiver.is_some() => quote!(#private::Name::Method(#fn_name)),
         None => {
-            let fn_name = func.sig.ident.unraw().to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+            quote!(#private::Name::Path(::core::concat!(::core::module_path!(), "::", #fn_name)))
         }
     };
     let batch_name = batch_name(func);
@@ -150,21 +188,32 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     // expression and on its `.await`. Those get the exact extent (first to last
     // token) of the first type that can fall short, so that rustc merges the
     // reports into one; a primitive or `String` cannot.
-    let type_args = quote!(#group_type, #key_type, #value_type, #error_type);
-    let (first, last) = [
-        Some(key_type).filter(|ty| !is_plain(ty)).map(token_range),
-        Some(value_type).filter(|ty| !is_plain(ty)).map(token_range),
-        group_range.filter(|_| !extra_types.iter().all(|ty| is_plain(ty))),
-        shape
-            .error
-            .as_ref()
-            .filter(|ty| !is_plain(ty))
-            .map(token_range),
-    ]
-    .into_iter()
-    .flatten()
-    .next()
-    .unwrap_or_else(|| token_range(key_type));
+    // Every type the user wrote is named through a projection on a private
+    // trait (`<K as Key>::Checked`), spanned at the user's tokens: an unmet
+    // bound is reported once, on that type, and the unresolved projection
+    // silences every follow-on report (in generated code, at call sites).
+    let key_arg = checked(key_type, "Key");
+    let value_arg = checked(value_type, "Value");
+    let error_arg = match &shape.error {
+        Some(error) => checked(error, "BatchError"),
+        None => error_type.clone(),
+    };
+    let type_args = quote!(#group_type, #key_arg, #value_arg, #error_arg);
+    // The named types are bounded on the single-key fn (below); what the call
+    // can still find wanting is the type of an `instance` or `group`
+    // expression, so the call gets its extent.
+    // A method's most likely failure is its `Self` (not `Clone`): the call is
+    // spanned at the receiver, where that is reported.
+    let (first, last) = [&args.instance, &args.group]
+        .into_iter()
+        .flatten()
+        .map(|arg| token_range(&arg.value))
+        .chain(signature.receiver.as_ref().map(|(r, _)| {
+            let span = r.self_token.span;
+            (span, span)
+        }))
+        .next()
+        .unwrap_or_else(|| token_range(key_type));
     // A per-key map is handed to the engine as such: an `Err` entry fails only
     // its own key.
     let per_key = match (shape.kind, shape.outer_result) {
@@ -172,56 +221,81 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
         (ShapeKind::PerKey, false) => Some(quote!(#private::PerKey)),
         _ => None,
     };
-    let wrap = |call: TokenStream| match &per_key {
-        Some(adapter) => {
-            let fut = Ident::new("__coalesce_fut", Span::mixed_site());
-            quote!({ let #fut = #call; async move { #adapter(#fut.await) } })
-        }
-        None => call,
+    let finish = |call: TokenStream| match &per_key {
+        Some(adapter) => quote!(#adapter(#call.await)),
+        None => quote!(#call.await),
     };
-    let free_call = wrap(quote!(#batch_name(#(#batch_args),*)));
-    let method_call = wrap(quote!(#this_var.#batch_name(#(#batch_args),*)));
-    let load = match &signature.receiver {
+    let (function, self_type, this_arg, batch_closure) = match &signature.receiver {
         None => {
-            let call_args = parenthesized(
-                last,
+            let run = finish(quote!(#batch_name(#(#batch_args),*)));
+            (
+                quote!(load),
+                None,
+                None,
                 quote! {
-                    &__COALESCE_CORE,
-                    || #config,
-                    #group_arg,
-                    #key,
-                    move |#keys_var| #free_call,
+                    move |#group_var, #keys_var| {
+                        #(#extra_lets)*
+                        async move { #run }
+                    }
                 },
-            );
-            quote_spanned!(first=> ::coalesce::__private::load::<#type_args, _, _> #call_args)
+            )
         }
-        Some(receiver) => {
+        Some((receiver, kind)) => {
+            let span = receiver.self_token.span;
             let this = &receiver.self_token;
-            let this_type = quote_spanned!(this.span=> _);
-            let call_args = parenthesized(
-                last,
-                quote! {
-                    &__COALESCE_CORE,
-                    || #config,
-                    #this,
-                    #group_arg,
-                    #key,
-                    move |#this_var, #keys_var| #method_call,
-                },
-            );
-            quote_spanned! {first=>
-                ::coalesce::__private::load_in::<#type_args, #this_type, _, _> #call_args
-            }
+            let run = finish(quote!(#this_var.#batch_name(#(#batch_args),*)));
+            let closure = quote! {
+                move |#this_var, #group_var, #keys_var| {
+                    #(#extra_lets)*
+                    async move { #run }
+                }
+            };
+            let instance =
+                quote_spanned!(span=> <Self as ::coalesce::__private::Instance>::Checked);
+            let shared = quote_spanned!(span=> <Self as ::coalesce::__private::Shared>::Checked);
+            let (function, self_type, this_arg) = match (kind, args.instance.is_some()) {
+                (ReceiverKind::Ref, false) => (quote!(load_for), instance, quote!(#this)),
+                (ReceiverKind::Ref, true) => (quote!(load_with), instance, quote!(#this)),
+                (ReceiverKind::Arc, false) => (quote!(load_for_arc), shared, quote!(&#this)),
+                (ReceiverKind::RefArc, false) => (quote!(load_for_arc), shared, quote!(#this)),
+                (ReceiverKind::Arc, true) => (
+                    quote!(load_with),
+                    quote_spanned!(span=> ::std::sync::Arc<#shared>),
+                    quote!(&#this),
+                ),
+                (ReceiverKind::RefArc, true) => (
+                    quote!(load_with),
+                    quote_spanned!(span=> ::std::sync::Arc<#shared>),
+                    quote!(#this),
+                ),
+            };
+            (function, Some(self_type), Some(this_arg), closure)
         }
     };
+    let self_arg = self_type.as_ref().map(|ty| quote!(#ty,));
+    let this_arg = this_arg.map(|this| quote!(#this,));
+    let call_args = parenthesized(
+        last,
+        quote! {
+            &__COALESCE_SLOT,
+            #name,
+            #config,
+            #this_arg
+            #group_value,
+            #key,
+            #batch_closure,
+        },
+    );
+    let load = quote_spanned!(first=> ::coalesce::__private::#function::<#self_arg #type_args, _, _> #call_args);
     let dot = syn::Token![.](first);
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
     let result = match shape.kind {
         ShapeKind::Map | ShapeKind::PerKey => awaited,
         ShapeKind::List => {
-            let arg = parenthesized(last, quote!(#awaited, __COALESCE_NAME));
-            quote_spanned!(first=> ::coalesce::__private::required #arg)
+            let named = self_type.unwrap_or_else(|| quote!(()));
+            let arg = parenthesized(last, quote!(#awaited, #name));
+            quote_spanned!(first=> ::coalesce::__private::required::<#named, _, _> #arg)
         }
     };
 
@@ -230,9 +304,8 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let vis = &func.vis;
     let batch = batch_fn(func);
     let body = quote_spanned! {func.sig.ident.span()=> {
-        const __COALESCE_NAME: &str = #name;
-        static __COALESCE_CORE: #private::Slot<#type_args> = #private::Slot::new();
-        #group_let
+        static __COALESCE_SLOT: #private::Slot = #private::Slot::new();
+        #(#lets)*
         #result
     }};
     quote! {
@@ -253,20 +326,14 @@ fn token_range(tokens: impl ToTokens) -> (Span, Span) {
     (first, spans.last().unwrap_or(first))
 }
 
-/// Whether `ty` is a primitive or `String`, which meet every bound the
-/// coalescer puts on its types.
-fn is_plain(ty: &Type) -> bool {
-    const PLAIN: &[&str] = &[
-        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
-        "bool", "char", "String",
-    ];
-    match ty {
-        Type::Path(path) if path.qself.is_none() => path
-            .path
-            .get_ident()
-            .is_some_and(|ident| PLAIN.iter().any(|plain| ident == plain)),
-        _ => false,
-    }
+/// `<ty as ::coalesce::__private::Trait>::Checked`, spanning the user's type
+/// (see the use in `expand`).
+fn checked(ty: &dyn ToTokens, trait_name: &str) -> TokenStream {
+    let (first, last) = token_range(ty);
+    let trait_ident = Ident::new(trait_name, first);
+    let open = quote_spanned!(first=> <);
+    let rest = quote_spanned!(last=> >::Checked);
+    quote!(#open #ty as ::coalesce::__private::#trait_ident #rest)
 }
 
 /// `(tokens)`, with the parentheses at `span`.
@@ -276,11 +343,12 @@ fn parenthesized(span: Span, tokens: TokenStream) -> TokenStream {
     group.into_token_stream()
 }
 
-/// The expression building the coalescer's `Config`; only the arguments the
-/// user wrote are set, the rest keep the runtime's defaults.
+/// The closure that sets, on the coalescer's default `Config`, the arguments the
+/// user wrote; the rest keep the runtime's defaults.
 fn config(args: &Args) -> TokenStream {
     let private = quote!(::coalesce::__private);
-    let mut config = quote!(#private::Config::new(__COALESCE_NAME));
+    let base = Ident::new("__coalesce_config", Span::mixed_site());
+    let mut config = base.to_token_stream();
     if let Some(window) = &args.window {
         let nanos = window.value;
         config = quote!(#config.window(#private::Duration::from_nanos(#nanos)));
@@ -312,7 +380,7 @@ fn config(args: &Args) -> TokenStream {
         };
         config = quote!(#config.dispatch(#private::Dispatch::#variant));
     }
-    config
+    quote!(|#base: #private::Config| #config)
 }
 
 /// On any error: the errors, the single-key fn with a stub body and the batch fn,

@@ -18,14 +18,25 @@ use crate::error::Errors;
 
 /// The annotated fn, as far as the analysis could make it out.
 pub struct Signature {
-    /// `&self` for a method; `None` for a free fn (or a rejected receiver).
-    pub receiver: Option<Receiver>,
+    /// The receiver of a method; `None` for a free fn (or a rejected receiver).
+    pub receiver: Option<(Receiver, ReceiverKind)>,
     /// The parameters after the receiver, in order.
     pub params: Vec<Param>,
     /// Index into `params` of the `Vec<K>` parameter, if there is exactly one.
     pub key: Option<usize>,
     /// What the batch fn returns, if it is one of the supported shapes.
     pub shape: Option<Shape>,
+}
+
+/// How a method receives its instance.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverKind {
+    /// `&self`: the batch runs with a clone of `Self`.
+    Ref,
+    /// `self: Arc<Self>`: the batch runs with a clone of the `Arc`.
+    Arc,
+    /// `self: &Arc<Self>`: likewise.
+    RefArc,
 }
 
 /// One parameter other than the receiver.
@@ -128,13 +139,10 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
     let mut params = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(recv) => {
-                if let Some(error) = check_receiver(recv) {
-                    errors.push(error);
-                } else {
-                    receiver = Some(recv.clone());
-                }
-            }
+            FnArg::Receiver(recv) => match check_receiver(recv) {
+                Ok(kind) => receiver = Some((recv.clone(), kind)),
+                Err(error) => errors.push(error),
+            },
             FnArg::Typed(arg) => params.push(analyze_param(arg, errors)),
         }
     }
@@ -187,28 +195,40 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
 const SHAPES: &str = "`HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<V>` (one value per key, \
                       in order), either alone or inside `Result<_, E>`";
 
-/// `&self` is the one receiver a coalesced method can have: concurrent calls
-/// share one batch run, which can neither hold a unique borrow nor consume `self`.
-fn check_receiver(recv: &Receiver) -> Option<syn::Error> {
-    let shared_ref = match &*recv.ty {
-        Type::Reference(r) => r.mutability.is_none() && is_self(&r.elem),
-        _ => false,
-    };
-    if shared_ref && recv.mutability.is_none() {
-        return None;
+/// The receivers a coalesced method can have: `&self`, `self: Arc<Self>` and
+/// `self: &Arc<Self>`. Concurrent calls share one batch run, which can neither
+/// hold `&mut self` for all of them nor consume `self`.
+fn check_receiver(recv: &Receiver) -> Result<ReceiverKind, syn::Error> {
+    let ty = ungroup(&recv.ty);
+    match ty {
+        Type::Reference(r)
+            if r.mutability.is_none() && is_self(&r.elem) && recv.mutability.is_none() =>
+        {
+            return Ok(ReceiverKind::Ref)
+        }
+        Type::Reference(r) if r.mutability.is_none() && is_arc_self(&r.elem) => {
+            return Ok(ReceiverKind::RefArc)
+        }
+        _ if is_arc_self(ty) => return Ok(ReceiverKind::Arc),
+        _ => {}
     }
-    let message = if recv.reference.is_some() || matches!(&*recv.ty, Type::Reference(_)) {
+    let message = if recv.reference.is_some() || matches!(ty, Type::Reference(_)) {
         "#[coalesce] methods take `&self`: concurrent calls share one batch run, which \
          cannot hold `&mut self` for all of them; use `&self` (with interior mutability \
          where the batch needs it)"
-    } else if recv.colon_token.is_none() || is_self(&recv.ty) {
-        "#[coalesce] methods take `&self`: one batch run serves many calls, so it cannot \
-         take `self` by value; use `&self`"
+    } else if recv.colon_token.is_none() || is_self(ty) {
+        "#[coalesce] methods take `&self` (or `self: Arc<Self>`): one batch run serves many \
+         calls, so it cannot take `self` by value"
     } else {
-        "#[coalesce] methods take `&self`; other receiver types (`Arc<Self>`, `Pin<&mut Self>`, \
-         ...) are not supported"
+        "#[coalesce] methods take `&self`, `self: Arc<Self>` or `self: &Arc<Self>`; other \
+         receiver types (`Box<Self>`, `Pin<&mut Self>`, ...) are not supported"
     };
-    Some(syn::Error::new_spanned(recv, message))
+    Err(syn::Error::new_spanned(recv, message))
+}
+
+/// Whether `ty` is `Arc<Self>` (under any path).
+fn is_arc_self(ty: &Type) -> bool {
+    matches!(generic_args(ty, "Arc").as_deref(), Some([inner]) if is_self(inner))
 }
 
 /// Whether `ty` is `Self`.

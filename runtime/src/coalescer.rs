@@ -3,13 +3,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::config::Config;
-use crate::core::Core;
+use crate::engine::{Core, Maker, Run};
 use crate::error::Error;
 use crate::metrics::MetricsSnapshot;
-use crate::output::{BatchOutput, Delivery};
+use crate::output::BatchOutput;
 
 /// A batch function and the coalescer in front of it: what `#[coalesce]` generates,
 /// written by hand.
@@ -33,9 +33,14 @@ use crate::output::{BatchOutput, Delivery};
 /// assert_eq!(users.metrics().batches, 1);
 /// # }
 /// ```
-pub struct Coalescer<K, V, E = Infallible> {
+pub struct Coalescer<K, V, E = Infallible>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
     core: Core<(), K, V, E>,
-    batch: crate::isolate::Factory<'static, K, V, E>,
+    batch: Maker<(), K, V, E>,
 }
 
 impl<K, V, E> Coalescer<K, V, E>
@@ -57,10 +62,9 @@ where
     {
         Coalescer {
             core: Core::new(config),
-            batch: std::sync::Arc::new(move |keys| {
+            batch: Arc::new(move |_: &(), keys| {
                 let fut = batch(keys);
-                Box::pin(async move { fut.await.into_delivery() })
-                    as Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send>>
+                Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
             }),
         }
     }
@@ -69,11 +73,11 @@ where
     /// to an [`Error`].
     ///
     /// Concurrent loads share a batch; see [`Core::load`] for the details.
-    pub async fn load(&self, key: K) -> Result<Option<V>, Error<E>> {
-        self.core.load_shared(key, &self.batch).await
+    pub fn load(&self, key: K) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + '_ {
+        self.core.load_stored((), key, &self.batch)
     }
 
-    /// The configuration this coalescer was built with.
+    /// The configuration this coalescer runs with.
     pub fn config(&self) -> &Config {
         self.core.config()
     }

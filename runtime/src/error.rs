@@ -65,6 +65,15 @@ pub enum Error<E = Infallible> {
         /// The coalescer's name.
         name: Arc<str>,
     },
+    /// The runtime that was running this call's batch shut down before the batch
+    /// finished, and so did the runtimes of the batches the call was moved to.
+    /// A call whose batch is lost this way is enqueued again (a read is safe to
+    /// repeat); this error means that happened several times in a row, i.e. the
+    /// process is shutting its runtimes down.
+    Shutdown {
+        /// The coalescer's name.
+        name: Arc<str>,
+    },
 }
 
 impl<E> Error<E> {
@@ -77,7 +86,8 @@ impl<E> Error<E> {
             | Error::Timeout { name, .. }
             | Error::Overloaded { name, .. }
             | Error::Shape { name, .. }
-            | Error::Missing { name } => name,
+            | Error::Missing { name }
+            | Error::Shutdown { name } => name,
         }
     }
 
@@ -86,6 +96,22 @@ impl<E> Error<E> {
         match self {
             Error::Batch { source, .. } | Error::Key { source, .. } => Some(source),
             _ => None,
+        }
+    }
+
+    /// A [`Error::Panicked`] for a panic caught in user code: `what` panicked.
+    pub(crate) fn panicked(
+        name: &Arc<str>,
+        what: &str,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Self {
+        Error::Panicked {
+            name: name.clone(),
+            message: format!(
+                "{what} panicked: {}",
+                crate::engine::batch::panic_message(payload)
+            )
+            .into(),
         }
     }
 
@@ -124,6 +150,7 @@ impl<E> Clone for Error<E> {
                 values: *values,
             },
             Error::Missing { name } => Error::Missing { name: name.clone() },
+            Error::Shutdown { name } => Error::Shutdown { name: name.clone() },
         }
     }
 }
@@ -163,6 +190,7 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
                 .field("values", values)
                 .finish(),
             Error::Missing { name } => f.debug_struct("Missing").field("name", name).finish(),
+            Error::Shutdown { name } => f.debug_struct("Shutdown").field("name", name).finish(),
         }
     }
 }
@@ -195,6 +223,10 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Missing { name } => write!(
                 f,
                 "batch function `{name}` returned no entry for this key; return one for every key, or use a map-shaped batch function"
+            ),
+            Error::Shutdown { name } => write!(
+                f,
+                "coalescer `{name}`: the runtime running this call's batch shut down before the batch finished (and again after the call was moved); keep a runtime running until its calls complete"
             ),
         }
     }

@@ -6,21 +6,16 @@ use std::sync::Arc;
 
 use crate::output::Delivery;
 
-/// A batch run that may borrow for `'f`.
-pub(crate) type RunFor<'f, K, V, E> = Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'f>>;
+/// A batch run.
+pub(crate) type RunFor<K, V, E> = Pin<Box<dyn Future<Output = Delivery<K, V, E>> + Send + 'static>>;
 
 /// Starts one run of the batch function over the keys it is given.
-pub(crate) type Factory<'f, K, V, E> =
-    Arc<dyn Fn(Vec<K>) -> RunFor<'f, K, V, E> + Send + Sync + 'f>;
+pub(crate) type Factory<K, V, E> = Arc<dyn Fn(Vec<K>) -> RunFor<K, V, E> + Send + Sync + 'static>;
 
 /// Runs `keys` through `factory`; if the whole batch fails and `depth` allows, splits
 /// the keys in halves and retries each half (concurrently), recursively. Keys of a
 /// part that still fails share that part's error as a per-key error.
-pub(crate) fn run<'f, K, V, E>(
-    factory: Factory<'f, K, V, E>,
-    keys: Vec<K>,
-    depth: u32,
-) -> RunFor<'f, K, V, E>
+pub(crate) fn run<K, V, E>(factory: Factory<K, V, E>, keys: Vec<K>, depth: u32) -> RunFor<K, V, E>
 where
     K: Clone + Send + Sync + 'static,
     V: Send + 'static,

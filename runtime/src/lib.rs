@@ -9,34 +9,23 @@
 //! attribute expands to.
 #![warn(missing_docs)]
 
-mod anykey;
 mod coalescer;
 mod config;
-mod core;
+mod engine;
 mod error;
 mod isolate;
 pub mod metrics;
 mod output;
-mod sync;
-mod telemetry;
+mod recorder;
 mod timer;
 
-pub use crate::anykey::AnyKey;
 pub use crate::coalescer::Coalescer;
 pub use crate::config::{configure, Config, Dispatch};
-pub use crate::core::Core;
+pub use crate::engine::Core;
 pub use crate::error::Error;
 pub use crate::output::{per_key, BatchOutput, Delivery, Entries, PerKey};
 
-/// For the Vec-shaped single-key functions: an entry is always present after a
-/// successful ordered batch, so `None` becomes [`Error::Missing`].
+/// Loom models only: waits for the driver threads the engine started.
+#[cfg(loom)]
 #[doc(hidden)]
-pub fn required<V, E>(result: Result<Option<V>, Error<E>>, name: &str) -> Result<V, Error<E>> {
-    match result {
-        Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(Error::Missing {
-            name: std::sync::Arc::from(name),
-        }),
-        Err(e) => Err(e),
-    }
-}
+pub use crate::engine::spawn::join_drivers;

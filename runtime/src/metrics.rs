@@ -168,8 +168,13 @@ pub(crate) struct Metrics {
     pub(crate) abandoned_batches: AtomicU64,
     pub(crate) cancelled_batches: AtomicU64,
     pub(crate) unrequested_entries: AtomicU64,
+    pub(crate) split_batches: AtomicU64,
+    pub(crate) reentrant_batches: AtomicU64,
+    pub(crate) lost_batches: AtomicU64,
+    pub(crate) shutdown_errors: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) pending: AtomicU64,
+    pub(crate) groups: AtomicU64,
     /// Batches of one run by a lone adaptive call: each is one call, one key, one
     /// batch of size 1 and a wait of 0, added in at snapshot time, so that such a
     /// call pays one atomic addition for all of them.
@@ -177,12 +182,33 @@ pub(crate) struct Metrics {
     pub(crate) batch_size: Histogram,
     pub(crate) wait_ns: Histogram,
     pub(crate) run_ns: Histogram,
+    /// This coalescer's place in the registry.
+    slot: usize,
+    /// Creation order, for listing.
+    seq: u64,
 }
 
 impl Metrics {
+    /// Creates the counters of a coalescer named `name` and lists them in the
+    /// registry (O(1): a free slot is reused, nothing is scanned).
     pub(crate) fn register(name: Arc<str>) -> Arc<Metrics> {
+        let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match reg.free.pop() {
+            Some(slot) => slot,
+            None => {
+                reg.entries.push(None);
+                reg.entries.len() - 1
+            }
+        };
+        let seq = reg.next_seq;
+        reg.next_seq += 1;
+        let same = {
+            let count = reg.names.entry(name.clone()).or_insert(0);
+            *count += 1;
+            *count - 1
+        };
         let m = Arc::new(Metrics {
-            name,
+            name: name.clone(),
             calls: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             dedup_hits: AtomicU64::new(0),
@@ -198,16 +224,25 @@ impl Metrics {
             abandoned_batches: AtomicU64::new(0),
             cancelled_batches: AtomicU64::new(0),
             unrequested_entries: AtomicU64::new(0),
+            split_batches: AtomicU64::new(0),
+            reentrant_batches: AtomicU64::new(0),
+            lost_batches: AtomicU64::new(0),
+            shutdown_errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
             solo: AtomicU64::new(0),
             batch_size: Histogram::new(),
             wait_ns: Histogram::new(),
             run_ns: Histogram::new(),
+            slot,
+            seq,
         });
-        let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-        reg.retain(|w| w.strong_count() > 0);
-        reg.push(Arc::downgrade(&m));
+        reg.entries[slot] = Some(Arc::downgrade(&m));
+        drop(reg);
+        if same > 0 {
+            duplicate_name(&name, same + 1);
+        }
         m
     }
 
@@ -222,8 +257,15 @@ impl Metrics {
             p99: Duration::from_nanos(s.p99),
         };
         let solo = self.solo.load(Relaxed);
+        let same_name = REGISTRY
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .names
+            .get(&self.name)
+            .map_or(0, |n| n.saturating_sub(1));
         MetricsSnapshot {
             name: self.name.to_string(),
+            same_name,
             calls: self.calls.load(Relaxed) + solo,
             keys: self.keys.load(Relaxed) + solo,
             dedup_hits: self.dedup_hits.load(Relaxed),
@@ -239,8 +281,13 @@ impl Metrics {
             abandoned_batches: self.abandoned_batches.load(Relaxed),
             cancelled_batches: self.cancelled_batches.load(Relaxed),
             unrequested_entries: self.unrequested_entries.load(Relaxed),
+            split_batches: self.split_batches.load(Relaxed),
+            reentrant_batches: self.reentrant_batches.load(Relaxed),
+            lost_batches: self.lost_batches.load(Relaxed),
+            shutdown_errors: self.shutdown_errors.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             pending: self.pending.load(Relaxed),
+            groups: self.groups.load(Relaxed),
             batch_size: self.batch_size.summary_with(1, solo),
             wait: ns(self.wait_ns.summary_with(0, solo)),
             run: ns(self.run_ns.summary()),
@@ -248,32 +295,93 @@ impl Metrics {
     }
 }
 
-static REGISTRY: Mutex<Vec<Weak<Metrics>>> = Mutex::new(Vec::new());
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+        if reg.entries.get(self.slot).is_some_and(Option::is_some) {
+            reg.entries[self.slot] = None;
+            reg.free.push(self.slot);
+        }
+        if let Some(n) = reg.names.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                reg.names.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Every live coalescer's counters.
+struct Registry {
+    entries: Vec<Option<Weak<Metrics>>>,
+    free: Vec<usize>,
+    /// Live coalescers per name.
+    names: std::collections::HashMap<Arc<str>, u32>,
+    next_seq: u64,
+}
+
+static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(|| {
+    Mutex::new(Registry {
+        entries: Vec::new(),
+        free: Vec::new(),
+        names: std::collections::HashMap::new(),
+        next_seq: 0,
+    })
+});
+
+/// Two live coalescers share a name: they are reported separately, but
+/// `configure` and `metrics::get` cannot tell them apart. Said once per name.
+fn duplicate_name(name: &str, count: u32) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        coalescer = name,
+        count,
+        "{count} live coalescers are named `{name}`: their metrics are listed separately, \
+         but `configure` adjusts all of them and `metrics::get` returns the first; give each \
+         its own `name`"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (name, count);
+}
+
+/// The live coalescers, oldest first.
+fn live() -> Vec<Arc<Metrics>> {
+    let mut live: Vec<Arc<Metrics>> = REGISTRY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entries
+        .iter()
+        .flatten()
+        .filter_map(Weak::upgrade)
+        .collect();
+    live.sort_by_key(|m| m.seq);
+    live
+}
 
 /// The metrics of every live coalescer in the process, in the order they were created.
 ///
 /// A coalescer behind `#[coalesce]` is created on its first call, so it is listed
 /// from then on.
 pub fn snapshot() -> Vec<MetricsSnapshot> {
-    let live: Vec<Arc<Metrics>> = REGISTRY
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
-    live.iter().map(|m| m.snapshot()).collect()
+    live().iter().map(|m| m.snapshot()).collect()
 }
 
-/// The metrics of the live coalescer named `name`, if there is one (the first, if
-/// several share the name).
+/// The metrics of the live coalescer named `name`, if there is one (the oldest,
+/// if several share the name: see [`MetricsSnapshot::same_name`]).
 pub fn get(name: &str) -> Option<MetricsSnapshot> {
-    let found = REGISTRY
+    live()
+        .iter()
+        .find(|m| &*m.name == name)
+        .map(|m| m.snapshot())
+}
+
+#[cfg(test)]
+pub(crate) fn registry_len() -> usize {
+    REGISTRY
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .find(|m| &*m.name == name);
-    found.map(|m| m.snapshot())
+        .entries
+        .len()
 }
 
 /// A distribution of durations.
@@ -305,7 +413,13 @@ pub struct DurationSummary {
 pub struct MetricsSnapshot {
     /// The coalescer's name.
     pub name: String,
-    /// Calls admitted (single-key loads), overload rejections excluded.
+    /// How many other live coalescers have the same name (0 when the name is
+    /// unique). They are listed separately; give each its own `name` to tell
+    /// them apart in `configure` and exported metrics.
+    pub same_name: u32,
+    /// Calls admitted (single-key loads), overload rejections excluded. A call
+    /// whose batch was lost to a runtime shutting down, and that was enqueued
+    /// again, counts once per admission.
     pub calls: u64,
     /// Distinct keys sent to the batch function, summed over batches.
     pub keys: u64,
@@ -335,10 +449,26 @@ pub struct MetricsSnapshot {
     pub cancelled_batches: u64,
     /// Entries the batch function returned for keys nobody asked for (ignored).
     pub unrequested_entries: u64,
+    /// Batches opened while a batch of another group (another instance, tenant
+    /// or set of extra arguments) of this coalescer was gathering: calls that
+    /// split across groups. Close to `batches` with small batch sizes means the
+    /// calls land on different groups, e.g. a method called through a fresh
+    /// clone per request without `instance = …`.
+    pub split_batches: u64,
+    /// Batches that went past `max_in_flight` because a batch function awaited
+    /// this coalescer (directly or through others) while holding a lane.
+    pub reentrant_batches: u64,
+    /// Batches whose driver was dropped before they finished (the runtime
+    /// running it shut down); their callers enqueued their keys again.
+    pub lost_batches: u64,
+    /// Calls failed with `Error::Shutdown`: their batches were lost repeatedly.
+    pub shutdown_errors: u64,
     /// Batches running now.
     pub in_flight: u64,
     /// Calls admitted and not yet completed now.
     pub pending: u64,
+    /// Groups (instances, `group` values, extra arguments) known now.
+    pub groups: u64,
     /// Distinct keys per batch.
     pub batch_size: Summary,
     /// Per batch: from its first call to its dispatch (the longest wait in the batch).
@@ -357,7 +487,16 @@ impl MetricsSnapshot {
 impl fmt::Display for MetricsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.batch_size;
-        writeln!(f, "{}", self.name)?;
+        if self.same_name > 0 {
+            writeln!(
+                f,
+                "{} (one of {} coalescers with this name)",
+                self.name,
+                self.same_name + 1
+            )?;
+        } else {
+            writeln!(f, "{}", self.name)?;
+        }
         writeln!(
             f,
             "  calls {}  keys {}  dedup hits {}  batches {}  in flight {}  pending {}",
@@ -384,7 +523,7 @@ impl fmt::Display for MetricsSnapshot {
         }
         write!(
             f,
-            "  errors {}  key errors {}  panics {}  timeouts {}  shape errors {}  overloaded {}  cancelled calls {}  abandoned keys {}  abandoned batches {}  unrequested entries {}",
+            "  errors {}  key errors {}  panics {}  timeouts {}  shape errors {}  overloaded {}  cancelled calls {}  abandoned keys {}  abandoned batches {}  unrequested entries {}  split batches {}  groups {}  lost batches {}  shutdown errors {}",
             self.batch_errors,
             self.key_errors,
             self.panics,
@@ -394,7 +533,11 @@ impl fmt::Display for MetricsSnapshot {
             self.cancelled_calls,
             self.abandoned_keys,
             self.abandoned_batches,
-            self.unrequested_entries
+            self.unrequested_entries,
+            self.split_batches,
+            self.groups,
+            self.lost_batches,
+            self.shutdown_errors
         )
     }
 }

@@ -355,7 +355,7 @@ async fn groups_never_share_a_batch() {
         std::sync::LazyLock::new(|| Core::new(Config::new("t.groups")));
     let out = join_all((0..100u64).map(|k| {
         let g = (k % 3) as u8;
-        CORE.load(g, k, move |keys: Vec<u64>| async move {
+        CORE.load(g, k, move |_: &u8, keys: Vec<u64>| async move {
             keys.into_iter()
                 .map(|k| (k, (g, k)))
                 .collect::<HashMap<_, _>>()
@@ -368,6 +368,7 @@ async fn groups_never_share_a_batch() {
     assert_eq!(CORE.metrics().batches, 3);
 }
 
+#[derive(Clone)]
 struct Repo {
     id: u8,
 }
@@ -386,7 +387,9 @@ async fn methods_coalesce_per_instance() {
     let (a, b) = (Repo { id: 1 }, Repo { id: 2 });
     let calls = (0..40u64).map(|k| {
         let repo = if k % 2 == 0 { &a } else { &b };
-        CORE.load_in(repo, (), k, |r: &Repo, keys| r.batch(keys))
+        CORE.load_for(repo, (), k, |r: Repo, _, keys| async move {
+            r.batch(keys).await
+        })
     });
     for (k, r) in join_all(calls).await.into_iter().enumerate() {
         let id = if k % 2 == 0 { 1 } else { 2 };
@@ -413,7 +416,7 @@ fn a_static_coalescer_outlives_the_runtime_that_first_used_it() {
             .build()
             .unwrap();
         let out = rt.block_on(join_all(
-            (0..20).map(|k| SHARED.load((), k + round, double)),
+            (0..20).map(|k| SHARED.load((), k + round, |_, keys| double(keys))),
         ));
         for (k, r) in out.into_iter().enumerate() {
             assert_eq!(r.unwrap(), Some(2 * (k as u64 + round)));

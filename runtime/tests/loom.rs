@@ -1,12 +1,18 @@
-//! Model checking of the coalescer's core with loom: every interleaving of the
-//! threads below is explored (run with `RUSTFLAGS="--cfg loom"`).
+//! Model checking of the engine with loom: every interleaving of the threads
+//! below is explored (run with `RUSTFLAGS="--cfg loom"`). Drivers, which run as
+//! tasks in production, run as loom threads here (`engine::spawn`).
 //!
-//! What the model covers: enqueue into a shared batch, sealing a full batch, the
-//! start/complete hand-off, per-caller result delivery, a driver cancelled while its
-//! batch runs (the batch future passed to another caller), and a caller cancelled
-//! before dispatch. What it does not: Tokio's timer (windows are zero, so no `Sleep`
-//! is created), the `max_in_flight` queue across many batches, and timeouts; those
-//! are covered by the paused-clock tests in `engine.rs`.
+//! What the models cover: admission into a shared batch and a full batch's
+//! closing; the driver's start and delivery and each caller taking its own entry;
+//! deduplicated keys; a caller cancelled before or during its batch; the lane
+//! hand-off from a finishing batch to a queued one (`max_in_flight`); a lone
+//! call's lane, and its promotion to a task of its own when a batch queues for
+//! it; and a queued batch abandoned by its only caller while a lane is handed to
+//! it. What they do not: timers (windows are zero, no timeout) and a runtime
+//! shutting down, which the paused-clock and multi-runtime tests cover.
+//!
+//! Each model explores every interleaving with at most two preemptions per
+//! execution (set `LOOM_MAX_PREEMPTIONS` to explore more).
 #![cfg(loom)]
 
 use std::collections::HashMap;
@@ -15,19 +21,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use coalesce_runtime::{Config, Core};
+use coalesce_runtime::{Config, Core, Dispatch};
 use loom::future::block_on;
 use loom::sync::Arc;
 use loom::thread;
 
 type C = Core<(), u64, u64>;
 
-fn core(max_batch: usize) -> Arc<C> {
-    Arc::new(Core::new(
-        Config::new("loom")
-            .window(Duration::ZERO)
-            .max_batch(max_batch),
-    ))
+/// Explores every interleaving with at most `LOOM_MAX_PREEMPTIONS` (default 2)
+/// preemptions per execution, as tokio's own loom suite does: enough to reach
+/// every two-party race at each hand-off, with a state space CI can finish.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(f);
+}
+
+fn core(config: Config) -> Arc<C> {
+    Arc::new(Core::new(config.window(Duration::ZERO)))
 }
 
 /// Pending once, then ready: a batch that is still running when first polled.
@@ -46,45 +59,54 @@ impl Future for YieldOnce {
     }
 }
 
-async fn times_ten(keys: Vec<u64>) -> HashMap<u64, u64> {
-    YieldOnce(false).await;
-    keys.into_iter().map(|k| (k, k * 10)).collect()
+fn times_ten(_: &(), keys: Vec<u64>) -> impl Future<Output = HashMap<u64, u64>> {
+    async move {
+        YieldOnce(false).await;
+        keys.into_iter().map(|k| (k, k * 10)).collect()
+    }
+}
+
+/// Once every driver has finished: nothing pending, no lane held.
+fn assert_idle(c: &C) {
+    coalesce_runtime::join_drivers();
+    let m = c.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
 }
 
 #[test]
 fn concurrent_callers_each_get_their_own_entry() {
-    loom::model(|| {
-        let c = core(2);
+    model(|| {
+        let c = core(Config::new("loom").max_batch(2));
         let c2 = c.clone();
         let t = thread::spawn(move || block_on(c2.load((), 1, times_ten)));
         let mine = block_on(c.load((), 2, times_ten));
         assert_eq!(mine.unwrap(), Some(20));
         assert_eq!(t.join().unwrap().unwrap(), Some(10));
-        let m = c.metrics();
-        assert_eq!((m.pending, m.in_flight, m.calls), (0, 0, 2));
+        assert_idle(&c);
+        assert_eq!(c.metrics().calls, 2);
     });
 }
 
 #[test]
 fn same_key_callers_share_or_split_but_both_complete() {
-    loom::model(|| {
-        let c = core(8);
+    model(|| {
+        let c = core(Config::new("loom").max_batch(8));
         let c2 = c.clone();
         let t = thread::spawn(move || block_on(c2.load((), 5, times_ten)));
         let mine = block_on(c.load((), 5, times_ten));
         assert_eq!(mine.unwrap(), Some(50));
         assert_eq!(t.join().unwrap().unwrap(), Some(50));
-        assert_eq!(c.metrics().pending, 0);
+        assert_idle(&c);
     });
 }
 
 #[test]
 fn a_cancelled_caller_never_blocks_the_other() {
-    loom::model(|| {
-        let c = core(8);
+    model(|| {
+        let c = core(Config::new("loom").max_batch(8));
         let c2 = c.clone();
         let t = thread::spawn(move || {
-            // Poll once (it may become the driver and start the batch), then give up.
+            // Poll once (it may open the batch), then give up.
             let mut fut = Box::pin(c2.load((), 1, times_ten));
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
@@ -94,8 +116,65 @@ fn a_cancelled_caller_never_blocks_the_other() {
         let mine = block_on(c.load((), 2, times_ten));
         assert_eq!(mine.unwrap(), Some(20));
         t.join().unwrap();
-        let m = c.metrics();
-        assert_eq!(m.pending, 0);
-        assert_eq!(m.in_flight, 0);
+        assert_idle(&c);
+    });
+}
+
+/// One lane, two batches: the second queues, and the first hands it the lane as
+/// it finishes (or takes it when the first is done already).
+#[test]
+fn the_lane_is_handed_to_the_queued_batch() {
+    model(|| {
+        let c = core(Config::new("loom").max_batch(1).max_in_flight(1));
+        let c2 = c.clone();
+        let t = thread::spawn(move || block_on(c2.load((), 1, times_ten)));
+        let mine = block_on(c.load((), 2, times_ten));
+        assert_eq!(mine.unwrap(), Some(20));
+        assert_eq!(t.join().unwrap().unwrap(), Some(10));
+        assert_idle(&c);
+        assert_eq!(c.metrics().batches, 2);
+    });
+}
+
+/// Adaptive, one lane: a lone call holds it; a second call's batch queues for it
+/// and promotes the lone call's run to a task of its own (or finds the lane
+/// free). Both are answered and the lane comes back.
+#[test]
+fn a_lone_call_holding_the_lane_is_promoted_or_finishes() {
+    model(|| {
+        let c = core(
+            Config::new("loom")
+                .dispatch(Dispatch::Adaptive)
+                .max_batch(1)
+                .max_in_flight(1),
+        );
+        let c2 = c.clone();
+        let t = thread::spawn(move || block_on(c2.load((), 1, times_ten)));
+        let mine = block_on(c.load((), 2, times_ten));
+        assert_eq!(mine.unwrap(), Some(20));
+        assert_eq!(t.join().unwrap().unwrap(), Some(10));
+        assert_idle(&c);
+    });
+}
+
+/// One lane: a batch runs; the only caller of a second, queued batch leaves while
+/// the first hands it the lane. The lane is given back exactly once.
+#[test]
+fn a_queued_batch_abandoned_while_a_lane_is_handed_to_it() {
+    model(|| {
+        let c = core(Config::new("loom").max_batch(1).max_in_flight(1));
+        let c2 = c.clone();
+        let t = thread::spawn(move || {
+            let mut fut = Box::pin(c2.load((), 1, times_ten));
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = fut.as_mut().poll(&mut cx);
+            thread::yield_now();
+            drop(fut);
+        });
+        let mine = block_on(c.load((), 2, times_ten));
+        assert_eq!(mine.unwrap(), Some(20));
+        t.join().unwrap();
+        assert_idle(&c);
     });
 }

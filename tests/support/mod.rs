@@ -58,3 +58,13 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Gives the coalescers `names` a 50 ms window, before their first call: a test
+/// that counts batches admits its burst from one task, which in a debug build on
+/// a loaded machine can take longer than the 2 ms the examples use, and a window
+/// lasts what it says.
+pub fn generous_windows(names: &[&str]) {
+    for name in names {
+        coalesce::configure(name, |c| c.window(Duration::from_millis(50)));
+    }
+}

@@ -44,7 +44,7 @@ pub mod users {
     }
 
     /// A repository.
-    #[derive(Debug, Default)]
+    #[derive(Clone, Debug, Default)]
     pub struct Repo;
 
     impl Repo {

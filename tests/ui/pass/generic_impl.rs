@@ -4,12 +4,21 @@ use std::marker::PhantomData;
 
 struct Repo<T> {
     offset: u64,
-    marker: PhantomData<T>,
+    marker: PhantomData<fn() -> T>,
 }
 
-impl<T: Sync> Repo<T> {
-    // The types the coalescer holds do not mention `T`: one coalescer serves
-    // every `Repo<T>`, and instances still never share a batch.
+impl<T> Clone for Repo<T> {
+    fn clone(&self) -> Self {
+        Repo {
+            offset: self.offset,
+            marker: PhantomData,
+        }
+    }
+}
+
+impl<T: 'static> Repo<T> {
+    // Every instantiation gets a coalescer of its own (named after it), so
+    // instantiations never share a batch; and neither do instances.
     #[coalesce]
     async fn get(&self, ids: Vec<u64>) -> HashMap<u64, u64> {
         ids.into_iter().map(|id| (id, id + self.offset)).collect()
@@ -28,4 +37,10 @@ async fn main() {
     };
     let (x, y) = tokio::join!(a.get(1), b.get(1));
     assert_eq!((x.unwrap(), y.unwrap()), (Some(11), Some(21)));
+    let names: Vec<String> = coalesce::metrics::snapshot()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("Repo<u8>::get")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("Repo<alloc::string::String>::get")), "{names:?}");
 }

@@ -1,6 +1,7 @@
 use coalesce::coalesce;
 use std::collections::HashMap;
 
+#[derive(Clone)]
 struct Client {
     tenant: u32,
 }

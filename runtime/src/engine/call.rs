@@ -1,0 +1,516 @@
+//! The caller's side: admission into a group, the wait for the batch's answer,
+//! and cancellation.
+//!
+//! # Implementation details
+//!
+//! Admission runs under the state lock and calls no user code but `Eq` of the
+//! group and of the key (caught; a panic there changes nothing and fails this
+//! call alone). Hashes are computed before the lock: a panicking `Hash` fails
+//! the call before it is counted anywhere.
+//!
+//! A waiting caller holds an `Arc<Batch>` and a ticket ([`Waiting`]). Dropping
+//! it before the answer is a cancellation: the caller leaves its slot; the last
+//! caller of a batch that has not run yet abandons it (takes it out of its
+//! group, gives back its lane if it held one, wakes its driver to exit); the
+//! last caller of a running batch wakes its driver, which stops the run and
+//! gives the lane back. An abandoned batch is never found by a later call, which
+//! is what keeps an address identity (`group::Identity::Object`) sound.
+
+use std::future::poll_fn;
+use std::hash::Hash;
+use std::sync::Arc as StdArc;
+use std::task::Poll;
+
+use super::batch::{hash_of, Batch, BatchState, Phase, UserPanic};
+use super::clock::Clock;
+use super::deliver::{catching, drop_quietly};
+use super::driver::Driver;
+use super::group::{GroupKey, Identity};
+use super::policy::{self, Arrival};
+use super::read::Read;
+use super::solo::{Ended, Solo, SoloCell, SoloGroup};
+use super::sync::{lock, Arc, Mutex};
+use super::{reentry, spawn, Inner, Source};
+use crate::error::Error;
+use crate::recorder::caller_span;
+
+/// Lost batches a call follows (enqueuing its key again) before it gives up
+/// with [`Error::Shutdown`].
+const MAX_REQUEUES: u32 = 3;
+
+/// Which group a call is admitted into.
+enum Target<G> {
+    /// Its own group value, as passed by the caller.
+    New(GroupKey<G>),
+    /// The group of a batch it was in before (lost).
+    Known(StdArc<GroupKey<G>>),
+}
+
+/// How a call was admitted.
+enum Admitted<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    Alone(Solo<G, K>),
+    Joined {
+        batch: Arc<Batch<Read<G, K, V, E>>>,
+        ticket: u32,
+        opened: bool,
+    },
+}
+
+/// How a wait ended.
+enum Waited<K, V, E> {
+    Answered(Result<Option<V>, Error<E>>),
+    /// The batch was lost: the key, to enqueue again.
+    Lost(K),
+}
+
+impl<G, K, V, E> Inner<Read<G, K, V, E>>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// One call, from admission to its answer.
+    pub(crate) async fn call<S: Source<G, K, V, E>>(
+        self: &StdArc<Self>,
+        identity: Identity,
+        group: G,
+        key: K,
+        mut src: S,
+    ) -> Result<Option<V>, Error<E>> {
+        let target = GroupKey { identity, group };
+        let key_hash =
+            hash_of(&self.hasher, &key).map_err(|p| self.user_panic("`Hash` of the key", p))?;
+        let group_hash = hash_of(&self.hasher, &target)
+            .map_err(|p| self.user_panic("`Hash` of the group", p))?;
+        let mut target = Target::New(target);
+        let mut key = key;
+        let mut requeues = 0;
+        loop {
+            let admitted = self.admit(target, group_hash, key_hash, key)?;
+            let (batch, ticket, opened) = match admitted {
+                Admitted::Alone(solo) => match self.run_alone(solo, &mut src).await {
+                    Ended::Done(result) => return result,
+                    Ended::Lost(k, group) => {
+                        key = k;
+                        target = match group {
+                            SoloGroup::Own(own) => Target::New(own),
+                            SoloGroup::Shared(shared) => Target::Known(shared),
+                        };
+                        requeues += 1;
+                        if requeues > MAX_REQUEUES {
+                            return Err(self.shutdown());
+                        }
+                        continue;
+                    }
+                },
+                Admitted::Joined {
+                    batch,
+                    ticket,
+                    opened,
+                } => (batch, ticket, opened),
+            };
+            let mut waiting = Waiting {
+                inner: self,
+                batch,
+                ticket,
+                done: false,
+            };
+            if opened {
+                if let Err(message) = self.start_driver(&waiting.batch, &mut src) {
+                    // This call's own user code panicked: it fails alone; the
+                    // batch is lost for its other callers, who enqueue again.
+                    let batch = waiting.batch.clone();
+                    waiting.leave(false);
+                    drop(waiting);
+                    self.lose(&batch);
+                    let err = Error::Panicked {
+                        name: self.name.clone(),
+                        message: format!("building the batch function panicked (`Clone` of the instance?): {message}").into(),
+                    };
+                    self.rec.failed(&err);
+                    return Err(err);
+                }
+            }
+            match waiting.wait().await {
+                Waited::Answered(result) => return result,
+                Waited::Lost(k) => {
+                    key = k;
+                    target = Target::Known(waiting.batch.group.clone());
+                    requeues += 1;
+                    if requeues > MAX_REQUEUES {
+                        return Err(self.shutdown());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Spawns the driver of a batch this call opened. Fails if the batch
+    /// function cannot be built (user code: `Clone` of the instance panicked).
+    fn start_driver<S: Source<G, K, V, E>>(
+        self: &StdArc<Self>,
+        batch: &Arc<Batch<Read<G, K, V, E>>>,
+        src: &mut S,
+    ) -> Result<(), String> {
+        let clock = Clock::detect();
+        let maker = catching(|| src.maker())?;
+        spawn::spawn(Driver::new(self.clone(), batch.clone(), maker, clock));
+        Ok(())
+    }
+
+    /// Loses a batch that never got a driver: its callers enqueue again.
+    fn lose(self: &StdArc<Self>, batch: &Arc<Batch<Read<G, K, V, E>>>) {
+        let unused: super::Maker<G, K, V, E> =
+            StdArc::new(|_: &G, _: Vec<K>| -> super::Run<K, V, E> {
+                Box::pin(std::future::pending())
+            });
+        // A driver dropped before it ran loses its batch (see `Driver::drop`).
+        drop(Driver::new(
+            self.clone(),
+            batch.clone(),
+            unused,
+            Clock::Real,
+        ));
+    }
+
+    /// Admits a call: joins the open batch of its group, opens one, or takes a
+    /// lane to run alone.
+    fn admit(
+        self: &StdArc<Self>,
+        target: Target<G>,
+        group_hash: u64,
+        key_hash: u64,
+        key: K,
+    ) -> Result<Admitted<G, K, V, E>, Error<E>> {
+        let config = &self.config;
+        let (reentrant, ancestry) = reentry::here(self.id);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.pending >= config.max_pending {
+            drop(guard);
+            self.rec.overloaded();
+            return Err(Error::Overloaded {
+                name: self.name.clone(),
+                max_pending: config.max_pending,
+            });
+        }
+        // The caller's own group value, if a group equal to it already exists:
+        // dropped once the lock is released (user `Drop`).
+        let (group, mut spare) = match target {
+            Target::New(key) => match state.groups.find_or_insert(group_hash, key) {
+                Ok(found) => found,
+                Err(p) => {
+                    drop(guard);
+                    return Err(self.user_panic("`Eq` of the group", p));
+                }
+            },
+            Target::Known(key) => (state.groups.by_key_or_insert(group_hash, &key), None),
+        };
+        let (batch, opened) = match &group.open {
+            Some(b) => (b.clone(), false),
+            None => match policy::arrival(
+                config.dispatch,
+                group.road(self.lanes),
+                config.window.is_zero(),
+            ) {
+                Arrival::Alone => {
+                    group.lanes_used += 1;
+                    let cell = match group.spare.take() {
+                        Some(cell) if StdArc::strong_count(&cell) == 1 => {
+                            cell.reuse();
+                            cell
+                        }
+                        _ => StdArc::new(SoloCell::new()),
+                    };
+                    let created = spare.is_none();
+                    // The caller's own equal value, when it has one (no reference
+                    // count touched on the idle road); `isolate` needs the shared
+                    // key.
+                    let solo_group = match spare.take() {
+                        Some(own) if config.isolate == 0 => SoloGroup::Own(own),
+                        other => {
+                            spare = other;
+                            SoloGroup::Shared(group.key.clone())
+                        }
+                    };
+                    let solo = Solo {
+                        group: solo_group,
+                        group_addr: StdArc::as_ptr(&group.key) as usize,
+                        group_hash,
+                        cell: StdArc::as_ptr(&cell) as usize,
+                        key,
+                        ancestry,
+                    };
+                    group.solos.push(cell);
+                    state.in_flight += 1;
+                    state.pending += 1;
+                    let gauges = (state.in_flight, state.pending);
+                    if created {
+                        state.groups_changed(&self.rec);
+                    }
+                    drop(guard);
+                    self.rec.gauges(gauges.0, gauges.1);
+                    drop(spare);
+                    return Ok(Admitted::Alone(solo));
+                }
+                Arrival::Open { settle } => {
+                    let capacity = group.hint.min(config.max_batch);
+                    let batch = Arc::new(Batch {
+                        group: group.key.clone(),
+                        group_hash,
+                        st: Mutex::new(BatchState::new(capacity, settle)),
+                    });
+                    group.open = Some(batch.clone());
+                    if state.gathering > 0 {
+                        self.rec.split_batch();
+                    }
+                    state.gathering += 1;
+                    (batch, true)
+                }
+            },
+        };
+        let mut st = lock(&batch.st);
+        let (slot, dedup) = match st.entries.slot_for(key_hash, key) {
+            Ok(found) => found,
+            Err(p) => {
+                if opened {
+                    // Nobody else has seen the batch: take it back.
+                    st.phase = Phase::Abandoned;
+                    drop(st);
+                    if let Some(g) = state.groups.by_key(group_hash, &batch.group) {
+                        g.open = None;
+                    }
+                    state.gathering -= 1;
+                } else {
+                    drop(st);
+                }
+                drop(guard);
+                drop(spare);
+                return Err(self.user_panic("`Eq` of the key", p));
+            }
+        };
+        let ticket = st.entries.add_ticket(slot, caller_span());
+        st.admitted += 1;
+        if dedup {
+            st.dedup_hits += 1;
+        }
+        let mut kick = None;
+        if !ancestry.is_empty() {
+            reentry::merge(&mut st.ancestry, &ancestry);
+        }
+        if reentrant && !st.exempt {
+            // A batch this one must not wait for is running: leave past the limit.
+            st.exempt = true;
+            self.rec.reentrant();
+            if matches!(st.phase, Phase::Queued) {
+                kick = st.driver_waker();
+            }
+        }
+        if st.entries.live_keys >= config.max_batch && !st.full {
+            st.full = true;
+            if let Some(g) = state.groups.by_key(group_hash, &batch.group) {
+                if g.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &batch)) {
+                    g.open = None;
+                    state.gathering -= 1;
+                }
+            }
+            kick = st.driver_waker();
+        }
+        drop(st);
+        state.pending += 1;
+        let gauges = (state.in_flight, state.pending);
+        if spare.is_none() {
+            state.groups_changed(&self.rec);
+        }
+        drop(guard);
+        self.rec.gauges(gauges.0, gauges.1);
+        drop(spare);
+        if let Some(w) = kick {
+            w.wake();
+        }
+        Ok(Admitted::Joined {
+            batch,
+            ticket,
+            opened,
+        })
+    }
+
+    pub(crate) fn user_panic(&self, what: &str, p: UserPanic) -> Error<E> {
+        Error::Panicked {
+            name: self.name.clone(),
+            message: format!("{what} panicked: {}", p.0).into(),
+        }
+    }
+
+    fn shutdown(&self) -> Error<E> {
+        self.rec.shutdown_error();
+        Error::Shutdown {
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// A caller registered in a batch.
+struct Waiting<'a, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    inner: &'a StdArc<Inner<Read<G, K, V, E>>>,
+    batch: Arc<Batch<Read<G, K, V, E>>>,
+    ticket: u32,
+    done: bool,
+}
+
+impl<G, K, V, E> Waiting<'_, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    async fn wait(&mut self) -> Waited<K, V, E> {
+        poll_fn(|cx| {
+            let mut st = lock(&self.batch.st);
+            let BatchState { phase, entries, .. } = &mut *st;
+            match phase {
+                Phase::Done { failure } => {
+                    let result = entries.take(self.ticket, failure.as_ref(), &self.inner.name);
+                    self.done = true;
+                    drop(st);
+                    if let Err(e) = &result {
+                        self.inner.rec.failed(e);
+                    }
+                    Poll::Ready(Waited::Answered(result))
+                }
+                Phase::Lost | Phase::Abandoned => {
+                    // The run was lost (its driver's runtime went away): take
+                    // this call's key back to enqueue it again.
+                    let slot = entries.tickets[self.ticket as usize].slot;
+                    let key = catching(|| entries_key(entries, slot));
+                    entries.leave(self.ticket, false);
+                    self.done = true;
+                    drop(st);
+                    Poll::Ready(match key {
+                        Ok(Some(k)) => Waited::Lost(k),
+                        Ok(None) => Waited::Answered(Err(self.inner.shutdown())),
+                        Err(message) => Waited::Answered(Err(Error::Panicked {
+                            name: self.inner.name.clone(),
+                            message: format!("`Clone` of the key panicked: {message}").into(),
+                        })),
+                    })
+                }
+                _ => {
+                    entries.register(self.ticket, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// A clone of the key in `slot` of a lost batch (its keys were put back).
+fn entries_key<K: Clone, V, E>(entries: &super::read::Entries<K, V, E>, slot: u32) -> Option<K> {
+    entries.key(slot).cloned()
+}
+
+impl<G, K, V, E> Drop for Waiting<'_, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A cancellation (the caller dropped its future before the answer).
+    fn drop(&mut self) {
+        if !self.done {
+            self.leave(true);
+        }
+    }
+}
+
+impl<G, K, V, E> Waiting<'_, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Leaves the batch before its answer: a cancellation, or a call that failed
+    /// on its own.
+    fn leave(&mut self, cancelled: bool) {
+        self.done = true;
+        let inner = &**self.inner;
+        if cancelled {
+            inner.rec.cancelled_call();
+        }
+        let mut guard = lock(&inner.state);
+        let state = &mut *guard;
+        let mut st = lock(&self.batch.st);
+        if st.phase.is_over() {
+            // Answered already (and no longer pending): the entry stays unread.
+            st.entries.leave(self.ticket, false);
+            return;
+        }
+        let before_run = st.phase.is_before_run();
+        let held_lane = matches!(st.phase, Phase::Leaving);
+        let (_, key_left) = st.entries.leave(self.ticket, before_run);
+        state.pending -= 1;
+        let mut wake = None;
+        let mut garbage_keys = Vec::new();
+        let mut lane = (None, None);
+        if st.entries.callers == 0 {
+            // Nobody wants this batch any more.
+            let abandoned_keys = st.entries.key_count() as u64;
+            let admitted = st.admitted;
+            st.phase = Phase::Abandoned;
+            wake = st.driver_waker();
+            drop(st);
+            if before_run {
+                if let Some(g) = state
+                    .groups
+                    .by_key(self.batch.group_hash, &self.batch.group)
+                {
+                    if g.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &self.batch)) {
+                        g.open = None;
+                        state.gathering -= 1;
+                    }
+                    g.queue.retain(|b| !Arc::ptr_eq(b, &self.batch));
+                }
+                if held_lane {
+                    lane = inner.release_lane(state, &self.batch.group, self.batch.group_hash);
+                }
+                inner.rec.abandoned_batch(admitted, abandoned_keys);
+            } else {
+                inner.rec.cancelled_batch();
+            }
+        } else {
+            if before_run && key_left && st.entries.worth_compacting() {
+                garbage_keys = st.entries.compact();
+                inner.rec.abandoned_keys(garbage_keys.len() as u64);
+            }
+            drop(st);
+        }
+        let gauges = (state.in_flight, state.pending);
+        drop(guard);
+        inner.rec.gauges(gauges.0, gauges.1);
+        if let Some(w) = wake {
+            w.wake();
+        }
+        if let Some(w) = lane.0 {
+            w.wake();
+        }
+        drop(lane.1);
+        drop_quietly(garbage_keys);
+    }
+}

@@ -1,0 +1,80 @@
+//! The clock a driver times windows and timeouts with.
+//!
+//! On a real clock every wait goes to the precise timer thread (`crate::timer`):
+//! Tokio's timer rounds each deadline up to its next millisecond tick, so a 1 ms
+//! window would last about 2 ms, and it needs a runtime built with
+//! `enable_time`, which a coalesced call must not require. Under a paused Tokio
+//! clock (`#[tokio::test(start_paused = true)]`, `tokio::time::pause`), waits use
+//! Tokio's timer, so that tests advance through windows and timeouts without
+//! waiting for them. A paused clock always has a time driver, so that is the
+//! only case that creates a Tokio `Sleep`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::timer::PreciseSleep;
+
+/// Which clock the current context honours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// Real time (no runtime, or a runtime whose clock runs).
+    Real,
+    /// A Tokio runtime whose clock is paused: only Tokio's timer advances it.
+    Paused,
+}
+
+impl Clock {
+    /// The clock of the current context. A paused Tokio clock returns the very
+    /// same instant until it is advanced; a running one never does for long, so
+    /// reads that stay equal across a short spin mean a paused clock.
+    pub(crate) fn detect() -> Clock {
+        if cfg!(loom) || !super::spawn::on_runtime() {
+            return Clock::Real;
+        }
+        let first = tokio::time::Instant::now();
+        for _ in 0..64 {
+            if tokio::time::Instant::now() != first {
+                return Clock::Real;
+            }
+            std::hint::spin_loop();
+        }
+        Clock::Paused
+    }
+}
+
+/// A wait until a deadline, on the clock it was made for.
+pub(crate) struct Sleep(Kind);
+
+enum Kind {
+    Precise(PreciseSleep),
+    Tokio(Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Sleep {
+    /// A wait of `duration` from now.
+    pub(crate) fn new(clock: Clock, duration: Duration) -> Sleep {
+        match clock {
+            Clock::Real => Sleep(Kind::Precise(PreciseSleep::until(
+                Instant::now() + duration,
+            ))),
+            Clock::Paused => Sleep(Kind::Tokio(Box::pin(tokio::time::sleep(duration)))),
+        }
+    }
+
+    /// A wait until `deadline` of the real clock, or `duration` from now on a
+    /// paused one.
+    pub(crate) fn until(clock: Clock, deadline: Instant) -> Sleep {
+        let left = deadline.saturating_duration_since(Instant::now());
+        Sleep::new(clock, left)
+    }
+
+    /// Ready once the deadline has passed.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Kind::Precise(sleep) => Pin::new(sleep).poll(cx),
+            Kind::Tokio(sleep) => sleep.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The one recorder: every event of a coalescer goes through [`Recorder`], which
+//! updates the in-process counters (read by [`crate::metrics::snapshot`]) and,
+//! behind their cargo features, the `metrics` facade and `tracing` spans, in the
+//! same call, so the two never drift apart.
+//!
+//! Per-batch events carry the batch's counts; per-call work is kept to what a
+//! call changes (the `pending` and `in_flight` gauges, and a failure's kind).
+//!
+//! Exported series, each labelled `function = <coalescer name>`:
+//! `coalesce_calls_total`, `coalesce_keys_total`, `coalesce_dedup_hits_total`,
+//! `coalesce_batches_total`, `coalesce_batch_size` (histogram),
+//! `coalesce_wait_seconds` and `coalesce_run_seconds` (histograms),
+//! `coalesce_errors_total{kind = batch|key|panic|timeout|shape|shutdown}`,
+//! `coalesce_overloaded_total`, `coalesce_cancelled_total`, and the gauges
+//! `coalesce_in_flight` and `coalesce_pending`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::metrics::{add, Metrics, MetricsSnapshot};
+
+/// The span of one batch (a unit type without the `tracing` feature).
+#[cfg(feature = "tracing")]
+pub(crate) type BatchSpan = tracing::Span;
+/// Stands for a span without the `tracing` feature.
+#[cfg(not(feature = "tracing"))]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NoSpan;
+
+/// The span of one batch (nothing without the `tracing` feature).
+#[cfg(not(feature = "tracing"))]
+pub(crate) type BatchSpan = NoSpan;
+
+/// The span of a caller, captured when it joins a batch.
+#[cfg(feature = "tracing")]
+pub(crate) type CallerSpan = Option<tracing::Id>;
+/// The span of a caller (nothing without the `tracing` feature).
+#[cfg(not(feature = "tracing"))]
+pub(crate) type CallerSpan = NoSpan;
+
+/// The caller's current span, if tracing is in use at all.
+pub(crate) fn caller_span() -> CallerSpan {
+    #[cfg(not(feature = "tracing"))]
+    {
+        NoSpan
+    }
+    #[cfg(feature = "tracing")]
+    {
+        // Skip the thread-local look-up entirely until tracing is in use.
+        if !tracing::dispatcher::has_been_set() {
+            return None;
+        }
+        tracing::Span::current().id()
+    }
+}
+
+/// Records one coalescer's events.
+pub(crate) struct Recorder {
+    m: Arc<Metrics>,
+    #[cfg(feature = "tracing")]
+    name: Arc<str>,
+    #[cfg(feature = "metrics")]
+    x: Export,
+}
+
+#[cfg(feature = "metrics")]
+struct Export {
+    calls: metrics::Counter,
+    keys: metrics::Counter,
+    dedup_hits: metrics::Counter,
+    batches: metrics::Counter,
+    batch_size: metrics::Histogram,
+    wait: metrics::Histogram,
+    run: metrics::Histogram,
+    errors: [metrics::Counter; ERROR_KINDS.len()],
+    overloaded: metrics::Counter,
+    cancelled: metrics::Counter,
+    in_flight: metrics::Gauge,
+    pending: metrics::Gauge,
+}
+
+/// The `kind` labels of `coalesce_errors_total`.
+#[cfg(feature = "metrics")]
+const ERROR_KINDS: [&str; 6] = ["batch", "key", "panic", "timeout", "shape", "shutdown"];
+
+/// The index in `ERROR_KINDS` of a call's failure, if it is counted there.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+fn kind_of<E>(err: &Error<E>) -> Option<usize> {
+    Some(match err {
+        Error::Batch { .. } => 0,
+        Error::Key { .. } => 1,
+        Error::Panicked { .. } => 2,
+        Error::Timeout { .. } => 3,
+        Error::Shape { .. } => 4,
+        Error::Shutdown { .. } => 5,
+        _ => return None,
+    })
+}
+
+impl Recorder {
+    /// A recorder for the coalescer `name`, registered in the metrics registry.
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        #[cfg(feature = "metrics")]
+        let x = {
+            let f = name.to_string();
+            Export {
+                calls: metrics::counter!("coalesce_calls_total", "function" => f.clone()),
+                keys: metrics::counter!("coalesce_keys_total", "function" => f.clone()),
+                dedup_hits: metrics::counter!("coalesce_dedup_hits_total", "function" => f.clone()),
+                batches: metrics::counter!("coalesce_batches_total", "function" => f.clone()),
+                batch_size: metrics::histogram!("coalesce_batch_size", "function" => f.clone()),
+                wait: metrics::histogram!("coalesce_wait_seconds", "function" => f.clone()),
+                run: metrics::histogram!("coalesce_run_seconds", "function" => f.clone()),
+                errors: ERROR_KINDS.map(|kind| {
+                    metrics::counter!("coalesce_errors_total", "function" => f.clone(), "kind" => kind)
+                }),
+                overloaded: metrics::counter!("coalesce_overloaded_total", "function" => f.clone()),
+                cancelled: metrics::counter!("coalesce_cancelled_total", "function" => f.clone()),
+                in_flight: metrics::gauge!("coalesce_in_flight", "function" => f.clone()),
+                pending: metrics::gauge!("coalesce_pending", "function" => f),
+            }
+        };
+        Recorder {
+            m: Metrics::register(name.clone()),
+            #[cfg(feature = "tracing")]
+            name,
+            #[cfg(feature = "metrics")]
+            x,
+        }
+    }
+
+    /// The in-process figures, read now.
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        self.m.snapshot()
+    }
+
+    /// The gauges, after any change of either.
+    pub(crate) fn gauges(&self, in_flight: usize, pending: usize) {
+        self.m.in_flight.store(in_flight as u64, Relaxed);
+        self.m.pending.store(pending as u64, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            self.x.in_flight.set(in_flight as f64);
+            self.x.pending.set(pending as f64);
+        }
+    }
+
+    /// The number of groups, after a change.
+    pub(crate) fn groups(&self, n: usize) {
+        self.m.groups.store(n as u64, Relaxed);
+    }
+
+    pub(crate) fn overloaded(&self) {
+        self.m.overloaded.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.x.overloaded.increment(1);
+    }
+
+    pub(crate) fn cancelled_call(&self) {
+        self.m.cancelled_calls.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.x.cancelled.increment(1);
+    }
+
+    /// A batch stopped while running because every caller left.
+    pub(crate) fn cancelled_batch(&self) {
+        self.m.cancelled_batches.fetch_add(1, Relaxed);
+    }
+
+    /// A batch never run because every caller left; its calls are counted here
+    /// since no dispatch counts them.
+    pub(crate) fn abandoned_batch(&self, calls: u64, keys: u64) {
+        let m = &self.m;
+        m.abandoned_batches.fetch_add(1, Relaxed);
+        add(&m.abandoned_keys, keys);
+        add(&m.calls, calls);
+        #[cfg(feature = "metrics")]
+        self.x.calls.increment(calls);
+    }
+
+    /// Keys dropped from an open batch because every caller of each left.
+    pub(crate) fn abandoned_keys(&self, keys: u64) {
+        add(&self.m.abandoned_keys, keys);
+    }
+
+    /// A batch opened while another group's batch was gathering.
+    pub(crate) fn split_batch(&self) {
+        self.m.split_batches.fetch_add(1, Relaxed);
+    }
+
+    /// A batch became re-entrant (exempt from `max_in_flight`).
+    pub(crate) fn reentrant(&self) {
+        self.m.reentrant_batches.fetch_add(1, Relaxed);
+    }
+
+    /// A batch whose driver was dropped before it finished; `calls` admitted
+    /// into it are counted here if it never started (no dispatch counted them).
+    pub(crate) fn lost_batch(&self, calls: u64) {
+        self.m.lost_batches.fetch_add(1, Relaxed);
+        add(&self.m.calls, calls);
+        #[cfg(feature = "metrics")]
+        self.x.calls.increment(calls);
+    }
+
+    /// A call given up after its batches were lost again and again.
+    pub(crate) fn shutdown_error(&self) {
+        self.m.shutdown_errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.x.errors[5].increment(1);
+    }
+
+    /// One caller failed with `err`.
+    pub(crate) fn failed<E>(&self, err: &Error<E>) {
+        let m = &self.m;
+        let counter = match err {
+            Error::Batch { .. } => &m.batch_errors,
+            Error::Key { .. } => &m.key_errors,
+            Error::Panicked { .. } => &m.panics,
+            Error::Timeout { .. } => &m.timeouts,
+            Error::Shape { .. } => &m.shape_errors,
+            Error::Shutdown { .. } => return, // counted by `shutdown_error`
+            _ => return,
+        };
+        counter.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(i) = kind_of(err) {
+            self.x.errors[i].increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = kind_of(err);
+    }
+
+    /// The ids of the callers' spans, for the batch span's links.
+    pub(crate) fn caller_spans(&self, tickets: &[crate::engine::read::Ticket]) -> Vec<CallerSpan> {
+        #[cfg(feature = "tracing")]
+        {
+            if !tracing::dispatcher::has_been_set() {
+                return Vec::new();
+            }
+            tickets
+                .iter()
+                .filter(|t| t.live && t.span.is_some())
+                .map(|t| t.span.clone())
+                .collect()
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = tickets;
+            Vec::new()
+        }
+    }
+
+    /// A batch starts: `counts` is (calls admitted, distinct keys dispatched,
+    /// duplicate calls, keys abandoned before dispatch).
+    #[allow(unused_variables)]
+    pub(crate) fn batch_started(
+        &self,
+        counts: (u64, usize, u64, u64),
+        wait: Duration,
+        callers: Vec<CallerSpan>,
+    ) -> BatchSpan {
+        let (calls, keys, dedup_hits, abandoned) = counts;
+        let m = &self.m;
+        m.calls.fetch_add(calls, Relaxed);
+        add(&m.dedup_hits, dedup_hits);
+        add(&m.abandoned_keys, abandoned);
+        m.keys.fetch_add(keys as u64, Relaxed);
+        m.batches.fetch_add(1, Relaxed);
+        m.batch_size.record(keys as u64);
+        m.wait_ns.record(wait.as_nanos() as u64);
+        #[cfg(feature = "metrics")]
+        {
+            let x = &self.x;
+            x.calls.increment(calls);
+            x.keys.increment(keys as u64);
+            x.dedup_hits.increment(dedup_hits);
+            x.batches.increment(1);
+            x.batch_size.record(keys as f64);
+            x.wait.record(wait.as_secs_f64());
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            NoSpan
+        }
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!(
+                "coalesce.batch",
+                function = &*self.name,
+                batch_size = keys,
+                calls = calls,
+                wait_us = wait.as_micros() as u64,
+                run_us = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                for id in callers.into_iter().flatten() {
+                    span.follows_from(id);
+                }
+            }
+            span
+        }
+    }
+
+    /// A batch's run ended with `outcome` (a label), `failed` callers failing
+    /// with the batch's shared error.
+    #[allow(unused_variables)]
+    pub(crate) fn batch_finished(
+        &self,
+        span: &BatchSpan,
+        run: Duration,
+        outcome: &'static str,
+        failed: usize,
+        unrequested: u64,
+    ) {
+        self.run_time(run);
+        add(&self.m.unrequested_entries, unrequested);
+        #[cfg(feature = "tracing")]
+        if !span.is_disabled() {
+            span.record("run_us", run.as_micros() as u64);
+            span.record("outcome", outcome);
+        }
+    }
+
+    /// The run time of one batch.
+    pub(crate) fn run_time(&self, run: Duration) {
+        self.m.run_ns.record(run.as_nanos() as u64);
+        #[cfg(feature = "metrics")]
+        self.x.run.record(run.as_secs_f64());
+    }
+
+    /// A lone call starts its run: one call, one key, one batch of one, no wait.
+    /// In process, one counter folded into the others at snapshot time.
+    pub(crate) fn solo_started(&self) -> BatchSpan {
+        self.m.solo.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            let x = &self.x;
+            x.calls.increment(1);
+            x.keys.increment(1);
+            x.batches.increment(1);
+            x.batch_size.record(1.0);
+            x.wait.record(0.0);
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            NoSpan
+        }
+        #[cfg(feature = "tracing")]
+        {
+            if !tracing::dispatcher::has_been_set() {
+                return tracing::Span::none();
+            }
+            let span = tracing::info_span!(
+                "coalesce.batch",
+                function = &*self.name,
+                batch_size = 1usize,
+                calls = 1u64,
+                wait_us = 0u64,
+                run_us = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                if let Some(id) = caller_span() {
+                    span.follows_from(id);
+                }
+            }
+            span
+        }
+    }
+}
+
+/// Runs the batch future inside its span; a future whose span is disabled (no
+/// subscriber wants it) is returned as it is, without another allocation.
+pub(crate) fn instrument<T: 'static>(
+    run: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
+    span: &BatchSpan,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> {
+    #[cfg(feature = "tracing")]
+    if !span.is_disabled() {
+        use tracing::Instrument;
+        return Box::pin(run.instrument(span.clone()));
+    }
+    #[cfg(not(feature = "tracing"))]
+    let NoSpan = *span;
+    run
+}

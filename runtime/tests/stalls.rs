@@ -1,0 +1,603 @@
+//! Nothing hangs, nothing leaks: the cases of issue 9, section 2, each observed on
+//! the earlier engine (a caller waiting forever, a count leaked, a caller timed by
+//! another runtime's clock, a panic instead of an answer), each a test here.
+//!
+//! Time-dependent tests run under Tokio's paused clock, where time is virtual and
+//! durations are exact: a hang shows up as the one-hour guard (`no_hang`) firing.
+//! Tests that need two runtimes or real time bound their waits generously; they
+//! assert that something finishes, never how fast.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use coalesce_runtime::{Coalescer, Config, Core, Dispatch, Error};
+use futures::future::join_all;
+
+/// Fails the test (rather than blocking it) if `fut` never completes.
+async fn no_hang<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), fut)
+        .await
+        .expect("a call hung")
+}
+
+/// Keeps the panics these tests provoke out of the output.
+fn quiet() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let provoked = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|s| s.starts_with("provoked"));
+            if !provoked {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// A key whose user code panics on purpose: `Clone` of 13, `Hash` of 14, and
+/// `Eq` between two 15s.
+#[derive(Debug)]
+struct Touchy(u64);
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        if self.0 == 13 {
+            panic!("provoked: Clone of 13");
+        }
+        Touchy(self.0)
+    }
+}
+
+impl Hash for Touchy {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        if self.0 == 14 {
+            panic!("provoked: Hash of 14");
+        }
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Touchy {
+    fn eq(&self, other: &Self) -> bool {
+        if self.0 == 15 && other.0 == 15 {
+            panic!("provoked: Eq of 15");
+        }
+        self.0 == other.0
+    }
+}
+
+impl Eq for Touchy {}
+
+fn tens(keys: Vec<Touchy>) -> HashMap<Touchy, u64> {
+    keys.into_iter()
+        .map(|k| {
+            let v = k.0 * 10;
+            (k, v)
+        })
+        .collect()
+}
+
+fn panicked_in(r: &Result<Option<u64>, Error>, what: &str) -> bool {
+    matches!(r, Err(Error::Panicked { message, .. }) if message.contains(what))
+}
+
+/// A key whose `Clone`, `Hash` or `Eq` panics fails its own calls; every other
+/// caller of the batch gets its value, and nothing stays pending or in flight.
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_clone_hash_or_eq_panics_fails_alone() {
+    quiet();
+    for dispatch in [Dispatch::Window, Dispatch::Adaptive] {
+        let c = Coalescer::new(
+            Config::new("s.touchy")
+                .window(Duration::from_millis(5))
+                .max_in_flight(2)
+                .dispatch(dispatch),
+            |keys: Vec<Touchy>| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                tens(keys)
+            },
+        );
+        let keys = [1, 2, 13, 3, 14, 15, 15, 4];
+        let out = no_hang(join_all(keys.map(|k| c.load(Touchy(k))))).await;
+        for (k, r) in keys.iter().zip(&out) {
+            match k {
+                13 => assert!(panicked_in(r, "`Clone`"), "{k}: {r:?}"),
+                14 => assert!(panicked_in(r, "`Hash`"), "{k}: {r:?}"),
+                15 => assert!(panicked_in(r, "`Eq`"), "{k}: {r:?}"),
+                _ => assert_eq!(r.as_ref().unwrap(), &Some(k * 10), "{dispatch:?}"),
+            }
+        }
+        let m = c.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{dispatch:?}: {m}");
+    }
+}
+
+/// A `Hash` panic used to leak the `pending` count: after `max_pending` such
+/// calls, every later call was `Overloaded`.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hash_leaks_no_pending_count() {
+    quiet();
+    let c = Coalescer::new(
+        Config::new("s.hash_leak")
+            .window(Duration::from_millis(1))
+            .max_pending(4),
+        |keys: Vec<Touchy>| async move { tens(keys) },
+    );
+    for _ in 0..10 {
+        assert!(panicked_in(&c.load(Touchy(14)).await, "`Hash`"));
+    }
+    let out = no_hang(join_all((1..=4).map(|k| c.load(Touchy(k))))).await;
+    for (k, r) in (1..=4).zip(out) {
+        assert_eq!(r.unwrap(), Some(k * 10), "not overloaded");
+    }
+    let m = c.metrics();
+    assert_eq!((m.pending, m.overloaded), (0, 0), "{m}");
+}
+
+/// A key's `Clone` panics at dispatch while the batch function never returns:
+/// the timeout still fails the other callers (it used to wait forever).
+#[tokio::test(start_paused = true)]
+async fn the_timeout_holds_when_a_key_clone_panics_at_dispatch() {
+    quiet();
+    let c = Coalescer::new(
+        Config::new("s.clone_timeout")
+            .window(Duration::from_millis(5))
+            .timeout(Duration::from_millis(100)),
+        |_keys: Vec<Touchy>| async move {
+            std::future::pending::<()>().await;
+            HashMap::<Touchy, u64>::new()
+        },
+    );
+    let start = tokio::time::Instant::now();
+    let out = no_hang(join_all([1, 13, 2].map(|k| c.load(Touchy(k))))).await;
+    assert!(matches!(out[0], Err(Error::Timeout { .. })), "{:?}", out[0]);
+    assert!(panicked_in(&out[1], "`Clone`"), "{:?}", out[1]);
+    assert!(matches!(out[2], Err(Error::Timeout { .. })), "{:?}", out[2]);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(105),
+        "window + timeout"
+    );
+    let m = c.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
+/// A group value (an extra argument, `group = …`) whose `Hash` or `Eq` panics
+/// fails that call alone.
+#[tokio::test(start_paused = true)]
+async fn a_group_whose_hash_or_eq_panics_fails_alone() {
+    quiet();
+    static CORE: LazyLock<Core<Touchy, u64, u64>> =
+        LazyLock::new(|| Core::new(Config::new("s.group_panics").window(Duration::from_millis(5))));
+    let calls = [1, 14, 15, 15, 1, 2].map(|g| {
+        CORE.load(Touchy(g), g, |group: &Touchy, keys: Vec<u64>| {
+            let g = group.0;
+            async move {
+                keys.into_iter()
+                    .map(|k| (k, k + g))
+                    .collect::<HashMap<_, _>>()
+            }
+        })
+    });
+    let out = no_hang(join_all(calls)).await;
+    assert_eq!(out[0].as_ref().unwrap(), &Some(2));
+    assert!(panicked_in(&out[1], "`Hash` of the group"), "{:?}", out[1]);
+    assert!(
+        out[2].is_ok(),
+        "the first 15 finds no equal group to compare with"
+    );
+    assert!(panicked_in(&out[3], "`Eq` of the group"), "{:?}", out[3]);
+    assert_eq!(out[4].as_ref().unwrap(), &Some(2));
+    assert_eq!(out[5].as_ref().unwrap(), &Some(4));
+    let m = CORE.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
+fn squares(keys: Vec<u64>) -> HashMap<u64, u64> {
+    keys.into_iter().map(|k| (k, k * k)).collect()
+}
+
+/// The common `select!` loop: the caller that opened a batch polls its call once,
+/// then does long work without polling it. Other callers of the batch (window
+/// mode), and callers queued behind its lane (adaptive, a lone call), finish
+/// within window + run time; it used to stall them for as long as it was not
+/// polled.
+#[tokio::test(start_paused = true)]
+async fn a_caller_alive_but_not_polled_delays_nobody() {
+    for dispatch in [Dispatch::Window, Dispatch::Adaptive] {
+        let c = Arc::new(Coalescer::new(
+            Config::new("s.unpolled")
+                .window(Duration::from_millis(5))
+                .dispatch(dispatch),
+            |keys: Vec<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                squares(keys)
+            },
+        ));
+        let c1 = c.clone();
+        let opener = tokio::spawn(async move {
+            let call = c1.load(1);
+            tokio::pin!(call);
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            loop {
+                // `biased`: the call is polled first, so it is admitted (and, in
+                // the earlier engine, became its batch's driver) before the tick.
+                tokio::select! {
+                    biased;
+                    r = &mut call => break r,
+                    _ = tick.tick() => {
+                        // Long work, during which `call` is alive but not polled.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        let other = no_hang(c.load(2)).await;
+        assert_eq!(other.unwrap(), Some(4));
+        let took = start.elapsed();
+        // Window: the shared batch waits its window (5 ms) and runs (10 ms).
+        // Adaptive: the lone call runs (10 ms, promoted to a task of its own
+        // when the second call's batch, due after its window, finds the lane
+        // taken); then the second call's batch runs (10 ms).
+        let bound = match dispatch {
+            Dispatch::Window => Duration::from_millis(15),
+            _ => Duration::from_millis(20),
+        };
+        assert!(took <= bound, "{dispatch:?}: waited {took:?}");
+        assert_eq!(no_hang(opener).await.unwrap().unwrap(), Some(1));
+        let m = c.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{dispatch:?}: {m}");
+    }
+}
+
+/// A batch function that awaits its own coalescer (or one that calls back) while
+/// `max_in_flight` is reached completes: the nested call's batch is exempt from
+/// the limit (it used to wait, forever, for the lane its own caller held).
+#[tokio::test(start_paused = true)]
+async fn re_entrant_batch_functions_complete() {
+    static SELF_CALLING: LazyLock<Coalescer<u64, u64>> = LazyLock::new(|| {
+        Coalescer::new(
+            Config::new("s.reentrant.self")
+                .window(Duration::from_millis(1))
+                .max_in_flight(1),
+            |keys: Vec<u64>| async move {
+                let mut out = HashMap::new();
+                for k in keys {
+                    let v = if k >= 100 {
+                        SELF_CALLING.load(k - 100).await.unwrap().unwrap_or(0) + 1
+                    } else {
+                        k
+                    };
+                    out.insert(k, v);
+                }
+                out
+            },
+        )
+    });
+    let out = no_hang(join_all([105, 7, 200, 300].map(|k| SELF_CALLING.load(k)))).await;
+    let got: Vec<_> = out.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    // 105 -> 5; 200 -> 100 -> 0; 300 -> 200 -> 100 -> 0: three levels deep.
+    assert_eq!(got, [6, 7, 2, 3]);
+    let m = SELF_CALLING.metrics();
+    assert!(m.reentrant_batches >= 1, "{m}");
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+
+    // Two coalescers that call each other, each with one lane.
+    static PING: LazyLock<Coalescer<u64, u64>> = LazyLock::new(|| {
+        Coalescer::new(
+            Config::new("s.reentrant.ping")
+                .dispatch(Dispatch::Adaptive)
+                .max_in_flight(1),
+            |keys: Vec<u64>| async move {
+                let mut out = HashMap::new();
+                for k in keys {
+                    let v = if k > 0 {
+                        PONG.load(k - 1).await.unwrap().unwrap() + 1
+                    } else {
+                        0
+                    };
+                    out.insert(k, v);
+                }
+                out
+            },
+        )
+    });
+    static PONG: LazyLock<Coalescer<u64, u64>> = LazyLock::new(|| {
+        Coalescer::new(
+            Config::new("s.reentrant.pong")
+                .window(Duration::from_millis(1))
+                .max_in_flight(1),
+            |keys: Vec<u64>| async move {
+                let mut out = HashMap::new();
+                for k in keys {
+                    let v = if k > 0 {
+                        PING.load(k - 1).await.unwrap().unwrap() + 1
+                    } else {
+                        0
+                    };
+                    out.insert(k, v);
+                }
+                out
+            },
+        )
+    });
+    let out = no_hang(join_all((0..8u64).map(|k| PING.load(k)))).await;
+    for (k, r) in (0..8u64).zip(out) {
+        assert_eq!(r.unwrap(), Some(k));
+    }
+    for m in [PING.metrics(), PONG.metrics()] {
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}
+
+/// `window = "0ms"` dispatches at the next scheduling point: calls made in the
+/// same instant share a batch (it used to send each alone). On an adaptive road
+/// a call that finds the road empty still goes alone (that is the policy); calls
+/// made while it runs share one batch.
+#[tokio::test(start_paused = true)]
+async fn a_zero_window_still_batches_calls_made_in_the_same_instant() {
+    for dispatch in [Dispatch::Window, Dispatch::Adaptive] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r2 = runs.clone();
+        let c = Coalescer::new(
+            Config::new("s.zero_window")
+                .window(Duration::ZERO)
+                .dispatch(dispatch)
+                .max_in_flight(4),
+            move |keys: Vec<u64>| {
+                r2.fetch_add(1, SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    squares(keys)
+                }
+            },
+        );
+        let first = c.load(0);
+        tokio::pin!(first);
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        let out = no_hang(join_all((1..=5u64).map(|k| c.load(k)))).await;
+        for (k, r) in (1..=5u64).zip(out) {
+            assert_eq!(r.unwrap(), Some(k * k));
+        }
+        assert_eq!(first.await.unwrap(), Some(0));
+        // Window: the five join the first call's batch (still settling). Adaptive:
+        // the first call ran alone; the five share one batch beside it.
+        let expected = if dispatch == Dispatch::Window { 1 } else { 2 };
+        assert_eq!(runs.load(SeqCst), expected, "{dispatch:?}");
+    }
+}
+
+/// The same, plainly: five calls joined in one task make one batch.
+#[tokio::test(start_paused = true)]
+async fn five_same_instant_calls_with_a_zero_window_make_one_batch() {
+    let c = Coalescer::new(
+        Config::new("s.zero_window.plain").window(Duration::ZERO),
+        |keys: Vec<u64>| async move { squares(keys) },
+    );
+    let out = no_hang(join_all((1..=5u64).map(|k| c.load(k)))).await;
+    assert!(out.into_iter().all(|r| r.is_ok()));
+    assert_eq!(c.metrics().batches, 1);
+}
+
+/// Outside any Tokio runtime (`futures::executor::block_on`) and on a runtime
+/// built without `enable_time`, calls work, windows and timeouts included (a
+/// window-mode call used to panic with Tokio's "no reactor"/"timers are
+/// disabled").
+#[test]
+fn calls_work_without_a_tokio_runtime_and_without_a_time_driver() {
+    let c = Arc::new(Coalescer::new(
+        Config::new("s.no_runtime")
+            .window(Duration::from_millis(2))
+            .timeout(Duration::from_secs(30)),
+        |keys: Vec<u64>| async move { squares(keys) },
+    ));
+    assert_eq!(futures::executor::block_on(c.load(3)).unwrap(), Some(9));
+    // Two threads, each blocking on its own call: one batch or two, both answered.
+    let threads: Vec<_> = (4..6u64)
+        .map(|k| {
+            let c = c.clone();
+            std::thread::spawn(move || futures::executor::block_on(c.load(k)))
+        })
+        .collect();
+    for (k, t) in (4..6u64).zip(threads) {
+        assert_eq!(t.join().unwrap().unwrap(), Some(k * k));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime without enable_time");
+    let out = rt.block_on(join_all((7..10u64).map(|k| c.load(k))));
+    for (k, r) in (7..10u64).zip(out) {
+        assert_eq!(r.unwrap(), Some(k * k));
+    }
+    let adaptive = Coalescer::new(
+        Config::new("s.no_runtime.adaptive").dispatch(Dispatch::Adaptive),
+        |keys: Vec<u64>| async move { squares(keys) },
+    );
+    assert_eq!(
+        futures::executor::block_on(adaptive.load(4)).unwrap(),
+        Some(16)
+    );
+    let m = c.metrics();
+    assert_eq!((m.pending, m.in_flight, m.panics), (0, 0, 0), "{m}");
+}
+
+fn paused_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+fn real_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits for a thread's result, failing (not blocking) after `secs` of real time:
+/// a liveness bound, not a measurement.
+fn within<T: Send + 'static>(secs: u64, rx: std::sync::mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("no answer in time: a caller waited on another runtime's clock")
+}
+
+/// A batch opened on a runtime whose clock is paused (and an hour ahead), joined
+/// by a caller on a real-clock runtime; the opener then leaves. The real-clock
+/// caller is answered once the window has passed on the paused clock (which the
+/// idle runtime advances at once); it used to adopt the batch and wait, on its
+/// own clock, for a deadline taken on the paused one: about an hour.
+#[test]
+fn a_real_clock_caller_is_not_timed_by_a_paused_clock_an_hour_ahead() {
+    static CORE: LazyLock<Core<(), u64, u64>> =
+        LazyLock::new(|| Core::new(Config::new("s.clocks").window(Duration::from_millis(20))));
+    let batch = |_: &(), keys: Vec<u64>| async move { squares(keys) };
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel::<()>();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let paused = std::thread::spawn(move || {
+        paused_rt().block_on(async move {
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            let mut call = Box::pin(CORE.load((), 1, batch));
+            assert!(futures::poll!(call.as_mut()).is_pending(), "admitted");
+            opened_tx.send(()).unwrap();
+            // Blocks this runtime (no auto-advance) until the other caller joined.
+            joined_rx.recv().unwrap();
+            drop(call);
+            // Idle until the other caller is answered: the paused clock advances.
+            let _ = done_rx.await;
+        })
+    });
+    let real = std::thread::spawn(move || {
+        real_rt().block_on(async move {
+            opened_rx.recv().unwrap();
+            let mut call = Box::pin(CORE.load((), 2, batch));
+            assert!(futures::poll!(call.as_mut()).is_pending(), "joined");
+            joined_tx.send(()).unwrap();
+            answer_tx.send(call.await).unwrap();
+        })
+    });
+    assert_eq!(within(60, answer_rx).unwrap(), Some(4));
+    let _ = done_tx.send(());
+    paused.join().unwrap();
+    real.join().unwrap();
+    let m = CORE.metrics();
+    assert_eq!((m.batches, m.pending, m.in_flight), (1, 0, 0), "{m}");
+}
+
+/// The other way round: a batch opened on a real clock, joined by a caller whose
+/// paused clock is an hour ahead, and left by its opener. The joiner is answered
+/// after the real window.
+#[test]
+fn a_paused_clock_caller_is_answered_by_a_batch_on_a_real_clock() {
+    static CORE: LazyLock<Core<(), u64, u64>> = LazyLock::new(|| {
+        Core::new(Config::new("s.clocks.reverse").window(Duration::from_millis(20)))
+    });
+    let batch = |_: &(), keys: Vec<u64>| async move { squares(keys) };
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel::<()>();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+    let real = std::thread::spawn(move || {
+        real_rt().block_on(async move {
+            let mut call = Box::pin(CORE.load((), 1, batch));
+            assert!(futures::poll!(call.as_mut()).is_pending(), "admitted");
+            opened_tx.send(()).unwrap();
+            joined_rx.recv().unwrap();
+            drop(call);
+        })
+    });
+    let paused = std::thread::spawn(move || {
+        paused_rt().block_on(async move {
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            opened_rx.recv().unwrap();
+            let mut call = Box::pin(CORE.load((), 2, batch));
+            assert!(futures::poll!(call.as_mut()).is_pending(), "joined");
+            joined_tx.send(()).unwrap();
+            answer_tx.send(call.await).unwrap();
+        })
+    });
+    assert_eq!(within(60, answer_rx).unwrap(), Some(4));
+    real.join().unwrap();
+    paused.join().unwrap();
+    assert_eq!(CORE.metrics().batches, 1);
+}
+
+/// The runtime driving a batch shuts down while the batch runs; a caller of the
+/// batch on another runtime gets its value: the batch is lost, and runs again on
+/// the caller's runtime. It used to get `Error::Panicked("…being shutdown")`, or
+/// to wait forever on a future its runtime would never poll.
+#[test]
+fn a_runtime_shut_down_mid_batch_re_runs_the_batch_for_callers_elsewhere() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    static CORE: LazyLock<Core<(), u64, u64>> =
+        LazyLock::new(|| Core::new(Config::new("s.shutdown").window(Duration::from_millis(300))));
+    let batch = |_: &(), keys: Vec<u64>| async move {
+        if RUNS.fetch_add(1, SeqCst) == 0 {
+            // The first run never finishes on its own (its runtime goes away).
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        squares(keys)
+    };
+    let rt_a = real_rt();
+    let rt_b = real_rt();
+    rt_a.spawn(CORE.load((), 1, batch));
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < until, "never {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for("admitted", &|| CORE.metrics().pending == 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt_b.spawn(async move { tx.send(CORE.load((), 2, batch).await).unwrap() });
+    wait_for("running", &|| RUNS.load(SeqCst) == 1);
+    rt_a.shutdown_timeout(Duration::from_secs(10));
+    let got = within(30, rx);
+    assert_eq!(got.unwrap(), Some(4));
+    let m = CORE.metrics();
+    assert_eq!((m.pending, m.in_flight, m.panics), (0, 0, 0), "{m}");
+    assert!(m.lost_batches >= 1, "{m}");
+    drop(rt_b);
+}
+
+/// Windows never end early, whatever their length (they are timed by the
+/// precise timer, not rounded to a millisecond tick): a lower bound, which noise
+/// cannot break. How close to its nominal length a window ends is measured in
+/// `report window` (BENCHMARKS.md).
+#[test]
+fn windows_never_end_before_their_length() {
+    let rt = real_rt();
+    for window in [
+        Duration::from_micros(300),
+        Duration::from_millis(1),
+        Duration::from_millis(3),
+    ] {
+        let c = Coalescer::new(
+            Config::new("s.window_length").window(window),
+            |keys: Vec<u64>| async move { squares(keys) },
+        );
+        rt.block_on(async {
+            for k in 0..10u64 {
+                assert_eq!(c.load(k).await.unwrap(), Some(k * k));
+            }
+        });
+        let m = c.metrics();
+        assert!(
+            m.wait.min >= window,
+            "{window:?}: a window ended early: {m}"
+        );
+    }
+}

@@ -74,6 +74,49 @@ pub enum Error<E = Infallible> {
         /// The coalescer's name.
         name: Arc<str>,
     },
+    /// A write's batch ended in a way that does not tell whether it committed
+    /// (see [`Unsure`]). The write is not retried: a merged increment applied
+    /// twice is a wrong answer. Read the key back before writing it again.
+    MaybeCommitted {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// What left the outcome unknown.
+        why: Unsure,
+    },
+    /// A write that had not been sent when a [`drain`](crate::WriteCore::drain)
+    /// reached its deadline: it was not committed, and will not be.
+    Drained {
+        /// The coalescer's name.
+        name: Arc<str>,
+    },
+}
+
+/// Why a write's outcome is unknown ([`Error::MaybeCommitted`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unsure {
+    /// The batch ran longer than its timeout and was dropped mid-way.
+    Timeout {
+        /// The configured timeout.
+        after: Duration,
+    },
+    /// The runtime running the batch shut down while it ran.
+    Shutdown,
+    /// A [`drain`](crate::WriteCore::drain) reached its deadline while the batch
+    /// ran; the batch may still commit.
+    Drained,
+}
+
+impl fmt::Display for Unsure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsure::Timeout { after } => {
+                write!(f, "its batch ran longer than its timeout of {after:?}")
+            }
+            Unsure::Shutdown => write!(f, "the runtime running its batch shut down"),
+            Unsure::Drained => write!(f, "a drain reached its deadline while its batch ran"),
+        }
+    }
 }
 
 impl<E> Error<E> {
@@ -87,7 +130,9 @@ impl<E> Error<E> {
             | Error::Overloaded { name, .. }
             | Error::Shape { name, .. }
             | Error::Missing { name }
-            | Error::Shutdown { name } => name,
+            | Error::Shutdown { name }
+            | Error::MaybeCommitted { name, .. }
+            | Error::Drained { name } => name,
         }
     }
 
@@ -151,6 +196,11 @@ impl<E> Clone for Error<E> {
             },
             Error::Missing { name } => Error::Missing { name: name.clone() },
             Error::Shutdown { name } => Error::Shutdown { name: name.clone() },
+            Error::MaybeCommitted { name, why } => Error::MaybeCommitted {
+                name: name.clone(),
+                why: *why,
+            },
+            Error::Drained { name } => Error::Drained { name: name.clone() },
         }
     }
 }
@@ -191,6 +241,12 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
                 .finish(),
             Error::Missing { name } => f.debug_struct("Missing").field("name", name).finish(),
             Error::Shutdown { name } => f.debug_struct("Shutdown").field("name", name).finish(),
+            Error::MaybeCommitted { name, why } => f
+                .debug_struct("MaybeCommitted")
+                .field("name", name)
+                .field("why", why)
+                .finish(),
+            Error::Drained { name } => f.debug_struct("Drained").field("name", name).finish(),
         }
     }
 }
@@ -227,6 +283,14 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Shutdown { name } => write!(
                 f,
                 "coalescer `{name}`: the runtime running this call's batch shut down before the batch finished (and again after the call was moved); keep a runtime running until its calls complete"
+            ),
+            Error::MaybeCommitted { name, why } => write!(
+                f,
+                "write coalescer `{name}`: this write may or may not have committed: {why}; it is not retried (a folded write applied twice is wrong): read the key back before writing again"
+            ),
+            Error::Drained { name } => write!(
+                f,
+                "write coalescer `{name}` was drained before this write was sent: it was not committed; write it again once the coalescer serves again"
             ),
         }
     }

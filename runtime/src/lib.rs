@@ -21,9 +21,10 @@ mod timer;
 
 pub use crate::coalescer::Coalescer;
 pub use crate::config::{configure, Config, Dispatch};
+pub use crate::engine::write::{drain_all, flush_all, Drained, Flushed, WriteCore};
 pub use crate::engine::Core;
-pub use crate::error::Error;
-pub use crate::output::{per_key, BatchOutput, Delivery, Entries, PerKey};
+pub use crate::error::{Error, Unsure};
+pub use crate::output::{per_key, BatchOutput, Delivery, Entries, PerKey, WriteOutput};
 
 /// Loom models only: waits for the driver threads the engine started.
 #[cfg(loom)]

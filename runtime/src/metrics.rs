@@ -172,6 +172,9 @@ pub(crate) struct Metrics {
     pub(crate) reentrant_batches: AtomicU64,
     pub(crate) lost_batches: AtomicU64,
     pub(crate) shutdown_errors: AtomicU64,
+    pub(crate) withdrawn: AtomicU64,
+    pub(crate) drained: AtomicU64,
+    pub(crate) maybe_committed: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) pending: AtomicU64,
     pub(crate) groups: AtomicU64,
@@ -182,6 +185,7 @@ pub(crate) struct Metrics {
     pub(crate) batch_size: Histogram,
     pub(crate) wait_ns: Histogram,
     pub(crate) run_ns: Histogram,
+    pub(crate) ack_ns: Histogram,
     /// This coalescer's place in the registry.
     slot: usize,
     /// Creation order, for listing.
@@ -228,6 +232,9 @@ impl Metrics {
             reentrant_batches: AtomicU64::new(0),
             lost_batches: AtomicU64::new(0),
             shutdown_errors: AtomicU64::new(0),
+            withdrawn: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
+            maybe_committed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             groups: AtomicU64::new(0),
@@ -235,6 +242,7 @@ impl Metrics {
             batch_size: Histogram::new(),
             wait_ns: Histogram::new(),
             run_ns: Histogram::new(),
+            ack_ns: Histogram::new(),
             slot,
             seq,
         });
@@ -285,12 +293,16 @@ impl Metrics {
             reentrant_batches: self.reentrant_batches.load(Relaxed),
             lost_batches: self.lost_batches.load(Relaxed),
             shutdown_errors: self.shutdown_errors.load(Relaxed),
+            withdrawn_writes: self.withdrawn.load(Relaxed),
+            drained_writes: self.drained.load(Relaxed),
+            maybe_committed: self.maybe_committed.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             pending: self.pending.load(Relaxed),
             groups: self.groups.load(Relaxed),
             batch_size: self.batch_size.summary_with(1, solo),
             wait: ns(self.wait_ns.summary_with(0, solo)),
             run: ns(self.run_ns.summary()),
+            ack: ns(self.ack_ns.summary()),
         }
     }
 }
@@ -463,6 +475,15 @@ pub struct MetricsSnapshot {
     pub lost_batches: u64,
     /// Calls failed with `Error::Shutdown`: their batches were lost repeatedly.
     pub shutdown_errors: u64,
+    /// Writes whose caller dropped its future after the write was accepted:
+    /// committed all the same (an accepted write is never withdrawn).
+    pub withdrawn_writes: u64,
+    /// Writes failed with `Error::Drained`: not yet sent when a drain reached
+    /// its deadline.
+    pub drained_writes: u64,
+    /// Writes failed with `Error::MaybeCommitted`: their batch timed out, or
+    /// its runtime shut down (or a drain's deadline passed) while it ran.
+    pub maybe_committed: u64,
     /// Batches running now.
     pub in_flight: u64,
     /// Calls admitted and not yet completed now.
@@ -475,12 +496,22 @@ pub struct MetricsSnapshot {
     pub wait: DurationSummary,
     /// Per batch: the batch function's execution.
     pub run: DurationSummary,
+    /// Write coalescers, per write: from its acceptance to its acknowledgement
+    /// (the window and any wait for a lane or for the key's previous write,
+    /// plus the run of the batch that committed it). Empty for reads.
+    pub ack: DurationSummary,
 }
 
 impl MetricsSnapshot {
     /// Calls that failed with an error of any kind (overload rejections excluded).
     pub fn failed_calls(&self) -> u64 {
-        self.batch_errors + self.key_errors + self.panics + self.timeouts + self.shape_errors
+        self.batch_errors
+            + self.key_errors
+            + self.panics
+            + self.timeouts
+            + self.shape_errors
+            + self.drained_writes
+            + self.maybe_committed
     }
 }
 

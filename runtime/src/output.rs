@@ -133,3 +133,99 @@ impl<K, V, E> BatchOutput<K, V> for Delivery<K, V, E> {
         self
     }
 }
+
+/// What a write batch function may return: whether the batch committed, as a
+/// whole or per key. Turned into a [`Delivery`] of `()` per key.
+///
+/// | the batch fn returns | its writers get |
+/// | --- | --- |
+/// | `()` | `Ok(())` once it returns |
+/// | `Result<(), E>` | `Ok(())`, or every writer the `Err` |
+/// | `HashMap<K, Result<(), E>>` / `BTreeMap` | each key its own `Result` |
+/// | `Result<HashMap<K, Result<(), E>>, E>` / `BTreeMap` | both |
+///
+/// A per-key map lists the keys that failed, or every key: a key it leaves out
+/// counts as committed. Entries for keys the batch did not write are ignored.
+pub trait WriteOutput<K> {
+    /// The batch's error (`Infallible` if none).
+    type Error;
+    /// Converts the batch result.
+    fn into_delivery(self) -> Delivery<K, (), Self::Error>;
+}
+
+fn committed<K: 'static, E: 'static>() -> Delivery<K, (), E> {
+    Delivery::Keyed(Box::new(std::iter::empty()))
+}
+
+impl<K: 'static> WriteOutput<K> for () {
+    type Error = Infallible;
+    fn into_delivery(self) -> Delivery<K, (), Infallible> {
+        committed()
+    }
+}
+
+impl<K: 'static, E: 'static> WriteOutput<K> for Result<(), E> {
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        match self {
+            Ok(()) => committed(),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}
+
+impl<K, E, S> WriteOutput<K> for HashMap<K, Result<(), E>, S>
+where
+    K: Send + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        Delivery::Keyed(Box::new(
+            self.into_iter().map(|(k, r)| (k, r.map_err(Arc::new))),
+        ))
+    }
+}
+
+impl<K, E> WriteOutput<K> for BTreeMap<K, Result<(), E>>
+where
+    K: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        Delivery::Keyed(Box::new(
+            self.into_iter().map(|(k, r)| (k, r.map_err(Arc::new))),
+        ))
+    }
+}
+
+impl<K, E, S> WriteOutput<K> for Result<HashMap<K, Result<(), E>, S>, E>
+where
+    K: Send + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        match self {
+            Ok(map) => WriteOutput::<K>::into_delivery(map),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}
+
+impl<K, E> WriteOutput<K> for Result<BTreeMap<K, Result<(), E>>, E>
+where
+    K: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        match self {
+            Ok(map) => WriteOutput::<K>::into_delivery(map),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}

@@ -79,11 +79,22 @@ struct Export {
     cancelled: metrics::Counter,
     in_flight: metrics::Gauge,
     pending: metrics::Gauge,
+    withdrawn: metrics::Counter,
+    ack: metrics::Histogram,
 }
 
 /// The `kind` labels of `coalesce_errors_total`.
 #[cfg(feature = "metrics")]
-const ERROR_KINDS: [&str; 6] = ["batch", "key", "panic", "timeout", "shape", "shutdown"];
+const ERROR_KINDS: [&str; 8] = [
+    "batch",
+    "key",
+    "panic",
+    "timeout",
+    "shape",
+    "shutdown",
+    "maybe_committed",
+    "drained",
+];
 
 /// The index in `ERROR_KINDS` of a call's failure, if it is counted there.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -95,6 +106,8 @@ fn kind_of<E>(err: &Error<E>) -> Option<usize> {
         Error::Timeout { .. } => 3,
         Error::Shape { .. } => 4,
         Error::Shutdown { .. } => 5,
+        Error::MaybeCommitted { .. } => 6,
+        Error::Drained { .. } => 7,
         _ => return None,
     })
 }
@@ -119,7 +132,9 @@ impl Recorder {
                 overloaded: metrics::counter!("coalesce_overloaded_total", "function" => f.clone()),
                 cancelled: metrics::counter!("coalesce_cancelled_total", "function" => f.clone()),
                 in_flight: metrics::gauge!("coalesce_in_flight", "function" => f.clone()),
-                pending: metrics::gauge!("coalesce_pending", "function" => f),
+                pending: metrics::gauge!("coalesce_pending", "function" => f.clone()),
+                withdrawn: metrics::counter!("coalesce_withdrawn_writes_total", "function" => f.clone()),
+                ack: metrics::histogram!("coalesce_ack_seconds", "function" => f),
             }
         };
         Recorder {
@@ -221,6 +236,8 @@ impl Recorder {
             Error::Timeout { .. } => &m.timeouts,
             Error::Shape { .. } => &m.shape_errors,
             Error::Shutdown { .. } => return, // counted by `shutdown_error`
+            Error::MaybeCommitted { .. } => &m.maybe_committed,
+            Error::Drained { .. } => &m.drained,
             _ => return,
         };
         counter.fetch_add(1, Relaxed);
@@ -322,6 +339,20 @@ impl Recorder {
             span.record("run_us", run.as_micros() as u64);
             span.record("outcome", outcome);
         }
+    }
+
+    /// A writer left before its acknowledgement: its write commits anyway.
+    pub(crate) fn withdrawn(&self) {
+        self.m.withdrawn.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.x.withdrawn.increment(1);
+    }
+
+    /// A writer got its acknowledgement `ack` after its write was accepted.
+    pub(crate) fn ack_time(&self, ack: Duration) {
+        self.m.ack_ns.record(ack.as_nanos() as u64);
+        #[cfg(feature = "metrics")]
+        self.x.ack.record(ack.as_secs_f64());
     }
 
     /// The run time of one batch.

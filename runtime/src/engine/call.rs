@@ -29,7 +29,7 @@ use super::group::{GroupKey, Identity};
 use super::policy::{self, Arrival};
 use super::read::Read;
 use super::solo::{Ended, Solo, SoloCell, SoloGroup};
-use super::sync::{lock, Arc, Mutex};
+use super::sync::{lock, Arc};
 use super::{reentry, spawn, Inner, Source};
 use crate::error::Error;
 use crate::recorder::caller_span;
@@ -195,11 +195,7 @@ where
         let state = &mut *guard;
         if state.pending >= config.max_pending {
             drop(guard);
-            self.rec.overloaded();
-            return Err(Error::Overloaded {
-                name: self.name.clone(),
-                max_pending: config.max_pending,
-            });
+            return Err(self.overloaded());
         }
         // The caller's own group value, if a group equal to it already exists:
         // dropped once the lock is released (user `Drop`).
@@ -260,20 +256,10 @@ where
                     drop(spare);
                     return Ok(Admitted::Alone(solo));
                 }
-                Arrival::Open { settle } => {
-                    let capacity = group.hint.min(config.max_batch);
-                    let batch = Arc::new(Batch {
-                        group: group.key.clone(),
-                        group_hash,
-                        st: Mutex::new(BatchState::new(capacity, settle)),
-                    });
-                    group.open = Some(batch.clone());
-                    if state.gathering > 0 {
-                        self.rec.split_batch();
-                    }
-                    state.gathering += 1;
-                    (batch, true)
-                }
+                Arrival::Open { settle } => (
+                    self.open_batch(&mut state.gathering, group, group_hash, settle),
+                    true,
+                ),
             },
         };
         let mut st = lock(&batch.st);
@@ -297,32 +283,10 @@ where
             }
         };
         let ticket = st.entries.add_ticket(slot, caller_span());
-        st.admitted += 1;
         if dedup {
             st.dedup_hits += 1;
         }
-        let mut kick = None;
-        if !ancestry.is_empty() {
-            reentry::merge(&mut st.ancestry, &ancestry);
-        }
-        if reentrant && !st.exempt {
-            // A batch this one must not wait for is running: leave past the limit.
-            st.exempt = true;
-            self.rec.reentrant();
-            if matches!(st.phase, Phase::Queued) {
-                kick = st.driver_waker();
-            }
-        }
-        if st.entries.live_keys >= config.max_batch && !st.full {
-            st.full = true;
-            if let Some(g) = state.groups.by_key(group_hash, &batch.group) {
-                if g.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &batch)) {
-                    g.open = None;
-                    state.gathering -= 1;
-                }
-            }
-            kick = st.driver_waker();
-        }
+        let kick = self.joined(state, &batch, &mut st, reentrant, &ancestry);
         drop(st);
         state.pending += 1;
         let gauges = (state.in_flight, state.pending);

@@ -287,23 +287,11 @@ impl<M: Mode> Driver<M> {
             mut frozen,
             counts,
             callers,
-            respawn,
         } = M::freeze(inner, &mut st, group);
-        if respawn.is_some() {
-            state.gathering += 1;
-        }
         let ancestry = st.ancestry.clone();
         let wait = st.opened.elapsed();
         drop(st);
         drop(guard);
-        if let Some(batch) = respawn {
-            super::spawn::spawn(Driver::new(
-                self.inner.clone(),
-                batch,
-                self.maker.clone(),
-                self.clock,
-            ));
-        }
         let span = inner.rec.batch_started(counts, wait, callers);
         let started = Instant::now();
         let made = {
@@ -425,6 +413,14 @@ impl<M: Mode> Driver<M> {
             completed.failed,
             completed.unrequested,
         );
+        for batch in completed.respawn {
+            super::spawn::spawn(Driver::new(
+                self.inner.clone(),
+                batch,
+                self.maker.clone(),
+                self.clock,
+            ));
+        }
         for w in completed.wakers {
             w.wake();
         }

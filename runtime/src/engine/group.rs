@@ -75,7 +75,6 @@ pub(crate) struct Group<M: Mode> {
     /// Distinct keys of the group's last batch: a new batch reserves as much.
     pub(crate) hint: usize,
     /// The mode's own state of the group.
-    #[allow(dead_code)] // the write mode reads it
     pub(crate) extra: M::GroupExtra,
 }
 
@@ -103,7 +102,7 @@ impl<M: Mode> Group<M> {
     }
 
     fn idle(&self) -> bool {
-        self.open.is_none() && self.queue.is_empty() && self.lanes_used == 0
+        self.open.is_none() && self.queue.is_empty() && self.lanes_used == 0 && M::idle(&self.extra)
     }
 }
 
@@ -121,6 +120,10 @@ impl<M: Mode> Groups<M> {
 
     pub(crate) fn len(&self) -> usize {
         self.table.len()
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group<M>> {
+        self.table.iter_mut()
     }
 
     #[cfg(all(test, not(loom)))]

@@ -49,6 +49,7 @@ pub(crate) mod reentry;
 pub(crate) mod solo;
 pub(crate) mod spawn;
 pub(crate) mod sync;
+pub(crate) mod write;
 
 use std::any::TypeId;
 use std::convert::Infallible;
@@ -169,6 +170,7 @@ impl<M: Mode> Inner<M> {
                 pending: 0,
                 in_flight: 0,
                 gathering: 0,
+                extra: M::Shared::default(),
             }),
             settings,
         }
@@ -184,6 +186,8 @@ pub(crate) struct State<M: Mode> {
     pub(crate) in_flight: usize,
     /// Open batches over all groups (to tell when calls split across groups).
     pub(crate) gathering: usize,
+    /// The mode's own state.
+    pub(crate) extra: M::Shared,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -429,6 +433,78 @@ impl<M: Mode> Inner<M> {
             state.groups_changed(&self.rec);
         }
         (wake, garbage)
+    }
+}
+
+impl<M: Mode> Inner<M> {
+    /// Opens a new batch in `group` (under the state lock): it becomes the
+    /// group's open batch. `gathering` is `State::gathering`.
+    pub(crate) fn open_batch(
+        &self,
+        gathering: &mut usize,
+        group: &mut Group<M>,
+        group_hash: u64,
+        settle: bool,
+    ) -> sync::Arc<batch::Batch<M>> {
+        let capacity = group.hint.min(self.config.max_batch);
+        let batch = sync::Arc::new(batch::Batch {
+            group: group.key.clone(),
+            group_hash,
+            st: Mutex::new(batch::BatchState::new(capacity, settle)),
+        });
+        group.open = Some(batch.clone());
+        if *gathering > 0 {
+            self.rec.split_batch();
+        }
+        *gathering += 1;
+        batch
+    }
+
+    /// A call joined `batch` (under the state lock and the batch's): counts
+    /// it, marks the batch re-entrant if the call comes from a batch it must
+    /// not wait for, and closes it once it is full. Returns the driver's waker
+    /// to wake once the locks are released, if the driver must look again.
+    pub(crate) fn joined(
+        &self,
+        state: &mut State<M>,
+        batch: &sync::Arc<batch::Batch<M>>,
+        st: &mut batch::BatchState<M>,
+        reentrant: bool,
+        ancestry: &[u64],
+    ) -> Option<std::task::Waker> {
+        st.admitted += 1;
+        let mut kick = None;
+        if !ancestry.is_empty() {
+            reentry::merge(&mut st.ancestry, ancestry);
+        }
+        if reentrant && !st.exempt {
+            // A batch this one must not wait for is running: leave past the limit.
+            st.exempt = true;
+            self.rec.reentrant();
+            if matches!(st.phase, batch::Phase::Queued) {
+                kick = st.driver_waker();
+            }
+        }
+        if M::live_keys(&st.entries) >= self.config.max_batch && !st.full {
+            st.full = true;
+            if let Some(g) = state.groups.by_key(batch.group_hash, &batch.group) {
+                if g.open.as_ref().is_some_and(|b| sync::Arc::ptr_eq(b, batch)) {
+                    g.open = None;
+                    state.gathering -= 1;
+                }
+            }
+            kick = st.driver_waker();
+        }
+        kick
+    }
+
+    /// The error of a call refused because `max_pending` calls wait.
+    pub(crate) fn overloaded<E>(&self) -> Error<E> {
+        self.rec.overloaded();
+        Error::Overloaded {
+            name: self.name.clone(),
+            max_pending: self.config.max_pending,
+        }
     }
 }
 

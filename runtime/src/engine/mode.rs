@@ -44,6 +44,9 @@ pub(crate) trait Mode: Sized + Send + Sync + 'static {
     type GroupExtra: Default + Send + 'static;
     /// Per-coalescer settings of the mode (writes: the merge rule).
     type Settings: Send + Sync + 'static;
+    /// Per-coalescer state of the mode, behind the state lock (writes: the
+    /// acknowledgements not yet given, by key hash).
+    type Shared: Default + Send + 'static;
     /// The batch function, as a driver holds it.
     type Maker: Clone + Send + Sync + 'static;
     /// What the driver holds while the batch runs.
@@ -60,7 +63,8 @@ pub(crate) trait Mode: Sized + Send + Sync + 'static {
     fn live_keys(entries: &Self::Entries) -> usize;
 
     /// Leaving -> Running, under the state and the batch's locks: takes what
-    /// the run needs out of the batch.
+    /// the run needs out of the batch (writes: holds back keys whose previous
+    /// write still runs).
     fn freeze(
         inner: &Inner<Self>,
         st: &mut BatchState<Self>,
@@ -84,7 +88,13 @@ pub(crate) trait Mode: Sized + Send + Sync + 'static {
         batch: &Batch<Self>,
         frozen: Self::Frozen,
         outcome: Outcome<Self::Output>,
-    ) -> Completed;
+    ) -> Completed<Self>;
+
+    /// Whether the mode's state of a group holds nothing (the group may be
+    /// forgotten once it is otherwise idle too).
+    fn idle(_extra: &Self::GroupExtra) -> bool {
+        true
+    }
 
     /// The driver was dropped before the batch was over (its runtime shut
     /// down): under both locks, ends the batch's callers' wait. `frozen` is
@@ -114,13 +124,10 @@ pub(crate) struct Freeze<M: Mode> {
     pub(crate) counts: (u64, usize, u64, u64),
     /// The callers' spans, for the batch span's links.
     pub(crate) callers: Vec<CallerSpan>,
-    /// A batch made for contents held back from this one (writes whose key is
-    /// still in flight): the driver starts a driver for it.
-    pub(crate) respawn: Option<Arc<Batch<M>>>,
 }
 
 /// What [`Mode::complete`] leaves the driver to do.
-pub(crate) struct Completed {
+pub(crate) struct Completed<M: Mode> {
     /// The outcome's label in telemetry.
     pub(crate) label: &'static str,
     /// Callers failed by the batch's shared failure.
@@ -129,6 +136,9 @@ pub(crate) struct Completed {
     pub(crate) unrequested: u64,
     /// Callers to wake.
     pub(crate) wakers: Vec<Waker>,
+    /// Batches made for contents that waited for this one (writes held back
+    /// while their key's previous write ran): the driver starts their drivers.
+    pub(crate) respawn: Vec<Arc<Batch<M>>>,
 }
 
 /// What [`Mode::lose`] leaves the driver to do.

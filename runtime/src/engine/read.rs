@@ -59,6 +59,7 @@ where
     type Solo = SoloCell<K, V, E>;
     type GroupExtra = ();
     type Settings = ();
+    type Shared = ();
     type Maker = Maker<G, K, V, E>;
     type Frozen = ReadFrozen<K>;
     type Output = Delivery<K, V, E>;
@@ -82,7 +83,6 @@ where
                 keys,
                 failed: Vec::new(),
             },
-            respawn: None,
         }
     }
 
@@ -102,7 +102,7 @@ where
         batch: &Batch<Self>,
         frozen: Self::Frozen,
         outcome: Outcome<Self::Output>,
-    ) -> Completed {
+    ) -> Completed<Self> {
         let ReadFrozen { keys, failed } = frozen;
         let mut settled: Settled<Vec<_>, E> = deliver::settle(
             outcome,
@@ -187,6 +187,7 @@ where
             failed,
             unrequested,
             wakers,
+            respawn: Vec::new(),
         }
     }
 

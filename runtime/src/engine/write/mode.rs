@@ -1,0 +1,522 @@
+//! The write mode: batches of net writes per key, at most one write per key in
+//! flight, writers answered after the commit that carries (or absorbed) their
+//! write.
+//!
+//! # Implementation details
+//!
+//! ## Per-key order
+//!
+//! Each group keeps the hashes of the keys whose write is running
+//! ([`WriteGroup::running`]). When a batch starts ([`Mode::freeze`]), a slot
+//! whose key is running is *held back* in [`WriteGroup::held`] (folded after
+//! any earlier held write of the key) instead of being sent; every other slot
+//! is sent and its key marked running. When a batch completes, its keys stop
+//! running and their held slots join the group's open batch, folded *before*
+//! that batch's own writes to the key (they are older), or a new batch that
+//! leaves at once. So a key's writes commit in call order, one batch at a
+//! time, whatever `max_in_flight` is, while other keys go ahead.
+//!
+//! Keys are compared by hash only in `running`: two keys whose hashes collide
+//! may wait for each other, which delays but never reorders.
+//!
+//! ## Invariants
+//!
+//! - A key's hash is in `running` iff a running batch of the group sent it; a
+//!   held slot's key is in `running` (held slots leave when it stops).
+//! - Every writer is counted in `State::pending` from its admission until its
+//!   [`Ack`] is resolved; an ack is resolved once, and is listed in
+//!   `State::extra` ([`Pending`]) exactly until then.
+//! - A write batch is never abandoned: writers that leave do not withdraw
+//!   their write.
+
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc as StdArc;
+use std::task::Waker;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::super::batch::{hash_of, Batch, BatchState, Phase};
+use super::super::deliver::{self, catching, drop_quietly, Lookup, Outcome, Settled};
+use super::super::group::{Group, GroupKey};
+use super::super::mode::{Completed, Freeze, Lost, Mode, RunOf};
+use super::super::sync::{lock, Arc};
+use super::super::{Inner, State};
+use super::entries::{Ack, Garbage, Merge, NotAbsorbed, Pending, WriteEntries, WriteSlot};
+use crate::error::{Error, Unsure};
+use crate::output::Delivery;
+
+/// Starts one run of a write batch function.
+pub(crate) type WriteMaker<G, K, W, E> =
+    StdArc<dyn Fn(&G, Vec<(K, W)>) -> RunOf<Delivery<K, (), E>> + Send + Sync + 'static>;
+
+/// A write batch, shared by its driver and its group.
+pub(crate) type WriteBatch<G, K, W, E> = Arc<Batch<Write<G, K, W, E>>>;
+
+/// The write mode: a `WriteCore<G, K, W, E>` folds writes of `W` per key `K`.
+pub(crate) struct Write<G, K, W, E>(PhantomData<Types<G, K, W, E>>);
+
+type Types<G, K, W, E> = fn() -> (G, K, W, E);
+
+/// A write coalescer's settings.
+pub(crate) struct WriteSettings<W> {
+    /// How writes to one key fold; `None`: the last write wins.
+    pub(crate) merge: Option<Merge<W>>,
+}
+
+/// A group's write state.
+pub(crate) struct WriteGroup<K, W, E> {
+    /// Hashes of the keys whose write is running.
+    running: HashTable<u64>,
+    /// Writes held back until their key's running write ends.
+    held: WriteEntries<K, W, E>,
+}
+
+impl<K, W, E> Default for WriteGroup<K, W, E> {
+    fn default() -> Self {
+        WriteGroup {
+            running: HashTable::new(),
+            held: WriteEntries::with_capacity(0),
+        }
+    }
+}
+
+impl<K, W, E> WriteGroup<K, W, E> {
+    fn is_running(&self, hash: u64) -> bool {
+        self.running.find(hash, |&h| h == hash).is_some()
+    }
+
+    /// Takes out every held write (a drain).
+    pub(crate) fn take_held(&mut self) -> Vec<WriteSlot<K, W, E>> {
+        self.held.take_all()
+    }
+
+    fn stop_running(&mut self, hash: u64) {
+        if let Ok(e) = self.running.find_entry(hash, |&h| h == hash) {
+            e.remove();
+        }
+    }
+}
+
+/// What a write batch's driver holds while it runs.
+pub(crate) struct WriteFrozen<K, W, E> {
+    /// The slots sent, in the order of the batch function's items (their
+    /// values are moved out to the run; the batch function gets clones of the
+    /// keys, these stay to match per-key outcomes).
+    slots: Vec<WriteSlot<K, W, E>>,
+    /// Key -> slot, by hash.
+    index: HashTable<u32>,
+    /// Slots that fail whatever the run does: poisoned by the merge fn, or whose
+    /// key's `Clone` panicked.
+    failed: Vec<(WriteSlot<K, W, E>, String)>,
+    /// Keys and values folded away while the locks were held, dropped with the
+    /// rest outside them.
+    garbage: Vec<Garbage<K, W>>,
+}
+
+impl<G, K, W, E> Mode for Write<G, K, W, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type G = G;
+    type E = E;
+    type Entries = WriteEntries<K, W, E>;
+    type Solo = ();
+    type GroupExtra = WriteGroup<K, W, E>;
+    type Settings = WriteSettings<W>;
+    type Shared = Pending<E>;
+    type Maker = WriteMaker<G, K, W, E>;
+    type Frozen = WriteFrozen<K, W, E>;
+    type Output = Delivery<K, (), E>;
+    const ABANDONS: bool = false;
+
+    fn entries(capacity: usize) -> Self::Entries {
+        WriteEntries::with_capacity(capacity)
+    }
+
+    fn live_keys(entries: &Self::Entries) -> usize {
+        entries.len()
+    }
+
+    fn idle(extra: &Self::GroupExtra) -> bool {
+        extra.running.is_empty() && extra.held.is_empty()
+    }
+
+    fn freeze(
+        inner: &Inner<Self>,
+        st: &mut BatchState<Self>,
+        group: &mut Group<Self>,
+    ) -> Freeze<Self> {
+        let merge = inner.settings.merge.as_ref();
+        let mut sent = Vec::with_capacity(st.entries.len());
+        let mut failed = Vec::new();
+        let mut garbage = Vec::new();
+        for slot in st.entries.take_all() {
+            if let Some(message) = &slot.poison {
+                let message = format!("the merge fn panicked: {message}");
+                failed.push((slot, message));
+            } else if group.extra.is_running(slot.hash) {
+                // The key's previous write is still running: this one waits
+                // for it, folded after any earlier held write of the key.
+                match group.extra.held.absorb(slot, merge, false, true) {
+                    Ok(g) => garbage.push(g),
+                    Err(NotAbsorbed::Panicked(p, slot)) => {
+                        failed.push((slot, format!("`Eq` of the key panicked: {}", p.0)));
+                    }
+                    // Unreachable: there is always room in the held slots.
+                    Err(NotAbsorbed::NoRoom(slot)) => sent.push(slot),
+                }
+            } else {
+                let hash = slot.hash;
+                group.extra.running.insert_unique(hash, hash, |&h| h);
+                sent.push(slot);
+            }
+        }
+        Freeze {
+            counts: (st.admitted, sent.len(), st.dedup_hits, 0),
+            callers: Vec::new(),
+            frozen: WriteFrozen {
+                slots: sent,
+                index: HashTable::new(),
+                failed,
+                garbage,
+            },
+        }
+    }
+
+    fn make(
+        _inner: &Inner<Self>,
+        maker: &Self::Maker,
+        group: &StdArc<GroupKey<G>>,
+        frozen: &mut Self::Frozen,
+    ) -> RunOf<Self::Output> {
+        let items = frozen.items();
+        if items.is_empty() {
+            // Every write was held back or failed: nothing to send.
+            return Box::pin(std::future::ready(Delivery::Keyed(Box::new(
+                std::iter::empty(),
+            ))));
+        }
+        maker(&group.group, items)
+    }
+
+    fn complete(
+        inner: &Inner<Self>,
+        batch: &Batch<Self>,
+        frozen: Self::Frozen,
+        outcome: Outcome<Self::Output>,
+    ) -> Completed<Self> {
+        let settled: Settled<Vec<_>, E> = if frozen.slots.is_empty() {
+            Settled {
+                values: Vec::new(),
+                failure: None,
+                unrequested: 0,
+            }
+        } else {
+            deliver::settle(
+                outcome,
+                &frozen,
+                &inner.hasher,
+                &inner.name,
+                inner.config.timeout,
+            )
+        };
+        let Settled {
+            values,
+            failure,
+            unrequested,
+        } = settled;
+        let failure = failure.map(|f| uncertain(f, &inner.name));
+        let label = deliver::label(failure.as_ref());
+        let WriteFrozen {
+            slots,
+            failed,
+            garbage: folded,
+            ..
+        } = frozen;
+        // Each sent slot's answer: the batch's failure, its key's own error, or
+        // committed.
+        let mut answers: Vec<Result<(), Error<E>>> = vec![Ok(()); slots.len()];
+        if let Some(f) = &failure {
+            answers.iter_mut().for_each(|a| *a = Err(f.clone()));
+        } else {
+            for (slot, result) in values {
+                if let Err(e) = result {
+                    answers[slot as usize] = Err(e);
+                }
+            }
+        }
+        let mut guard = lock(&inner.state);
+        let state = &mut *guard;
+        let mut out = Answering::default();
+        let mut failed_writers = 0;
+        let mut respawn = Vec::new();
+        let mut garbage = Vec::new();
+        if let Some(group) = state
+            .groups
+            .by_addr(batch.group_hash, StdArc::as_ptr(&batch.group) as usize)
+        {
+            let mut released = Vec::new();
+            for (slot, answer) in slots.iter().zip(answers) {
+                group.extra.stop_running(slot.hash);
+                let shared = failure.is_some();
+                let n = out.answer(&mut state.extra, &slot.acks, answer);
+                if shared {
+                    failed_writers += n;
+                }
+                released.push(slot.hash);
+            }
+            for hash in released {
+                let held = group.extra.held.take_hash(hash);
+                if !held.is_empty() {
+                    place_held(
+                        inner,
+                        &mut state.gathering,
+                        &mut state.extra,
+                        group,
+                        held,
+                        &mut respawn,
+                        &mut out,
+                        &mut garbage,
+                    );
+                }
+            }
+        }
+        for (slot, message) in &failed {
+            let err = Error::Panicked {
+                name: inner.name.clone(),
+                message: message.as_str().into(),
+            };
+            out.answer(&mut state.extra, &slot.acks, Err(err));
+        }
+        state.pending -= out.writers;
+        let gauges = (state.in_flight, state.pending);
+        lock(&batch.st).phase = Phase::Done { failure: None };
+        drop(guard);
+        inner.rec.gauges(gauges.0, gauges.1);
+        drop_quietly((slots, failed, garbage, folded));
+        Completed {
+            label,
+            failed: failed_writers,
+            unrequested,
+            wakers: out.wakers,
+            respawn,
+        }
+    }
+
+    fn lose(
+        inner: &Inner<Self>,
+        batch: &Batch<Self>,
+        st: &mut BatchState<Self>,
+        frozen: Option<Self::Frozen>,
+        state: &mut State<Self>,
+    ) -> Lost {
+        let mut out = Answering::default();
+        let shutdown = || Error::Shutdown {
+            name: inner.name.clone(),
+        };
+        let uncounted_calls = match frozen {
+            Some(frozen) => {
+                // It was running: it may have committed.
+                let group = state
+                    .groups
+                    .by_addr(batch.group_hash, StdArc::as_ptr(&batch.group) as usize);
+                let mut held = Vec::new();
+                if let Some(group) = group {
+                    for slot in &frozen.slots {
+                        group.extra.stop_running(slot.hash);
+                        held.extend(group.extra.held.take_hash(slot.hash));
+                    }
+                }
+                for slot in &frozen.slots {
+                    let err = Error::MaybeCommitted {
+                        name: inner.name.clone(),
+                        why: Unsure::Shutdown,
+                    };
+                    out.answer(&mut state.extra, &slot.acks, Err(err));
+                }
+                // Held behind it, never sent: not committed.
+                for slot in held.iter().chain(frozen.failed.iter().map(|(s, _)| s)) {
+                    out.answer(&mut state.extra, &slot.acks, Err(shutdown()));
+                }
+                0
+            }
+            None => {
+                for slot in &st.entries.slots {
+                    out.answer(&mut state.extra, &slot.acks, Err(shutdown()));
+                }
+                st.admitted
+            }
+        };
+        state.pending -= out.writers;
+        Lost {
+            wakers: out.wakers,
+            uncounted_calls,
+        }
+    }
+}
+
+/// Writers answered under the state lock, and their wakers.
+#[derive(Default)]
+pub(crate) struct Answering {
+    pub(crate) writers: usize,
+    pub(crate) wakers: Vec<Waker>,
+}
+
+impl Answering {
+    /// Resolves `acks` with `result` (those not resolved yet) and takes them out
+    /// of the pending index. Returns the writers answered.
+    pub(crate) fn answer<E>(
+        &mut self,
+        pending: &mut Pending<E>,
+        acks: &[StdArc<Ack<E>>],
+        result: Result<(), Error<E>>,
+    ) -> usize {
+        let mut n = 0;
+        for ack in acks {
+            if let Some((writers, wakers)) = ack.resolve(result.clone()) {
+                pending.remove(ack);
+                n += writers;
+                self.wakers.extend(wakers);
+            }
+        }
+        self.writers += n;
+        n
+    }
+}
+
+/// Held slots whose key's write ended join the group's open batch (folded
+/// before its own writes to the key: they are older), or a new batch that
+/// leaves at once. A full open batch takes only keys it has already; it then
+/// leaves, and a new batch takes the rest.
+#[allow(clippy::too_many_arguments)]
+fn place_held<G, K, W, E>(
+    inner: &Inner<Write<G, K, W, E>>,
+    gathering: &mut usize,
+    pending: &mut Pending<E>,
+    group: &mut Group<Write<G, K, W, E>>,
+    held: Vec<WriteSlot<K, W, E>>,
+    respawn: &mut Vec<WriteBatch<G, K, W, E>>,
+    out: &mut Answering,
+    garbage: &mut Vec<Garbage<K, W>>,
+) where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    let merge = inner.settings.merge.as_ref();
+    let max = inner.config.max_batch;
+    for slot in held {
+        let mut slot = slot;
+        loop {
+            let open = match &group.open {
+                Some(b) => b.clone(),
+                None => {
+                    let batch = inner.open_batch(gathering, group, group.hash, true);
+                    lock(&batch.st).kicked = true;
+                    respawn.push(batch.clone());
+                    batch
+                }
+            };
+            let mut st = lock(&open.st);
+            let room = st.entries.len() < max;
+            match st.entries.absorb(slot, merge, true, room) {
+                Ok(g) => {
+                    garbage.push(g);
+                    break;
+                }
+                Err(NotAbsorbed::Panicked(p, failed)) => {
+                    drop(st);
+                    let err = Error::Panicked {
+                        name: inner.name.clone(),
+                        message: format!("`Eq` of the key panicked: {}", p.0).into(),
+                    };
+                    out.answer(pending, &failed.acks, Err(err));
+                    garbage.push((Some(failed.key), failed.value));
+                    break;
+                }
+                Err(NotAbsorbed::NoRoom(back)) => {
+                    // The open batch is full: it leaves as it is.
+                    st.full = true;
+                    out.wakers.extend(st.driver_waker());
+                    drop(st);
+                    group.open = None;
+                    *gathering -= 1;
+                    slot = back;
+                }
+            }
+        }
+    }
+}
+
+/// A write batch's failure, as its writers get it: a timeout may have
+/// committed.
+fn uncertain<E>(failure: Error<E>, name: &StdArc<str>) -> Error<E> {
+    match failure {
+        Error::Timeout { after, .. } => Error::MaybeCommitted {
+            name: name.clone(),
+            why: Unsure::Timeout { after },
+        },
+        other => other,
+    }
+}
+
+impl<K: Clone, W, E> WriteFrozen<K, W, E> {
+    /// The batch function's items: each sent key (a clone) with its net
+    /// value. A key whose `Clone` panics is not sent, and its writers fail.
+    fn items(&mut self) -> Vec<(K, W)> {
+        let mut items = Vec::with_capacity(self.slots.len());
+        let mut kept = Vec::with_capacity(self.slots.len());
+        for mut slot in std::mem::take(&mut self.slots) {
+            match catching(|| slot.key.clone()) {
+                Ok(copy) => match slot.value.take() {
+                    Some(value) => {
+                        items.push((copy, value));
+                        kept.push(slot);
+                    }
+                    None => drop_quietly(copy),
+                },
+                Err(message) => self
+                    .failed
+                    .push((slot, format!("`Clone` of the key panicked: {message}"))),
+            }
+        }
+        let mut index = HashTable::with_capacity(kept.len());
+        for (i, slot) in kept.iter().enumerate() {
+            index.insert_unique(slot.hash, i as u32, |&j: &u32| kept[j as usize].hash);
+        }
+        self.slots = kept;
+        self.index = index;
+        items
+    }
+}
+
+impl<K: Hash + Eq, W, E> Lookup<K> for WriteFrozen<K, W, E> {
+    fn slot_of(&self, key: &K, hasher: &DefaultHashBuilder) -> Result<Option<u32>, u32> {
+        let Ok(hash) = hash_of(hasher, key) else {
+            return Ok(None);
+        };
+        for &i in self.index.iter_hash(hash) {
+            match catch_unwind(AssertUnwindSafe(|| self.slots[i as usize].key == *key)) {
+                Ok(true) => return Ok(Some(i)),
+                Ok(false) => {}
+                Err(_) => return Err(i),
+            }
+        }
+        Ok(None)
+    }
+    fn dispatched(&self) -> usize {
+        self.slots.len()
+    }
+    fn slot_at(&self, pos: usize) -> u32 {
+        pos as u32
+    }
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+}

@@ -1,0 +1,812 @@
+//! Write coalescing: each promise of `WriteCore` is a test here — net per key,
+//! acknowledged after commit, ordered per key, failures shared and not
+//! retried, accepted writes never withdrawn, flush and drain, runtimes that go
+//! away, reads that follow writes, bounded memory, and user code that panics.
+//!
+//! Time-dependent tests run under Tokio's paused clock (virtual, exact time); a
+//! hang shows up as the one-hour guard firing. Tests never assert how fast
+//! anything is.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coalesce_runtime::{Config, Core, Dispatch, Error, Unsure, WriteCore};
+use futures::future::join_all;
+
+async fn no_hang<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), fut)
+        .await
+        .expect("a write hung")
+}
+
+fn quiet() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let provoked = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|s| s.starts_with("provoked"))
+                || info
+                    .payload()
+                    .downcast_ref::<String>()
+                    .is_some_and(|s| s.contains("provoked"));
+            if !provoked {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Rows as one batch sent them.
+type Rows = Vec<(&'static str, i64)>;
+
+/// A table the batch functions write to, recording each batch as sent.
+#[derive(Clone, Default)]
+struct Table {
+    rows: Arc<Mutex<BTreeMap<&'static str, i64>>>,
+    batches: Arc<Mutex<Vec<Rows>>>,
+}
+
+impl Table {
+    fn upsert(&self, items: Vec<(&'static str, i64)>) {
+        let mut sorted = items.clone();
+        sorted.sort();
+        self.batches.lock().unwrap().push(sorted);
+        let mut rows = self.rows.lock().unwrap();
+        for (k, v) in items {
+            rows.insert(k, v);
+        }
+    }
+
+    fn add(&self, items: Vec<(&'static str, i64)>) {
+        let mut sorted = items.clone();
+        sorted.sort();
+        self.batches.lock().unwrap().push(sorted);
+        let mut rows = self.rows.lock().unwrap();
+        for (k, v) in items {
+            *rows.entry(k).or_default() += v;
+        }
+    }
+}
+
+fn sum(total: &mut i64, n: i64) {
+    *total += n;
+}
+
+/// Net per key: a sum merge of <A,1>, <D,5>, <A,20>, <A,300> flushes exactly
+/// <A,321>, <D,5>, and every writer is answered by that one batch.
+#[tokio::test(start_paused = true)]
+async fn a_sum_merge_flushes_one_net_write_per_key() {
+    let table = Table::default();
+    let core: WriteCore<(), &'static str, i64> = WriteCore::with_merge(
+        Config::new("w.net_sum").window(Duration::from_millis(20)),
+        sum,
+    );
+    let t = table.clone();
+    let write = |k, v| {
+        let t = t.clone();
+        core.save((), k, v, move |_, items| {
+            let t = t.clone();
+            async move { t.add(items) }
+        })
+    };
+    let results = no_hang(join_all([
+        write("A", 1),
+        write("D", 5),
+        write("A", 20),
+        write("A", 300),
+    ]))
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(*table.batches.lock().unwrap(), [vec![("A", 321), ("D", 5)]]);
+    let m = core.metrics();
+    assert_eq!((m.calls, m.keys, m.dedup_hits, m.batches), (4, 2, 2, 1));
+    assert_eq!(m.pending, 0);
+}
+
+/// Without a merge fn, the last write to a key wins.
+#[tokio::test(start_paused = true)]
+async fn without_a_merge_the_last_write_wins() {
+    let table = Table::default();
+    let core: WriteCore<(), &'static str, i64> =
+        WriteCore::new(Config::new("w.lww").window(Duration::from_millis(20)));
+    let t = table.clone();
+    let write = |k, v| {
+        let t = t.clone();
+        core.save((), k, v, move |_, items| {
+            let t = t.clone();
+            async move { t.upsert(items) }
+        })
+    };
+    let results = no_hang(join_all([
+        write("A", 1),
+        write("D", 5),
+        write("A", 20),
+        write("A", 300),
+    ]))
+    .await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(*table.batches.lock().unwrap(), [vec![("A", 300), ("D", 5)]]);
+}
+
+/// Deletes are values the merge fn handles: `None` deletes, a later `Some`
+/// writes again.
+#[tokio::test(start_paused = true)]
+async fn deletes_are_values_the_merge_handles() {
+    #[derive(Debug, PartialEq, Clone)]
+    enum Op {
+        Add(i64),
+        Delete,
+    }
+    let sent: Arc<Mutex<Vec<(u8, Op)>>> = Arc::default();
+    let core: WriteCore<(), u8, Op> = WriteCore::with_merge(
+        Config::new("w.deletes").window(Duration::from_millis(5)),
+        |acc: &mut Op, later: Op| {
+            *acc = match (&*acc, later) {
+                (_, Op::Delete) => Op::Delete,
+                (Op::Add(a), Op::Add(b)) => Op::Add(a + b),
+                (Op::Delete, Op::Add(b)) => Op::Add(b),
+            }
+        },
+    );
+    let s = sent.clone();
+    let batch = move |_: &(), items: Vec<(u8, Op)>| {
+        let s = s.clone();
+        async move { s.lock().unwrap().extend(items) }
+    };
+    let r = no_hang(join_all([
+        core.save((), 1, Op::Add(2), batch.clone()),
+        core.save((), 1, Op::Delete, batch.clone()),
+        core.save((), 2, Op::Add(1), batch.clone()),
+        core.save((), 2, Op::Delete, batch.clone()),
+        core.save((), 2, Op::Add(7), batch.clone()),
+    ]))
+    .await;
+    assert!(r.iter().all(Result::is_ok));
+    let mut got = sent.lock().unwrap().clone();
+    got.sort_by_key(|(k, _)| *k);
+    assert_eq!(got, [(1, Op::Delete), (2, Op::Add(7))]);
+}
+
+/// Acknowledged after commit: no writer resolves while its batch runs; all
+/// resolve once it returns — superseded writers included.
+#[tokio::test(start_paused = true)]
+async fn writers_resolve_only_after_the_batch_commits() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let core: WriteCore<(), u32, u32> =
+        WriteCore::new(Config::new("w.after_commit").window(Duration::from_millis(1)));
+    let g = gate.clone();
+    let batch = move |_: &(), _items: Vec<(u32, u32)>| {
+        let g = g.clone();
+        async move {
+            let _ = g.acquire().await.expect("gate");
+        }
+    };
+    let mut writes: Vec<_> = (0..10u32)
+        .map(|i| Box::pin(core.save((), i % 3, i, batch.clone())))
+        .collect();
+    // Admit them all; then let the window pass: the batch runs, held at the gate.
+    for w in &mut writes {
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for w in &mut writes {
+        assert!(
+            futures::poll!(w.as_mut()).is_pending(),
+            "answered before the commit"
+        );
+    }
+    assert_eq!(core.metrics().in_flight, 1);
+    gate.add_permits(1);
+    for r in no_hang(join_all(writes)).await {
+        assert!(r.is_ok());
+    }
+}
+
+/// Every writer of a failed batch gets the same error (the batch error is not
+/// `Clone`); the batch function is not called again (no retry); and a key
+/// whose batch failed is not poisoned: its next write goes out.
+#[tokio::test(start_paused = true)]
+async fn failures_are_shared_not_retried_and_do_not_poison_the_key() {
+    #[derive(Debug)]
+    struct Refused; // not Clone
+    let calls = Arc::new(AtomicUsize::new(0));
+    let core: WriteCore<(), u32, u32, Refused> = WriteCore::with_merge(
+        Config::new("w.failures").window(Duration::from_millis(5)),
+        |a: &mut u32, b| *a += b,
+    );
+    let c = calls.clone();
+    let batch = move |_: &(), items: Vec<(u32, u32)>| {
+        let n = c.fetch_add(1, SeqCst);
+        async move {
+            if n == 0 {
+                Err(Refused)
+            } else {
+                assert_eq!(items, [(7, 3)]);
+                Ok(())
+            }
+        }
+    };
+    let r = no_hang(join_all([
+        core.save((), 7, 1, batch.clone()),
+        core.save((), 7, 2, batch.clone()),
+        core.save((), 8, 2, batch.clone()),
+    ]))
+    .await;
+    let errors: Vec<_> = r
+        .iter()
+        .map(|r| match r {
+            Err(e @ Error::Batch { .. }) => e.batch_error().unwrap() as *const Refused,
+            other => panic!("expected the batch error, got {other:?}"),
+        })
+        .collect();
+    assert!(errors.windows(2).all(|w| w[0] == w[1]), "one shared error");
+    assert_eq!(calls.load(SeqCst), 1, "a failed batch is not retried");
+    no_hang(core.save((), 7, 3, batch.clone())).await.unwrap();
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(core.metrics().batch_errors, 3);
+}
+
+/// A per-key outcome fails only that key's writers; keys left out committed.
+#[tokio::test(start_paused = true)]
+async fn a_per_key_error_fails_only_that_keys_writers() {
+    let core: WriteCore<(), u32, u32, String> =
+        WriteCore::new(Config::new("w.per_key").window(Duration::from_millis(5)));
+    let batch = |_: &(), items: Vec<(u32, u32)>| async move {
+        let out: HashMap<u32, Result<(), String>> = items
+            .into_iter()
+            .filter(|(k, _)| *k == 2)
+            .map(|(k, _)| (k, Err(format!("row {k} refused"))))
+            .collect();
+        Ok::<_, String>(out)
+    };
+    let r = no_hang(join_all([
+        core.save((), 1, 1, batch),
+        core.save((), 2, 1, batch),
+        core.save((), 2, 2, batch),
+        core.save((), 3, 1, batch),
+    ]))
+    .await;
+    assert!(r[0].is_ok() && r[3].is_ok());
+    for e in [&r[1], &r[2]] {
+        match e {
+            Err(Error::Key { source, .. }) => assert_eq!(**source, "row 2 refused"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A timeout says the write *may* have committed.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_write_may_have_committed() {
+    let core: WriteCore<(), u32, u32> = WriteCore::new(
+        Config::new("w.timeout")
+            .window(Duration::from_millis(1))
+            .timeout(Duration::from_millis(100)),
+    );
+    let r = no_hang(core.save((), 1, 1, |_, _| std::future::pending::<()>())).await;
+    match r {
+        Err(Error::MaybeCommitted {
+            why: Unsure::Timeout { after },
+            ..
+        }) => assert_eq!(after, Duration::from_millis(100)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(core.metrics().maybe_committed, 1);
+}
+
+/// No accepted write is withdrawn: a writer that drops its future after the
+/// write was accepted does not cancel it. Counted.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_writer_does_not_withdraw_its_write() {
+    let table = Table::default();
+    let core: WriteCore<(), &'static str, i64> =
+        WriteCore::new(Config::new("w.withdrawn").window(Duration::from_millis(10)));
+    let t = table.clone();
+    let batch = move |_: &(), items: Vec<(&'static str, i64)>| {
+        let t = t.clone();
+        async move { t.upsert(items) }
+    };
+    {
+        let mut lone = Box::pin(core.save((), "gone", 1, batch.clone()));
+        assert!(futures::poll!(lone.as_mut()).is_pending());
+        // dropped here, after its write was accepted: every caller of the batch left
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    no_hang(core.flush()).await;
+    assert_eq!(table.rows.lock().unwrap().get("gone"), Some(&1));
+    let m = core.metrics();
+    assert_eq!(m.withdrawn_writes, 1);
+    assert_eq!(m.pending, 0);
+}
+
+/// `flush` sends what is gathering now and returns once everything accepted
+/// before it is answered — long before the window would have ended.
+#[tokio::test(start_paused = true)]
+async fn flush_returns_once_everything_accepted_has_committed() {
+    let table = Table::default();
+    let core: Arc<WriteCore<(), &'static str, i64>> = Arc::new(WriteCore::new(
+        Config::new("w.flush").window(Duration::from_secs(60)),
+    ));
+    let t = table.clone();
+    let batch = move |_: &(), items: Vec<(&'static str, i64)>| {
+        let t = t.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            t.upsert(items)
+        }
+    };
+    let writers: Vec<_> = ["a", "b", "c", "d", "a"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let (core, batch) = (core.clone(), batch.clone());
+            tokio::spawn(async move { core.save((), k, i as i64, batch).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    let f = no_hang(core.flush()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "flush waited the window out"
+    );
+    assert_eq!((f.keys, f.failed), (4, 0));
+    let rows = table.rows.lock().unwrap().clone();
+    assert_eq!(
+        rows,
+        BTreeMap::from([("a", 4), ("b", 1), ("c", 2), ("d", 3)])
+    );
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+}
+
+/// A drain with a deadline fails what is left with typed errors and counts
+/// them: the running batch's writers may have committed; writes held behind
+/// it were never sent.
+#[tokio::test(start_paused = true)]
+async fn drain_fails_what_is_left_at_its_deadline() {
+    let core: Arc<WriteCore<(), u32, u32>> = Arc::new(WriteCore::new(
+        Config::new("w.drain")
+            .window(Duration::from_millis(1))
+            .max_in_flight(2),
+    ));
+    let hang = |_: &(), _: Vec<(u32, u32)>| std::future::pending::<()>();
+    let c = core.clone();
+    let first = tokio::spawn(async move { c.save((), 1, 1, hang).await });
+    tokio::time::sleep(Duration::from_millis(10)).await; // key 1 is running now
+    let c = core.clone();
+    let second = tokio::spawn(async move { c.save((), 1, 2, hang).await });
+    tokio::time::sleep(Duration::from_millis(10)).await; // held behind key 1
+    let d = no_hang(core.drain(Duration::from_millis(100))).await;
+    assert_eq!((d.settled, d.dropped, d.unsure), (0, 1, 1), "{d:?}");
+    match first.await.unwrap() {
+        Err(Error::MaybeCommitted {
+            why: Unsure::Drained,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(second.await.unwrap(), Err(Error::Drained { .. })));
+    let m = core.metrics();
+    assert_eq!((m.drained_writes, m.maybe_committed, m.pending), (1, 1, 0));
+}
+
+/// A runtime dropped with writes pending gives errors, not hangs: a writer on
+/// another runtime whose batch was driven by the dropped one learns that its
+/// write may have committed (the batch was running) or was never sent (it was
+/// still gathering).
+#[test]
+fn a_runtime_dropped_with_writes_pending_gives_errors() {
+    for running in [true, false] {
+        let core: &'static WriteCore<(), u32, u32> = Box::leak(Box::new(WriteCore::new(
+            Config::new("w.runtime_gone").window(Duration::from_millis(50)),
+        )));
+        let doomed = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let survivor = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The batch opens on the doomed runtime (its driver lives there) ...
+        let opener = doomed.spawn(core.save((), 1, 1, |_, _| std::future::pending::<()>()));
+        std::thread::sleep(Duration::from_millis(5));
+        // ... and a writer on another runtime joins it while it gathers.
+        #[allow(clippy::async_yields_async)] // the writer, accepted, to await later
+        let joined = survivor.block_on(async {
+            let mut w = Box::pin(core.save((), 2, 2, |_, _| std::future::pending::<()>()));
+            assert!(futures::poll!(w.as_mut()).is_pending());
+            w
+        });
+        if running {
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(core.metrics().in_flight, 1);
+        }
+        drop(opener);
+        drop(doomed);
+        let r = survivor.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), joined)
+                .await
+                .expect("the writer hung after its runtime shut down")
+        });
+        if running {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::MaybeCommitted {
+                        why: Unsure::Shutdown,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        } else {
+            assert!(matches!(r, Err(Error::Shutdown { .. })), "{r:?}");
+        }
+        let m = core.metrics();
+        assert_eq!((m.pending, m.in_flight, m.lost_batches), (0, 0, 1));
+    }
+}
+
+/// Read your writes: a read that waits for `settled(key)` sees the folded
+/// value, never a half-folded one.
+#[tokio::test(start_paused = true)]
+async fn a_read_after_settled_sees_the_whole_fold() {
+    let table = Table::default();
+    let writes: Arc<WriteCore<(), &'static str, i64>> = Arc::new(WriteCore::with_merge(
+        Config::new("w.ryw").window(Duration::from_millis(20)),
+        sum,
+    ));
+    let reads: Core<(), &'static str, i64> = Core::new(Config::new("w.ryw.read"));
+    let t = table.clone();
+    let batch = move |_: &(), items: Vec<(&'static str, i64)>| {
+        let t = t.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            t.add(items)
+        }
+    };
+    let w = writes.clone();
+    let pending: Vec<_> = (1..=10)
+        .map(|n| {
+            let w = w.clone();
+            let b = batch.clone();
+            tokio::spawn(async move { w.save((), "k", n, b).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    writes.settled(&"k").await;
+    let t = table.clone();
+    let read = reads
+        .load((), "k", move |_, keys: Vec<&'static str>| {
+            let rows = t.rows.lock().unwrap().clone();
+            async move {
+                keys.into_iter()
+                    .filter_map(|k| rows.get(k).map(|v| (k, *v)))
+                    .collect::<HashMap<_, _>>()
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(read, Some(55));
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+/// Bounded: 1,000,000 writes over 1,000 keys never hold more than 1,000 net
+/// writes in a batch; `max_pending` counts writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_writes_over_a_thousand_keys_stay_a_thousand_entries() {
+    let core: Arc<WriteCore<(), u32, u64>> = Arc::new(WriteCore::with_merge(
+        Config::new("w.bounded")
+            .window(Duration::from_millis(20))
+            .max_batch(1000)
+            .max_pending(1_000_000),
+        |a: &mut u64, b| *a += b,
+    ));
+    let total = Arc::new(Mutex::new(HashMap::<u32, u64>::new()));
+    let t = total.clone();
+    let batch = move |_: &(), items: Vec<(u32, u64)>| {
+        let t = t.clone();
+        async move {
+            assert!(items.len() <= 1000);
+            let mut t = t.lock().unwrap();
+            for (k, v) in items {
+                *t.entry(k).or_default() += v;
+            }
+        }
+    };
+    let tasks: Vec<_> = (0..4)
+        .map(|part| {
+            let core = core.clone();
+            let batch = batch.clone();
+            tokio::spawn(async move {
+                for round in 0..5u32 {
+                    let writes = (0..50_000u32).map(|i| {
+                        let n = part * 250_000 + round * 50_000 + i;
+                        core.save((), n % 1000, 1, batch.clone())
+                    });
+                    for r in join_all(writes).await {
+                        r.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(600), t)
+            .await
+            .expect("hung")
+            .unwrap();
+    }
+    let m = core.metrics();
+    assert_eq!(m.calls, 1_000_000);
+    assert!(m.batch_size.max <= 1000, "{}", m.batch_size.max);
+    assert_eq!(m.pending, 0);
+    let total = total.lock().unwrap();
+    assert_eq!(total.len(), 1000);
+    assert!(total.values().all(|&v| v == 1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_pending_counts_writers_not_keys() {
+    let core: WriteCore<(), u32, u32> = WriteCore::new(
+        Config::new("w.max_pending")
+            .window(Duration::from_millis(5))
+            .max_pending(3),
+    );
+    let ok = |_: &(), _: Vec<(u32, u32)>| async {};
+    let mut held: Vec<_> = (0..3).map(|i| Box::pin(core.save((), 1, i, ok))).collect();
+    for h in &mut held {
+        assert!(futures::poll!(h.as_mut()).is_pending());
+    }
+    // One key in the batch, three writers pending: a fourth is refused.
+    assert!(matches!(
+        core.save((), 1, 9, ok).await,
+        Err(Error::Overloaded { max_pending: 3, .. })
+    ));
+    for r in no_hang(join_all(held)).await {
+        r.unwrap();
+    }
+}
+
+/// Ordered per key: random writes over a few keys with `max_in_flight = 4` and
+/// random batch run times end in the state of a sequential model (the last
+/// write per key in call order; the fold in call order), and no key ever has
+/// two writes in flight.
+#[test]
+fn random_writes_end_in_the_sequential_models_state() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 32,
+        ..ProptestConfig::default()
+    });
+    let strategy = proptest::collection::vec((0u8..4, 1i64..100, 0u64..4, 0u64..3), 1..60);
+    runner
+        .run(&(strategy, any::<bool>()), |(writes, merged)| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(check_order(writes, merged));
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Each write: (key, value, batch run time in ms, pause before the next write in ms).
+async fn check_order(writes: Vec<(u8, i64, u64, u64)>, merged: bool) {
+    let config = Config::new("w.order")
+        .window(Duration::from_millis(2))
+        .max_in_flight(4);
+    let core: Arc<WriteCore<(), u8, (i64, u64)>> = Arc::new(if merged {
+        WriteCore::with_merge(config, |a: &mut (i64, u64), b: (i64, u64)| {
+            a.0 += b.0;
+            a.1 = b.1;
+        })
+    } else {
+        WriteCore::new(config)
+    });
+    let table: Arc<Mutex<HashMap<u8, i64>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashSet<u8>>> = Arc::default();
+    let (t, f) = (table.clone(), in_flight.clone());
+    let batch = move |_: &(), items: Vec<(u8, (i64, u64))>| {
+        let (t, f) = (t.clone(), f.clone());
+        async move {
+            for (k, _) in &items {
+                assert!(
+                    f.lock().unwrap().insert(*k),
+                    "two writes of key {k} in flight"
+                );
+            }
+            let delay = items.iter().map(|(_, (_, d))| *d).max().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let mut t = t.lock().unwrap();
+            for (k, (v, _)) in items {
+                f.lock().unwrap().remove(&k);
+                if merged {
+                    *t.entry(k).or_default() += v;
+                } else {
+                    t.insert(k, v);
+                }
+            }
+        }
+    };
+    let mut model: HashMap<u8, i64> = HashMap::new();
+    let mut handles = Vec::new();
+    for (k, v, delay, pause) in writes {
+        if merged {
+            *model.entry(k).or_default() += v;
+        } else {
+            model.insert(k, v);
+        }
+        let core = core.clone();
+        let batch = batch.clone();
+        let mut h = Box::pin(async move { core.save((), k, (v, delay), batch).await });
+        // Accepted now, in call order (a write cannot be answered at once).
+        assert!(futures::poll!(h.as_mut()).is_pending());
+        handles.push(tokio::spawn(h));
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+    for h in handles {
+        no_hang(h).await.unwrap().unwrap();
+    }
+    assert_eq!(*table.lock().unwrap(), model);
+}
+
+/// A merge fn that panics fails the writers of that key in that batch only;
+/// the other keys of the batch commit.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_merge_fails_only_its_keys_writers() {
+    quiet();
+    let table = Table::default();
+    let core: WriteCore<(), &'static str, i64> = WriteCore::with_merge(
+        Config::new("w.merge_panic").window(Duration::from_millis(5)),
+        |a: &mut i64, b| {
+            if b == 13 {
+                panic!("provoked: merge");
+            }
+            *a += b;
+        },
+    );
+    let t = table.clone();
+    let batch = move |_: &(), items: Vec<(&'static str, i64)>| {
+        let t = t.clone();
+        async move { t.add(items) }
+    };
+    let r = no_hang(join_all([
+        core.save((), "bad", 1, batch.clone()),
+        core.save((), "bad", 13, batch.clone()),
+        core.save((), "good", 2, batch.clone()),
+    ]))
+    .await;
+    assert!(matches!(r[0], Err(Error::Panicked { .. })));
+    assert!(matches!(r[1], Err(Error::Panicked { .. })));
+    assert!(r[2].is_ok());
+    assert_eq!(*table.batches.lock().unwrap(), [vec![("good", 2)]]);
+    // The key is not poisoned for later batches.
+    no_hang(core.save((), "bad", 5, batch)).await.unwrap();
+    assert_eq!(table.rows.lock().unwrap().get("bad"), Some(&5));
+    assert_eq!(core.metrics().pending, 0);
+}
+
+/// A key whose `Hash` panics fails that write alone; a batch fn that panics
+/// fails its batch's writers only, and the coalescer goes on.
+#[tokio::test(start_paused = true)]
+async fn panics_in_user_code_fail_that_write_or_batch_only() {
+    quiet();
+    #[derive(Clone, PartialEq, Eq, Debug)]
+    struct Touchy(u32);
+    impl Hash for Touchy {
+        fn hash<H: Hasher>(&self, h: &mut H) {
+            if self.0 == 666 {
+                panic!("provoked: hash");
+            }
+            self.0.hash(h)
+        }
+    }
+    let core: WriteCore<(), Touchy, u32> =
+        WriteCore::new(Config::new("w.panics").window(Duration::from_millis(5)));
+    let batch = |_: &(), items: Vec<(Touchy, u32)>| async move {
+        if items.iter().any(|(k, _)| k.0 == 7) {
+            panic!("provoked: batch");
+        }
+    };
+    let r = no_hang(join_all([
+        core.save((), Touchy(666), 1, batch),
+        core.save((), Touchy(1), 1, batch),
+    ]))
+    .await;
+    assert!(matches!(r[0], Err(Error::Panicked { .. })));
+    assert!(r[1].is_ok());
+    let r = no_hang(core.save((), Touchy(7), 1, batch)).await;
+    assert!(matches!(r, Err(Error::Panicked { .. })));
+    no_hang(core.save((), Touchy(8), 1, batch)).await.unwrap();
+    assert_eq!(core.metrics().pending, 0);
+}
+
+/// Groups and instances: writes through different objects never share a batch;
+/// extra arguments (the group) keep batches apart too.
+#[tokio::test(start_paused = true)]
+async fn different_instances_and_groups_never_share_a_write_batch() {
+    #[derive(Clone)]
+    struct Shard(&'static str);
+    type Seen = Vec<(String, Vec<u32>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let core: WriteCore<u8, u32, u32> =
+        WriteCore::new(Config::new("w.instances").window(Duration::from_millis(5)));
+    let (a, b) = (Shard("a"), Shard("b"));
+    let s = seen.clone();
+    let batch = move |shard: Shard, g: &u8, items: Vec<(u32, u32)>| {
+        let s = s.clone();
+        let tag = format!("{}/{g}", shard.0);
+        async move {
+            let mut keys: Vec<u32> = items.into_iter().map(|(k, _)| k).collect();
+            keys.sort();
+            s.lock().unwrap().push((tag, keys));
+        }
+    };
+    let r = no_hang(join_all([
+        core.save_for(&a, 0, 1, 1, batch.clone()),
+        core.save_for(&b, 0, 2, 1, batch.clone()),
+        core.save_for(&a, 1, 3, 1, batch.clone()),
+        core.save_for(&a, 0, 4, 1, batch.clone()),
+    ]))
+    .await;
+    assert!(r.iter().all(Result::is_ok));
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("a/0".to_owned(), vec![1, 4]),
+            ("a/1".to_owned(), vec![3]),
+            ("b/0".to_owned(), vec![2]),
+        ]
+    );
+}
+
+/// Adaptive dispatch writes too: a lone write goes at once, and writes that
+/// arrive while a batch runs fold into the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_dispatch_batches_writes_while_a_batch_runs() {
+    let core: Arc<WriteCore<(), u32, u32>> = Arc::new(WriteCore::with_merge(
+        Config::new("w.adaptive")
+            .dispatch(Dispatch::Adaptive)
+            .max_in_flight(1),
+        |a: &mut u32, b| *a += b,
+    ));
+    let total = Arc::new(AtomicUsize::new(0));
+    let t = total.clone();
+    let batch = move |_: &(), items: Vec<(u32, u32)>| {
+        let t = t.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            for (_, v) in items {
+                t.fetch_add(v as usize, SeqCst);
+            }
+        }
+    };
+    let writes = (0..2000u32).map(|i| core.save((), i % 10, 1, batch.clone()));
+    for r in join_all(writes).await {
+        r.unwrap();
+    }
+    assert_eq!(total.load(SeqCst), 2000);
+    let m = core.metrics();
+    assert!(m.batches < 2000, "{} batches for 2000 writes", m.batches);
+    assert_eq!(m.pending, 0);
+}

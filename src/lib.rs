@@ -295,7 +295,8 @@
 
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{
-    configure, metrics, BatchOutput, Coalescer, Config, Core, Delivery, Dispatch, Error, PerKey,
+    configure, drain_all, flush_all, metrics, BatchOutput, Coalescer, Config, Core, Delivery,
+    Dispatch, Drained, Error, Flushed, PerKey, Unsure, WriteCore, WriteOutput,
 };
 
 #[doc(hidden)]

@@ -1,7 +1,9 @@
 //! Paths the `#[coalesce]` expansion names. Not public API: hidden from docs and
 //! kept off the crate root so that it never shows up in "did you mean" hints.
 
-pub use ::coalesce_runtime::{per_key, BatchOutput, Config, Core, Dispatch, Error, PerKey};
+pub use ::coalesce_runtime::{
+    per_key, BatchOutput, Config, Core, Dispatch, Error, PerKey, WriteCore, WriteOutput,
+};
 pub use ::std::time::Duration;
 
 use ::core::any::{Any, TypeId};
@@ -74,25 +76,11 @@ impl Slot {
         E: Send + Sync + 'static,
     {
         let id = TypeId::of::<(fn() -> *const S, Core<G, K, V, E>)>();
-        let make = || -> &'static (dyn Any + Send + Sync) {
+        let any = self.entry(id, || {
             Box::leak(Box::new(Core::<G, K, V, E>::new(config(Config::new(
                 name.resolve::<S>(),
             )))))
-        };
-        let (first_id, first) = *self.first.get_or_init(|| (id, make()));
-        let any = if first_id == id {
-            first
-        } else {
-            let mut more = self.more.lock().unwrap_or_else(PoisonError::into_inner);
-            match more.iter().find(|(t, _)| *t == id) {
-                Some((_, core)) => *core,
-                None => {
-                    let core = make();
-                    more.push((id, core));
-                    core
-                }
-            }
-        };
+        });
         match any.downcast_ref() {
             Some(core) => core,
             // Every entry is stored under the `TypeId` of its own type.
@@ -101,6 +89,212 @@ impl Slot {
             }
         }
     }
+}
+
+impl Slot {
+    /// The entry for type id `id`, made with `make` on first use.
+    fn entry(
+        &'static self,
+        id: TypeId,
+        make: impl FnOnce() -> &'static (dyn Any + Send + Sync),
+    ) -> &'static (dyn Any + Send + Sync) {
+        let mut make = Some(make);
+        let mut build = || match make.take() {
+            Some(f) => f(),
+            // `get_or_init` runs its closure at most once; the `else` branch
+            // below only runs when it did not.
+            None => unreachable!("a coalesce slot's entry was made twice"),
+        };
+        let (first_id, first) = *self.first.get_or_init(|| (id, build()));
+        if first_id == id {
+            return first;
+        }
+        let mut more = self.more.lock().unwrap_or_else(PoisonError::into_inner);
+        match more.iter().find(|(t, _)| *t == id) {
+            Some((_, core)) => *core,
+            None => {
+                let core = build();
+                more.push((id, core));
+                core
+            }
+        }
+    }
+
+    /// The write core for instance type `S`, made on first use (with `merge`).
+    fn write_core<S, G, K, W, E>(
+        &'static self,
+        name: Name,
+        config: fn(Config) -> Config,
+        merge: Option<Merger<W>>,
+    ) -> &'static WriteCore<G, K, W, E>
+    where
+        S: ?Sized + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        W: Send + 'static,
+        E: Send + Sync + 'static,
+    {
+        let id = TypeId::of::<(fn() -> *const S, WriteCore<G, K, W, E>)>();
+        let any = self.entry(id, || {
+            let config = config(Config::new(name.resolve::<S>()));
+            let core = match merge {
+                Some(m) => WriteCore::<G, K, W, E>::with_merge(config, move |a: &mut W, b| m(a, b)),
+                None => WriteCore::new(config),
+            };
+            Box::leak(Box::new(core))
+        });
+        match any.downcast_ref() {
+            Some(core) => core,
+            None => {
+                unreachable!("a coalesce slot holds a core of another type under this type's id")
+            }
+        }
+    }
+}
+
+/// A write fn's merge fn, as the expansion passes it.
+pub type Merger<W> = Arc<dyn Fn(&mut W, W) + Send + Sync + 'static>;
+
+/// What a `merge = …` fn must be.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the merge fn of writes of `{W}`: it must be `fn(&mut {W}, {W})`",
+    label = "folds a later write into the earlier one: `fn(earlier: &mut {W}, later: {W})`",
+    note = "for example `fn add(total: &mut {W}, n: {W}) {{ *total += n }}`; it must be \
+            `Send + Sync + 'static` (a fn item or a closure that captures nothing borrowed)"
+)]
+pub trait MergeFn<W>: Fn(&mut W, W) + Send + Sync + 'static {}
+
+impl<W, F: Fn(&mut W, W) + Send + Sync + 'static> MergeFn<W> for F {}
+
+/// Checks a `merge = …` fn: an error lands on the user's path, once (what it
+/// returns names no type of the user's fn).
+pub fn merge<W, F: MergeFn<W>>(f: F) -> Merger<W> {
+    Arc::new(f)
+}
+
+/// What a written value's type must be (named `<W as Written>::Checked`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the value of a #[coalesce] write fn: written values must be `Send + 'static`",
+    label = "the value a write carries",
+    note = "the coalescer holds each write until its batch commits, and may run the batch on another thread"
+)]
+pub trait Written {
+    /// `Self`, once the bounds hold.
+    type Checked;
+}
+
+impl<T: Send + 'static> Written for T {
+    type Checked = T;
+}
+
+/// The body of a `#[coalesce]` write fn.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn save<G, K, W, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
+    merge: Option<Merger<W>>,
+    group: G,
+    key: K,
+    value: W,
+    batch: F,
+) -> impl Future<Output = Result<(), Error<E>>> + Send
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(&G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: WriteOutput<K, Error = E>,
+{
+    slot.write_core::<(), G, K, W, E>(name, config, merge)
+        .save(group, key, value, batch)
+}
+
+/// The body of a `#[coalesce]` write method on `&self`.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn save_for<'a, S, G, K, W, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
+    merge: Option<Merger<W>>,
+    this: &'a S,
+    group: G,
+    key: K,
+    value: W,
+    batch: F,
+) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
+where
+    S: Clone + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(S, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: WriteOutput<K, Error = E>,
+{
+    slot.write_core::<S, G, K, W, E>(name, config, merge)
+        .save_for(this, group, key, value, batch)
+}
+
+/// The body of a `#[coalesce]` write method on `self: Arc<Self>` or `self: &Arc<Self>`.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn save_for_arc<'a, T, G, K, W, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
+    merge: Option<Merger<W>>,
+    this: &'a Arc<T>,
+    group: G,
+    key: K,
+    value: W,
+    batch: F,
+) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
+where
+    T: ?Sized + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(Arc<T>, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: WriteOutput<K, Error = E>,
+{
+    slot.write_core::<T, G, K, W, E>(name, config, merge)
+        .save_for_arc(this, group, key, value, batch)
+}
+
+/// The body of a `#[coalesce(instance = …)]` write method.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn save_with<'a, S, G, K, W, E, F, Fut>(
+    slot: &'static Slot,
+    name: Name,
+    config: fn(Config) -> Config,
+    merge: Option<Merger<W>>,
+    this: &'a S,
+    group: G,
+    key: K,
+    value: W,
+    batch: F,
+) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
+where
+    S: Clone + Send + Sync + 'static,
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(S, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: WriteOutput<K, Error = E>,
+{
+    slot.write_core::<S, G, K, W, E>(name, config, merge)
+        .save_with(this, group, key, value, batch)
 }
 
 /// What a coalesced method's `Self` must be: each batch runs with a clone of

@@ -23,6 +23,7 @@ mod kw {
     syn::custom_keyword!(instance);
     syn::custom_keyword!(name);
     syn::custom_keyword!(dispatch);
+    syn::custom_keyword!(merge);
 }
 
 /// A value together with the span of the tokens it was read from.
@@ -66,6 +67,8 @@ pub struct Args {
     pub name: Option<Spanned<LitStr>>,
     /// `dispatch = "window" | "adaptive"`.
     pub dispatch: Option<Spanned<Dispatch>>,
+    /// `merge = path::to::fn`: how writes to one key fold (write fns only).
+    pub merge: Option<Spanned<Expr>>,
 }
 
 impl Args {
@@ -118,6 +121,7 @@ impl Args {
         arg!(timeout, parse_duration_arg(input, "timeout", false)?);
         arg!(group, parse_expr_arg(input)?);
         arg!(instance, parse_expr_arg(input)?);
+        arg!(merge, parse_expr_arg(input)?);
         arg!(name, parse_name_arg(input)?);
         arg!(dispatch, parse_dispatch_arg(input)?);
         Err(lookahead.error())

@@ -88,6 +88,33 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
         return fallback(func, signature, &error);
     };
     let _ = key_param;
+    let is_write = shape.kind == ShapeKind::Write;
+    if let (Some(merge), false) = (&args.merge, is_write) {
+        let error = syn::Error::new(
+            merge.span,
+            "`merge` folds the writes to one key, so it goes on a write batch fn: one that \
+             takes `items: Vec<(K, V)>` and returns `()`, `Result<(), E>` or a result per key",
+        );
+        return fallback(func, signature, &error);
+    }
+    if let (Some(isolate), Some(_), true) = (&args.isolate, &args.merge, is_write) {
+        let error = syn::Error::new(
+            isolate.span,
+            "`isolate` re-sends the halves of a failed batch, and a half may have committed \
+             before the batch failed: with `merge`, its folded writes (an increment, say) \
+             would be applied twice. Remove `isolate`, or `merge` (last write wins is safe \
+             to re-apply)",
+        );
+        return fallback(func, signature, &error);
+    }
+    let (key_type, write_names) = match &signature.write {
+        Some((k, _)) => (k, Some(write_param_names(signature))),
+        None => (key_type, None),
+    };
+    let key = match &write_names {
+        Some((k, _)) => k,
+        None => key,
+    };
     let private = quote!(::coalesce::__private);
     let value_type = &shape.value;
     let error_type = match &shape.error {
@@ -193,7 +220,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     // bound is reported once, on that type, and the unresolved projection
     // silences every follow-on report (in generated code, at call sites).
     let key_arg = checked(key_type, "Key");
-    let value_arg = checked(value_type, "Value");
+    let value_arg = checked(value_type, if is_write { "Written" } else { "Value" });
     let error_arg = match &shape.error {
         Some(error) => checked(error, "BatchError"),
         None => error_type.clone(),
@@ -217,6 +244,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     // A per-key map is handed to the engine as such: an `Err` entry fails only
     // its own key.
     let per_key = match (shape.kind, shape.outer_result) {
+        (ShapeKind::Write, _) => None,
         (ShapeKind::PerKey, true) => Some(quote!(#private::per_key)),
         (ShapeKind::PerKey, false) => Some(quote!(#private::PerKey)),
         _ => None,
@@ -274,15 +302,41 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     };
     let self_arg = self_type.as_ref().map(|ty| quote!(#ty,));
     let this_arg = this_arg.map(|this| quote!(#this,));
+    let (function, merge_arg, value_arg) = match &write_names {
+        Some((_, value)) => {
+            let function = Ident::new(
+                &function.to_string().replacen("load", "save", 1),
+                Span::call_site(),
+            );
+            let merge = match &args.merge {
+                Some(merge) => {
+                    let path = &merge.value;
+                    let (first, last) = token_range(path);
+                    let call = parenthesized(last, quote!(#path));
+                    let merge = quote_spanned!(first=> ::core::option::Option::Some(#private::merge::<#value_arg, _> #call));
+                    merge
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            (
+                function.to_token_stream(),
+                Some(quote!(#merge,)),
+                Some(quote!(#value,)),
+            )
+        }
+        None => (function, None, None),
+    };
     let call_args = parenthesized(
         last,
         quote! {
             &__COALESCE_SLOT,
             #name,
             #config,
+            #merge_arg
             #this_arg
             #group_value,
             #key,
+            #value_arg
             #batch_closure,
         },
     );
@@ -291,7 +345,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
     let result = match shape.kind {
-        ShapeKind::Map | ShapeKind::PerKey => awaited,
+        ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Write => awaited,
         ShapeKind::List => {
             let named = self_type.unwrap_or_else(|| quote!(()));
             let arg = parenthesized(last, quote!(#awaited, #name));
@@ -433,11 +487,33 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
         }
         index += 1;
     }
+    if let (Some((k, w)), Some(key)) = (&signature.write, signature.key) {
+        // `items: Vec<(K, W)>` becomes `key: K, value: W`.
+        let (key_name, value_name) = write_param_names(signature);
+        let (inputs, mut typed) = (std::mem::take(&mut sig.inputs), 0);
+        for input in inputs {
+            let FnArg::Typed(arg) = &input else {
+                sig.inputs.push(input);
+                continue;
+            };
+            if typed == key {
+                let span = arg.ty.span();
+                sig.inputs
+                    .push(syn::parse_quote_spanned!(span=> #key_name: #k));
+                sig.inputs
+                    .push(syn::parse_quote_spanned!(span=> #value_name: #w));
+            } else {
+                sig.inputs.push(input.clone());
+            }
+            typed += 1;
+        }
+    }
     if let Some(shape) = &signature.shape {
         let value = &shape.value;
         let ok = match shape.kind {
             ShapeKind::Map | ShapeKind::PerKey => quote!(::core::option::Option<#value>),
             ShapeKind::List => value.to_token_stream(),
+            ShapeKind::Write => quote!(()),
         };
         let error = match &shape.error {
             Some(error) => quote!(::coalesce::Error<#error>),
@@ -449,6 +525,25 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
         sig.output = ReturnType::Type(Default::default(), Box::new(output));
     }
     sig
+}
+
+/// The single-key write fn's parameter names: `key` and `value`, unless another
+/// parameter has one of these names.
+fn write_param_names(signature: &Signature) -> (Ident, Ident) {
+    let taken = |name: &str| {
+        signature
+            .params
+            .iter()
+            .any(|p| p.ident.as_ref().is_some_and(|i| i == name))
+    };
+    let pick = |name: &str| {
+        if taken(name) {
+            format_ident!("write_{}", name)
+        } else {
+            format_ident!("{}", name)
+        }
+    };
+    (pick("key"), pick("value"))
 }
 
 /// `load_users_batch` for `load_users`, at the span of the user's name.

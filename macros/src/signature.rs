@@ -26,6 +26,9 @@ pub struct Signature {
     pub key: Option<usize>,
     /// What the batch fn returns, if it is one of the supported shapes.
     pub shape: Option<Shape>,
+    /// For a write batch fn (`items: Vec<(K, W)>` returning `()`, `Result<(),
+    /// E>` or per-key results): `(K, W)`.
+    pub write: Option<(Type, Type)>,
 }
 
 /// How a method receives its instance.
@@ -73,6 +76,9 @@ pub enum ShapeKind {
     /// `HashMap<K, Result<V, E>>` (or `BTreeMap`): one result per key; an `Err`
     /// fails only the callers of its key.
     PerKey,
+    /// A write batch fn: `()`, `Result<(), E>`, `HashMap<K, Result<(), E>>`
+    /// (or `BTreeMap`, alone or inside `Result<_, E>`); the value is `W`.
+    Write,
 }
 
 impl Signature {
@@ -148,6 +154,26 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
     }
 
     let key = find_key(sig, &params, errors);
+    // A write batch fn: told by what it returns (nothing, or only whether it
+    // committed); its `Vec` holds `(key, value)` pairs.
+    let write_output = match &sig.output {
+        ReturnType::Default => Some((None, false, None)),
+        ReturnType::Type(_, ty) => write_output(ty),
+    };
+    let mut write = None;
+    if let (Some(_), Some(k)) = (&write_output, key) {
+        let element = params[k].key_type.as_ref();
+        match element.map(ungroup) {
+            Some(Type::Tuple(pair)) if pair.elems.len() == 2 => {
+                write = Some((pair.elems[0].clone(), pair.elems[1].clone()));
+            }
+            _ => errors.push(syn::Error::new_spanned(
+                &params[k].arg.ty,
+                "a write batch fn (it returns `()`, `Result<(), E>` or a result per key) \
+                 takes its writes as `(key, value)` pairs: `items: Vec<(K, V)>`",
+            )),
+        }
+    }
     // Without a key parameter, the others' roles are unclear: say nothing more.
     let checked = if key.is_some() {
         params.as_slice()
@@ -160,10 +186,40 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
             (Some(ident), false) => Role::Param(ident.to_string()),
             (None, false) => Role::Param("_".to_owned()),
         };
+        if Some(index) == key {
+            if let Some((k, w)) = &write {
+                check_type(k, &Role::Key, errors);
+                check_type(w, &Role::Write, errors);
+                continue;
+            }
+            if write_output.is_some() {
+                continue;
+            }
+        }
         let ty = param.key_type.as_ref().unwrap_or(&param.arg.ty);
         if param.key_type.is_none() || Some(index) == key {
             check_type(ty, &what, errors);
         }
+    }
+
+    if let Some((error, per_key, output)) = write_output {
+        if let Some(error) = &error {
+            check_type(error, &Role::Error, errors);
+        }
+        let shape = write.as_ref().map(|(_, w)| Shape {
+            kind: ShapeKind::Write,
+            value: w.clone(),
+            error,
+            output: output.unwrap_or_else(|| syn::parse_quote!(())),
+            outer_result: per_key,
+        });
+        return Signature {
+            receiver,
+            params,
+            key,
+            shape,
+            write,
+        };
     }
 
     let shape = match &sig.output {
@@ -188,6 +244,38 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
         params,
         key,
         shape,
+        write: None,
+    }
+}
+
+/// Whether `ty` is what a write batch fn returns: `()`, `Result<(), E>`, a
+/// per-key map of `Result<(), E>`, or such a map inside `Result<_, E>`.
+/// Returns the error type, whether results are per key, and the type.
+fn write_output(ty: &Type) -> Option<(Option<Type>, bool, Option<Type>)> {
+    let is_unit = |t: &Type| matches!(ungroup(t), Type::Tuple(t) if t.elems.is_empty());
+    if is_unit(ty) {
+        return Some((None, false, Some(ty.clone())));
+    }
+    // `HashMap<K, Result<(), E>>` or `BTreeMap<K, Result<(), E>>`: `E`.
+    let per_key_error = |t: &Type| -> Option<Type> {
+        let (kind, value) = collection(t)?;
+        if kind != ShapeKind::Map {
+            return None;
+        }
+        match generic_args(value, "Result")?.as_slice() {
+            [ok, error] if is_unit(ok) => Some((*error).clone()),
+            _ => None,
+        }
+    };
+    if let Some(error) = per_key_error(ty) {
+        return Some((Some(error), true, Some(ty.clone())));
+    }
+    match generic_args(ty, "Result")?.as_slice() {
+        [ok, error] if is_unit(ok) => Some((Some((*error).clone()), false, Some(ty.clone()))),
+        [ok, error] if per_key_error(ok).is_some() => {
+            Some((Some((*error).clone()), true, Some(ty.clone())))
+        }
+        _ => None,
     }
 }
 
@@ -447,6 +535,7 @@ fn alias_error_guess(ty: &Type) -> String {
 enum Role {
     Key,
     Value,
+    Write,
     Error,
     Param(String),
 }
@@ -456,6 +545,7 @@ impl Role {
         match self {
             Role::Key => "the key type".to_owned(),
             Role::Value => "the value type".to_owned(),
+            Role::Write => "the written value's type".to_owned(),
             Role::Error => "the error type".to_owned(),
             Role::Param(name) => format!("the type of parameter `{name}`"),
         }
@@ -469,6 +559,9 @@ impl Role {
                  instead of `&str`"
             }
             Role::Value => "every caller gets its own clone of its value; use an owned type",
+            Role::Write => {
+                "the coalescer holds each write until its batch commits; use an owned type"
+            }
             Role::Error => "every caller of a failed batch shares the error; use an owned type",
             Role::Param(_) => {
                 "#[coalesce] clones it into the key of the batch's group and moves it into \

@@ -1,0 +1,13 @@
+use coalesce::coalesce;
+
+fn add(total: &mut u64, n: u64) {
+    *total += n;
+}
+
+#[coalesce(window = "20ms", merge = add, isolate = 3)]
+async fn record_visits(items: Vec<(u32, u64)>) -> Result<(), std::io::Error> {
+    let _ = items;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,117 @@
+//! `#[coalesce]` on write batch fns: the shapes (free fns, `&self` methods with
+//! `instance`, extra parameters, per-key results), `merge`, and what the
+//! generated single-key fn returns.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use coalesce::coalesce;
+use futures::future::join_all;
+
+static VISITS: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
+static VISIT_BATCHES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn add(total: &mut u64, n: u64) {
+    *total += n;
+}
+
+/// Counts visits: concurrent calls fold into one row per user.
+#[coalesce(window = "20ms", max_batch = 1000, merge = add)]
+async fn record_visits(items: Vec<(u32, u64)>) -> Result<(), std::io::Error> {
+    VISIT_BATCHES.lock().unwrap().push(items.len());
+    let mut table = VISITS.lock().unwrap();
+    for (user, n) in items {
+        *table.entry(user).or_default() += n;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_merged_write_fn_sends_one_row_per_key() {
+    let calls = (0..1000u32).map(|i| record_visits(i % 10, 1));
+    for r in join_all(calls).await {
+        r.unwrap();
+    }
+    let table = VISITS.lock().unwrap().clone();
+    assert_eq!(table.len(), 10);
+    assert!(table.values().all(|&n| n == 100));
+    let batches = VISIT_BATCHES.lock().unwrap().clone();
+    assert!(batches.iter().all(|&n| n <= 10), "{batches:?}");
+    assert!(batches.len() < 1000);
+    // The batch form stays callable.
+    record_visits_batch(vec![(99, 1)]).await.unwrap();
+}
+
+/// Last write wins, with an extra parameter (calls share a batch only with
+/// equal tenants) and a per-key result.
+#[coalesce(window = "10ms")]
+async fn set_last_seen(items: Vec<(u32, u64)>, tenant: String) -> HashMap<u32, Result<(), String>> {
+    items
+        .into_iter()
+        .filter(|(user, _)| *user == 13)
+        .map(|(user, _)| (user, Err(format!("user {user} of {tenant} is frozen"))))
+        .collect()
+}
+
+#[tokio::test]
+async fn per_key_results_fail_only_their_key() {
+    let (a, b, c) = tokio::join!(
+        set_last_seen(1, 10, "acme".to_owned()),
+        set_last_seen(13, 10, "acme".to_owned()),
+        set_last_seen(13, 10, "globex".to_owned()),
+    );
+    a.unwrap();
+    match (b, c) {
+        (
+            Err(coalesce::Error::Key { source: b, .. }),
+            Err(coalesce::Error::Key { source: c, .. }),
+        ) => {
+            assert_eq!(*b, "user 13 of acme is frozen");
+            assert_eq!(*c, "user 13 of globex is frozen");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A repository cloned per request: `instance` makes the clones one.
+#[derive(Clone)]
+struct Scores {
+    table: Arc<Mutex<HashMap<String, i64>>>,
+    statements: Arc<Mutex<usize>>,
+    schema: &'static str,
+}
+
+impl Scores {
+    #[coalesce(window = "10ms", instance = self.schema)]
+    async fn save(&self, items: Vec<(String, i64)>) -> Result<(), String> {
+        *self.statements.lock().unwrap() += 1;
+        let mut table = self.table.lock().unwrap();
+        for (k, v) in items {
+            table.insert(format!("{}.{k}", self.schema), v);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn clones_of_one_repository_share_write_batches() {
+    let repo = Scores {
+        table: Arc::default(),
+        statements: Arc::default(),
+        schema: "live",
+    };
+    let calls = (0..200i64).map(|i| {
+        let per_request = repo.clone();
+        async move { per_request.save(format!("p{}", i % 20), i).await }
+    });
+    for r in join_all(calls).await {
+        r.unwrap();
+    }
+    let table = repo.table.lock().unwrap().clone();
+    assert_eq!(table.len(), 20);
+    // Last write wins: call order is kept per key.
+    assert_eq!(table["live.p0"], 180);
+    assert!(*repo.statements.lock().unwrap() < 200);
+}

@@ -49,7 +49,14 @@ impl Name {
 pub struct Slot {
     first: OnceLock<(TypeId, &'static (dyn Any + Send + Sync))>,
     more: Mutex<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
+    /// Write cores only: by instance and key type, what `after_writes`
+    /// waits on (a [`Settler`]), so that a read needs no other type.
+    settlers: Mutex<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
 }
+
+/// Waits for the pending writes of a key (type-erased `WriteCore::settled`).
+type Settler<K> =
+    Box<dyn Fn(&K) -> ::core::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl Slot {
     /// An empty slot, for the initializer of the `static`.
@@ -58,6 +65,7 @@ impl Slot {
         Slot {
             first: OnceLock::new(),
             more: Mutex::new(Vec::new()),
+            settlers: Mutex::new(Vec::new()),
         }
     }
 
@@ -125,7 +133,7 @@ impl Slot {
         &'static self,
         name: Name,
         config: fn(Config) -> Config,
-        merge: Option<Merger<W>>,
+        merge: fn() -> Option<Merger<W>>,
     ) -> &'static WriteCore<G, K, W, E>
     where
         S: ?Sized + 'static,
@@ -137,17 +145,49 @@ impl Slot {
         let id = TypeId::of::<(fn() -> *const S, WriteCore<G, K, W, E>)>();
         let any = self.entry(id, || {
             let config = config(Config::new(name.resolve::<S>()));
-            let core = match merge {
+            let core = match merge() {
                 Some(m) => WriteCore::<G, K, W, E>::with_merge(config, move |a: &mut W, b| m(a, b)),
                 None => WriteCore::new(config),
             };
-            Box::leak(Box::new(core))
+            let core: &'static WriteCore<G, K, W, E> = Box::leak(Box::new(core));
+            let settler: Settler<K> = Box::new(move |key: &K| Box::pin(core.settled(key)));
+            let settler: &'static Settler<K> = Box::leak(Box::new(settler));
+            self.settlers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((TypeId::of::<(fn() -> *const S, K)>(), settler));
+            core
         });
         match any.downcast_ref() {
             Some(core) => core,
             None => {
                 unreachable!("a coalesce slot holds a core of another type under this type's id")
             }
+        }
+    }
+}
+
+/// The writes to `key` accepted so far by the write fn of `slot` (for
+/// instance type `S`) are answered: what `#[coalesce(after_writes = …)]` waits
+/// for, through the write fn's hidden `__coalesce_settled_<name>` companion.
+/// Before the write fn's first call there is nothing to wait for.
+pub fn settled<S, K>(slot: &'static Slot, key: &K) -> impl Future<Output = ()> + Send + 'static
+where
+    S: ?Sized + 'static,
+    K: 'static,
+{
+    let id = TypeId::of::<(fn() -> *const S, K)>();
+    let settler = slot
+        .settlers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .find(|(t, _)| *t == id)
+        .and_then(|(_, s)| s.downcast_ref::<Settler<K>>());
+    let wait = settler.map(|settler| settler(key));
+    async move {
+        if let Some(wait) = wait {
+            wait.await;
         }
     }
 }
@@ -194,7 +234,7 @@ pub fn save<G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: Option<Merger<W>>,
+    merge: fn() -> Option<Merger<W>>,
     group: G,
     key: K,
     value: W,
@@ -220,7 +260,7 @@ pub fn save_for<'a, S, G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: Option<Merger<W>>,
+    merge: fn() -> Option<Merger<W>>,
     this: &'a S,
     group: G,
     key: K,
@@ -248,7 +288,7 @@ pub fn save_for_arc<'a, T, G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: Option<Merger<W>>,
+    merge: fn() -> Option<Merger<W>>,
     this: &'a Arc<T>,
     group: G,
     key: K,
@@ -276,7 +316,7 @@ pub fn save_with<'a, S, G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: Option<Merger<W>>,
+    merge: fn() -> Option<Merger<W>>,
     this: &'a S,
     group: G,
     key: K,

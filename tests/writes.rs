@@ -34,11 +34,17 @@ async fn a_merged_write_fn_sends_one_row_per_key() {
     for r in join_all(calls).await {
         r.unwrap();
     }
-    let table = VISITS.lock().unwrap().clone();
+    // Users 0..10 are this test's (others write other users).
+    let table: BTreeMap<u32, u64> = VISITS
+        .lock()
+        .unwrap()
+        .range(0..10)
+        .map(|(k, v)| (*k, *v))
+        .collect();
     assert_eq!(table.len(), 10);
     assert!(table.values().all(|&n| n == 100));
     let batches = VISIT_BATCHES.lock().unwrap().clone();
-    assert!(batches.iter().all(|&n| n <= 10), "{batches:?}");
+    assert!(batches.iter().all(|&n| n <= 11), "{batches:?}");
     assert!(batches.len() < 1000);
     // The batch form stays callable.
     record_visits_batch(vec![(99, 1)]).await.unwrap();
@@ -114,4 +120,51 @@ async fn clones_of_one_repository_share_write_batches() {
     // Last write wins: call order is kept per key.
     assert_eq!(table["live.p0"], 180);
     assert!(*repo.statements.lock().unwrap() < 200);
+}
+
+/// Reads the visit counts; declared to follow `record_visits`, so a read of a
+/// key waits for the writes to that key accepted before it.
+#[coalesce(window = "1ms", after_writes = record_visits)]
+async fn get_visits(users: Vec<u32>) -> HashMap<u32, u64> {
+    let table = VISITS.lock().unwrap();
+    users
+        .into_iter()
+        .filter_map(|u| table.get(&u).map(|n| (u, *n)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_read_after_writes_sees_every_write_accepted_before_it() {
+    let mut writes: Vec<_> = (0..100).map(|_| Box::pin(record_visits(500, 1))).collect();
+    for w in &mut writes {
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    // The writes gather for 20 ms; the read's own window is 1 ms.
+    let (read, written) = tokio::join!(get_visits(500), join_all(writes));
+    assert!(written.iter().all(Result::is_ok));
+    assert_eq!(read.unwrap(), Some(100));
+}
+
+impl Scores {
+    #[coalesce(window = "1ms", instance = self.schema, after_writes = Self::save)]
+    async fn get(&self, keys: Vec<String>) -> HashMap<String, i64> {
+        let table = self.table.lock().unwrap();
+        keys.into_iter()
+            .filter_map(|k| table.get(&format!("{}.{k}", self.schema)).map(|v| (k, *v)))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_read_method_follows_the_write_method_it_names() {
+    let repo = Scores {
+        table: Arc::default(),
+        statements: Arc::default(),
+        schema: "ryw",
+    };
+    let mut write = Box::pin(repo.save("k".to_owned(), 7));
+    assert!(futures::poll!(write.as_mut()).is_pending());
+    let (read, written) = tokio::join!(repo.get("k".to_owned()), write);
+    written.unwrap();
+    assert_eq!(read.unwrap(), Some(7));
 }

@@ -24,6 +24,7 @@ mod kw {
     syn::custom_keyword!(name);
     syn::custom_keyword!(dispatch);
     syn::custom_keyword!(merge);
+    syn::custom_keyword!(after_writes);
 }
 
 /// A value together with the span of the tokens it was read from.
@@ -69,6 +70,9 @@ pub struct Args {
     pub dispatch: Option<Spanned<Dispatch>>,
     /// `merge = path::to::fn`: how writes to one key fold (write fns only).
     pub merge: Option<Spanned<Expr>>,
+    /// `after_writes = path::to::write_fn`: a read waits for the pending
+    /// writes of its key through that write fn first.
+    pub after_writes: Option<Spanned<Expr>>,
 }
 
 impl Args {
@@ -122,6 +126,7 @@ impl Args {
         arg!(group, parse_expr_arg(input)?);
         arg!(instance, parse_expr_arg(input)?);
         arg!(merge, parse_expr_arg(input)?);
+        arg!(after_writes, parse_expr_arg(input)?);
         arg!(name, parse_name_arg(input)?);
         arg!(dispatch, parse_dispatch_arg(input)?);
         Err(lookahead.error())

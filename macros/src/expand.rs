@@ -313,10 +313,9 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
                     let path = &merge.value;
                     let (first, last) = token_range(path);
                     let call = parenthesized(last, quote!(#path));
-                    let merge = quote_spanned!(first=> ::core::option::Option::Some(#private::merge::<#value_arg, _> #call));
-                    merge
+                    quote_spanned!(first=> || ::core::option::Option::Some(#private::merge::<#value_arg, _> #call))
                 }
-                None => quote!(::core::option::Option::None),
+                None => quote!(|| ::core::option::Option::None),
             };
             (
                 function.to_token_stream(),
@@ -326,10 +325,23 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
         }
         None => (function, None, None),
     };
+    let companion = |prefix: &str| {
+        let ident = format_ident!("__coalesce_{}_{}", prefix, fn_name);
+        match signature.receiver {
+            Some(_) => quote!(Self::#ident),
+            None => quote!(#ident),
+        }
+    };
+    let slot = if is_write {
+        let slot_fn = companion("slot");
+        quote!(#slot_fn())
+    } else {
+        quote!(&__COALESCE_SLOT)
+    };
     let call_args = parenthesized(
         last,
         quote! {
-            &__COALESCE_SLOT,
+            #slot,
             #name,
             #config,
             #merge_arg
@@ -347,7 +359,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let result = match shape.kind {
         ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Write => awaited,
         ShapeKind::List => {
-            let named = self_type.unwrap_or_else(|| quote!(()));
+            let named = self_type.clone().unwrap_or_else(|| quote!(()));
             let arg = parenthesized(last, quote!(#awaited, #name));
             quote_spanned!(first=> ::coalesce::__private::required::<#named, _, _> #arg)
         }
@@ -357,17 +369,91 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let attrs = &func.attrs;
     let vis = &func.vis;
     let batch = batch_fn(func);
+    // `after_writes = path::to::write_fn`: wait for the pending writes of this
+    // key through that write fn's companion first.
+    let after = match (&args.after_writes, is_write) {
+        (None, _) => None,
+        (Some(arg), false) => match settled_path(&arg.value) {
+            Some(path) => Some(quote_spanned!(arg.span=> #path(&#key).await;)),
+            None => {
+                let error = syn::Error::new(
+                    arg.span,
+                    "`after_writes` names the write fn this read follows, as a path: \
+                     `after_writes = save_user` or `after_writes = Self::save_user`",
+                );
+                return fallback(func, signature, &error);
+            }
+        },
+        (Some(arg), true) => {
+            let error = syn::Error::new(
+                arg.span,
+                "`after_writes` goes on a read fn: it makes the read wait for the pending \
+                 writes of its key through the write fn it names",
+            );
+            return fallback(func, signature, &error);
+        }
+    };
+    let (static_slot, companions) = if is_write {
+        let slot_fn = format_ident!("__coalesce_slot_{}", fn_name);
+        let settled_fn = format_ident!("__coalesce_settled_{}", fn_name);
+        let settled_self = self_type.clone().unwrap_or_else(|| quote!(()));
+        let companions = quote! {
+            #[doc(hidden)]
+            #[allow(non_snake_case, dead_code)]
+            #vis fn #slot_fn() -> &'static #private::Slot {
+                static __COALESCE_SLOT: #private::Slot = #private::Slot::new();
+                &__COALESCE_SLOT
+            }
+
+            /// Waits until the writes to `key` accepted so far are answered
+            /// (`#[coalesce(after_writes = …)]` on a read calls this).
+            #[doc(hidden)]
+            #[allow(non_snake_case, dead_code)]
+            #vis fn #settled_fn(
+                key: &#key_type,
+            ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send + 'static {
+                #private::settled::<#settled_self, #key_type>(#slot, key)
+            }
+        };
+        (None, Some(companions))
+    } else {
+        (
+            Some(quote!(static __COALESCE_SLOT: #private::Slot = #private::Slot::new();)),
+            None,
+        )
+    };
     let body = quote_spanned! {func.sig.ident.span()=> {
-        static __COALESCE_SLOT: #private::Slot = #private::Slot::new();
+        #static_slot
         #(#lets)*
+        #after
         #result
     }};
     quote! {
         #(#attrs)*
         #vis #single #body
 
+        #companions
+
         #batch
     }
+}
+
+/// `path::to::__coalesce_settled_write_fn` for `path::to::write_fn`.
+fn settled_path(expr: &syn::Expr) -> Option<syn::Path> {
+    let syn::Expr::Path(p) = expr else {
+        return None;
+    };
+    if p.qself.is_some() {
+        return None;
+    }
+    let mut path = p.path.clone();
+    let last = path.segments.last_mut()?;
+    last.ident = format_ident!(
+        "__coalesce_settled_{}",
+        last.ident.unraw(),
+        span = last.ident.span()
+    );
+    Some(path)
 }
 
 /// The spans of the first and the last token of `tokens`.

@@ -68,3 +68,14 @@ async fn main() {
     let _: Result<(), coalesce::Error> = Arc::new(repo).put(1, 1).await;
     save_scores_batch(vec![(1, 2)]).await.unwrap();
 }
+
+/// Reads what `save_scores` writes: waits for its pending writes first.
+#[coalesce(after_writes = save_scores)]
+async fn get_scores(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, 0)).collect()
+}
+
+#[allow(dead_code)]
+async fn reads() {
+    let _: Result<Option<u64>, coalesce::Error> = get_scores(1).await;
+}

@@ -128,12 +128,12 @@ impl Slot {
         }
     }
 
-    /// The write core for instance type `S`, made on first use (with `merge`).
+    /// The write core for instance type `S`, made on first use by `build`.
     fn write_core<S, G, K, W, E>(
         &'static self,
         name: Name,
         config: fn(Config) -> Config,
-        merge: fn() -> Option<Merger<W>>,
+        build: Build<W>,
     ) -> &'static WriteCore<G, K, W, E>
     where
         S: ?Sized + 'static,
@@ -145,9 +145,13 @@ impl Slot {
         let id = TypeId::of::<(fn() -> *const S, WriteCore<G, K, W, E>)>();
         let any = self.entry(id, || {
             let config = config(Config::new(name.resolve::<S>()));
-            let core = match merge() {
-                Some(m) => WriteCore::<G, K, W, E>::with_merge(config, move |a: &mut W, b| m(a, b)),
-                None => WriteCore::new(config),
+            let core = match build {
+                Build::Plain => WriteCore::new(config),
+                Build::Merge(merge) => {
+                    let merge = merge();
+                    WriteCore::with_merge(config, move |a: &mut W, b| merge(a, b))
+                }
+                Build::Isolate(copy) => WriteCore::isolating_by(config, copy),
             };
             let core: &'static WriteCore<G, K, W, E> = Box::leak(Box::new(core));
             let settler: Settler<K> = Box::new(move |key: &K| Box::pin(core.settled(key)));
@@ -192,6 +196,17 @@ where
     }
 }
 
+/// How the expansion asks for its write core to be built.
+pub enum Build<W> {
+    /// Last write wins.
+    Plain,
+    /// `merge = …`: folded by the fn.
+    Merge(fn() -> Merger<W>),
+    /// `isolate = …` (last write wins): failed batches bisected, values
+    /// re-sent as copies made by `Clone::clone`.
+    Isolate(fn(&W) -> W),
+}
+
 /// A write fn's merge fn, as the expansion passes it.
 pub type Merger<W> = Arc<dyn Fn(&mut W, W) + Send + Sync + 'static>;
 
@@ -234,7 +249,7 @@ pub fn save<G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: fn() -> Option<Merger<W>>,
+    build: Build<W>,
     group: G,
     key: K,
     value: W,
@@ -249,7 +264,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<(), G, K, W, E>(name, config, merge)
+    slot.write_core::<(), G, K, W, E>(name, config, build)
         .save(group, key, value, batch)
 }
 
@@ -260,7 +275,7 @@ pub fn save_for<'a, S, G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: fn() -> Option<Merger<W>>,
+    build: Build<W>,
     this: &'a S,
     group: G,
     key: K,
@@ -277,7 +292,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<S, G, K, W, E>(name, config, merge)
+    slot.write_core::<S, G, K, W, E>(name, config, build)
         .save_for(this, group, key, value, batch)
 }
 
@@ -288,7 +303,7 @@ pub fn save_for_arc<'a, T, G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: fn() -> Option<Merger<W>>,
+    build: Build<W>,
     this: &'a Arc<T>,
     group: G,
     key: K,
@@ -305,7 +320,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<T, G, K, W, E>(name, config, merge)
+    slot.write_core::<T, G, K, W, E>(name, config, build)
         .save_for_arc(this, group, key, value, batch)
 }
 
@@ -316,7 +331,7 @@ pub fn save_with<'a, S, G, K, W, E, F, Fut>(
     slot: &'static Slot,
     name: Name,
     config: fn(Config) -> Config,
-    merge: fn() -> Option<Merger<W>>,
+    build: Build<W>,
     this: &'a S,
     group: G,
     key: K,
@@ -333,7 +348,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<S, G, K, W, E>(name, config, merge)
+    slot.write_core::<S, G, K, W, E>(name, config, build)
         .save_with(this, group, key, value, batch)
 }
 

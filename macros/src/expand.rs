@@ -308,14 +308,19 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
                 &function.to_string().replacen("load", "save", 1),
                 Span::call_site(),
             );
-            let merge = match &args.merge {
-                Some(merge) => {
+            // How the coalescer is built: with the merge fn, bisecting failed
+            // batches (last write wins only), or plain.
+            let merge = match (&args.merge, &args.isolate) {
+                (Some(merge), _) => {
                     let path = &merge.value;
                     let (first, last) = token_range(path);
                     let call = parenthesized(last, quote!(#path));
-                    quote_spanned!(first=> || ::core::option::Option::Some(#private::merge::<#value_arg, _> #call))
+                    quote_spanned!(first=> #private::Build::Merge(|| #private::merge::<#value_arg, _> #call))
                 }
-                None => quote!(|| ::core::option::Option::None),
+                (None, Some(isolate)) => quote_spanned!(isolate.span=>
+                    #private::Build::Isolate(<#value_arg as ::core::clone::Clone>::clone)
+                ),
+                (None, None) => quote!(#private::Build::Plain),
             };
             (
                 function.to_token_stream(),

@@ -810,3 +810,60 @@ async fn adaptive_dispatch_batches_writes_while_a_batch_runs() {
     assert!(m.batches < 2000, "{} batches for 2000 writes", m.batches);
     assert_eq!(m.pending, 0);
 }
+
+/// `isolate` on a last-write-wins coalescer bisects a failed batch: only the
+/// write that fails on its own gets the error (as its own); the others commit.
+#[tokio::test(start_paused = true)]
+async fn isolate_bisects_a_failed_last_write_wins_batch() {
+    let table = Table::default();
+    let core: WriteCore<(), &'static str, i64, String> = WriteCore::isolating(
+        Config::new("w.isolate")
+            .window(Duration::from_millis(5))
+            .isolate(4),
+    );
+    let t = table.clone();
+    let batch = move |_: &(), items: Vec<(&'static str, i64)>| {
+        let t = t.clone();
+        async move {
+            if items.iter().any(|(k, _)| *k == "poison") {
+                return Err(format!("{} rows refused", items.len()));
+            }
+            t.upsert(items);
+            Ok(())
+        }
+    };
+    let keys = ["a", "b", "poison", "c", "d"];
+    let r = no_hang(join_all(
+        keys.iter().map(|k| core.save((), *k, 1, batch.clone())),
+    ))
+    .await;
+    for (k, r) in keys.iter().zip(&r) {
+        match (*k, r) {
+            ("poison", Err(Error::Key { source, .. })) => assert_eq!(**source, "1 rows refused"),
+            ("poison", other) => panic!("{other:?}"),
+            (_, r) => assert!(r.is_ok(), "{k}: {r:?}"),
+        }
+    }
+    assert_eq!(table.rows.lock().unwrap().len(), 4);
+    // One batch, bisected inside its run.
+    assert_eq!(core.metrics().batches, 1);
+}
+
+/// A merge coalescer never re-sends (a folded increment would apply twice):
+/// `isolate` is off there, whatever the config says.
+#[tokio::test(start_paused = true)]
+async fn a_merge_coalescer_never_resends_a_failed_batch() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let core: WriteCore<(), u8, u8, String> = WriteCore::with_merge(
+        Config::new("w.isolate.merge").isolate(4),
+        |a: &mut u8, b| *a += b,
+    );
+    let c = calls.clone();
+    let batch = move |_: &(), _: Vec<(u8, u8)>| {
+        c.fetch_add(1, SeqCst);
+        async { Err::<(), _>("refused".to_owned()) }
+    };
+    let r = no_hang(join_all((0..4).map(|k| core.save((), k, 1, batch.clone())))).await;
+    assert!(r.iter().all(|r| matches!(r, Err(Error::Batch { .. }))));
+    assert_eq!(calls.load(SeqCst), 1);
+}

@@ -79,3 +79,15 @@ async fn get_scores(ids: Vec<u64>) -> HashMap<u64, u64> {
 async fn reads() {
     let _: Result<Option<u64>, coalesce::Error> = get_scores(1).await;
 }
+
+/// Last write wins: `isolate` may re-send the halves of a failed batch.
+#[coalesce(isolate = 3)]
+async fn put_names(items: Vec<(u64, String)>) -> Result<(), DbError> {
+    let _ = items;
+    Ok(())
+}
+
+#[allow(dead_code)]
+async fn puts() {
+    let _: Result<(), coalesce::Error<DbError>> = put_names(1, "ada".to_owned()).await;
+}

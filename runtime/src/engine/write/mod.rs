@@ -115,11 +115,28 @@ where
     E: Send + Sync + 'static,
 {
     /// A write coalescer where the last write to a key in a batch wins.
-    ///
-    /// `config.isolate` applies: a failed batch is split and its halves
-    /// written again (re-applying a last-write-wins batch is harmless).
+    /// `config.isolate` is ignored (see [`WriteCore::isolating`]).
     pub fn new(config: Config) -> Self {
-        Self::make(config, None)
+        Self::make(config.isolate(0), None, None)
+    }
+
+    /// As [`WriteCore::new`], with `config.isolate` applied: a failed batch is
+    /// split in halves and each half written again, down to the writes that
+    /// fail on their own (which get the error as their own). Re-sending a
+    /// last-write-wins batch is harmless: a half that had committed commits
+    /// the same values again. Needs `W: Clone` to re-send.
+    pub fn isolating(config: Config) -> Self
+    where
+        W: Clone,
+    {
+        Self::isolating_by(config, W::clone)
+    }
+
+    /// [`WriteCore::isolating`], with the values copied by `copy` (for the
+    /// `#[coalesce]` expansion, which cannot name `W: Clone` as a bound).
+    #[doc(hidden)]
+    pub fn isolating_by(config: Config, copy: fn(&W) -> W) -> Self {
+        Self::make(config, None, Some(copy))
     }
 
     /// A write coalescer that folds the writes to a key in a batch with
@@ -128,11 +145,16 @@ where
     /// (re-applying a folded batch would apply its increments twice).
     pub fn with_merge(config: Config, merge: impl Fn(&mut W, W) + Send + Sync + 'static) -> Self {
         let merge: Merge<W> = StdArc::new(merge);
-        Self::make(config.isolate(0), Some(merge))
+        Self::make(config.isolate(0), Some(merge), None)
     }
 
-    fn make(config: Config, merge: Option<Merge<W>>) -> Self {
-        let inner = StdArc::new(Inner::new(config, WriteSettings { merge }));
+    fn make(config: Config, merge: Option<Merge<W>>, isolate: Option<fn(&W) -> W>) -> Self {
+        let settings = WriteSettings {
+            merge,
+            isolate,
+            types: std::marker::PhantomData,
+        };
+        let inner = StdArc::new(Inner::new(config, settings));
         let erased: StdArc<dyn Flush> = inner.clone();
         register(StdArc::downgrade(&erased));
         WriteCore { inner }

@@ -60,9 +60,75 @@ pub(crate) struct Write<G, K, W, E>(PhantomData<Types<G, K, W, E>>);
 type Types<G, K, W, E> = fn() -> (G, K, W, E);
 
 /// A write coalescer's settings.
-pub(crate) struct WriteSettings<W> {
+pub(crate) struct WriteSettings<G, K, W, E> {
     /// How writes to one key fold; `None`: the last write wins.
     pub(crate) merge: Option<Merge<W>>,
+    /// Bisects failed batches (`config.isolate` levels) when set, re-sending
+    /// values copied with this fn (last write wins only).
+    pub(crate) isolate: Option<fn(&W) -> W>,
+    pub(crate) types: PhantomData<Types<G, K, W, E>>,
+}
+
+/// Runs `items` through `maker`; if the whole batch fails and `depth` allows,
+/// splits them in halves and writes each half again (concurrently),
+/// recursively. Items of a part that still fails share its error as a per-key
+/// error. Sound for last-write-wins batches only: a half may commit twice.
+pub(crate) fn bisect<G, K, W, E>(
+    maker: WriteMaker<G, K, W, E>,
+    group: StdArc<GroupKey<G>>,
+    items: Vec<(K, W)>,
+    depth: u32,
+    copy: fn(&W) -> W,
+) -> RunOf<Delivery<K, (), E>>
+where
+    G: Send + Sync + 'static,
+    K: Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    Box::pin(async move {
+        let copies = items.iter().map(|(k, w)| (k.clone(), copy(w))).collect();
+        let first = maker(&group.group, copies).await;
+        let Delivery::Failed(e) = first else {
+            return first;
+        };
+        if depth == 0 {
+            return Delivery::Failed(e);
+        }
+        if items.len() == 1 {
+            // A single write: its error is its own.
+            let e = StdArc::new(e);
+            return Delivery::Keyed(Box::new(
+                items.into_iter().map(move |(k, _)| (k, Err(e.clone()))),
+            ));
+        }
+        drop(e);
+        let mut left = items;
+        let right = left.split_off(left.len() / 2);
+        let keys = |part: &[(K, W)]| part.iter().map(|(k, _)| k.clone()).collect::<Vec<K>>();
+        let (left_keys, right_keys) = (keys(&left), keys(&right));
+        let (a, b) = futures::future::join(
+            bisect(maker.clone(), group.clone(), left, depth - 1, copy),
+            bisect(maker, group, right, depth - 1, copy),
+        )
+        .await;
+        let mut entries = entries_of(a, left_keys);
+        entries.extend(entries_of(b, right_keys));
+        Delivery::Keyed(Box::new(entries.into_iter()))
+    })
+}
+
+/// A part's outcome as per-key entries, so that parts can be joined.
+fn entries_of<K, E>(d: Delivery<K, (), E>, keys: Vec<K>) -> Vec<(K, Result<(), StdArc<E>>)> {
+    match d {
+        Delivery::Keyed(entries) => entries.collect(),
+        Delivery::Failed(e) => {
+            let e = StdArc::new(e);
+            keys.into_iter().map(|k| (k, Err(e.clone()))).collect()
+        }
+        // Write outputs are never ordered: every key committed.
+        Delivery::Ordered(_) => Vec::new(),
+    }
 }
 
 /// A group's write state.
@@ -127,7 +193,7 @@ where
     type Entries = WriteEntries<K, W, E>;
     type Solo = ();
     type GroupExtra = WriteGroup<K, W, E>;
-    type Settings = WriteSettings<W>;
+    type Settings = WriteSettings<G, K, W, E>;
     type Shared = Pending<E>;
     type Maker = WriteMaker<G, K, W, E>;
     type Frozen = WriteFrozen<K, W, E>;
@@ -189,7 +255,7 @@ where
     }
 
     fn make(
-        _inner: &Inner<Self>,
+        inner: &Inner<Self>,
         maker: &Self::Maker,
         group: &StdArc<GroupKey<G>>,
         frozen: &mut Self::Frozen,
@@ -201,7 +267,12 @@ where
                 std::iter::empty(),
             ))));
         }
-        maker(&group.group, items)
+        match (inner.settings.isolate, inner.config.isolate) {
+            (Some(copy), depth) if depth > 0 => {
+                bisect(maker.clone(), group.clone(), items, depth, copy)
+            }
+            _ => maker(&group.group, items),
+        }
     }
 
     fn complete(

@@ -8,7 +8,10 @@
 //! hand-off from a finishing batch to a queued one (`max_in_flight`); a lone
 //! call's lane, and its promotion to a task of its own when a batch queues for
 //! it; and a queued batch abandoned by its only caller while a lane is handed to
-//! it. What they do not: timers (windows are zero, no timeout) and a runtime
+//! it. For writes: a write racing the batch of its key (enqueue vs dispatch),
+//! a key's second write held back while its first runs and released when it
+//! commits (the per-key watermark), and a writer that leaves after its write
+//! was accepted. What they do not: timers (windows are zero, no timeout) and a runtime
 //! shutting down, which the paused-clock and multi-runtime tests cover.
 //!
 //! Each model explores every interleaving with at most two preemptions per
@@ -21,7 +24,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use coalesce_runtime::{Config, Core, Dispatch};
+use coalesce_runtime::{Config, Core, Dispatch, WriteCore};
 use loom::future::block_on;
 use loom::sync::Arc;
 use loom::thread;
@@ -176,5 +179,109 @@ fn a_queued_batch_abandoned_while_a_lane_is_handed_to_it() {
         assert_eq!(mine.unwrap(), Some(20));
         t.join().unwrap();
         assert_idle(&c);
+    });
+}
+
+/// A table the write models commit to: rows, and the keys whose write is in
+/// flight (to catch two writes of one key running at once).
+#[derive(Clone, Default)]
+struct Table {
+    rows: std::sync::Arc<std::sync::Mutex<HashMap<u64, u64>>>,
+    running: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Table {
+    fn batch(
+        &self,
+    ) -> impl Fn(&(), Vec<(u64, u64)>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static
+    {
+        let t = self.clone();
+        move |_, items| {
+            let t = t.clone();
+            Box::pin(async move {
+                for (k, _) in &items {
+                    let mut running = t.running.lock().unwrap();
+                    assert!(!running.contains(k), "two writes of key {k} in flight");
+                    running.push(*k);
+                }
+                YieldOnce(false).await;
+                let mut rows = t.rows.lock().unwrap();
+                for (k, v) in items {
+                    *rows.entry(k).or_default() += v;
+                    t.running.lock().unwrap().retain(|r| *r != k);
+                }
+            })
+        }
+    }
+}
+
+fn writes(config: Config) -> Arc<WriteCore<(), u64, u64>> {
+    Arc::new(WriteCore::with_merge(
+        config.window(Duration::ZERO),
+        |a: &mut u64, b| *a += b,
+    ))
+}
+
+fn assert_writes_idle(c: &WriteCore<(), u64, u64>) {
+    coalesce_runtime::join_drivers();
+    let m = c.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
+/// Two writes of one key, one per batch (`max_batch = 1`), two lanes: the
+/// second is held back while the first runs, then released into a batch of
+/// its own. Never two in flight; both answered; the sum is whole.
+#[test]
+fn a_keys_second_write_waits_for_its_first() {
+    model(|| {
+        let table = Table::default();
+        let c = writes(Config::new("loom.w").max_batch(1).max_in_flight(2));
+        let (c2, b2) = (c.clone(), table.batch());
+        let t = thread::spawn(move || block_on(c2.save((), 7, 1, b2)));
+        let mine = block_on(c.save((), 7, 2, table.batch()));
+        mine.unwrap();
+        t.join().unwrap().unwrap();
+        assert_writes_idle(&c);
+        assert_eq!(table.rows.lock().unwrap().get(&7), Some(&3));
+    });
+}
+
+/// Writes of two keys race the dispatch of the batch: each lands in the
+/// batch or in the next one, and both commit.
+#[test]
+fn a_write_racing_its_batchs_dispatch_lands_in_one_batch() {
+    model(|| {
+        let table = Table::default();
+        let c = writes(Config::new("loom.w").max_batch(8));
+        let (c2, b2) = (c.clone(), table.batch());
+        let t = thread::spawn(move || block_on(c2.save((), 1, 10, b2)));
+        block_on(c.save((), 2, 20, table.batch())).unwrap();
+        t.join().unwrap().unwrap();
+        assert_writes_idle(&c);
+        let rows = table.rows.lock().unwrap().clone();
+        assert_eq!(rows, HashMap::from([(1, 10), (2, 20)]));
+    });
+}
+
+/// A writer leaves right after its write was accepted: the write commits all
+/// the same, and nothing stays pending.
+#[test]
+fn a_writer_that_leaves_does_not_withdraw_its_write() {
+    model(|| {
+        let table = Table::default();
+        let c = writes(Config::new("loom.w").max_batch(8));
+        let (c2, b2) = (c.clone(), table.batch());
+        let t = thread::spawn(move || {
+            let mut fut = Box::pin(c2.save((), 3, 5, b2));
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            // Accepted by this poll (and maybe answered already).
+            let _ = fut.as_mut().poll(&mut cx);
+            drop(fut);
+        });
+        block_on(c.save((), 3, 1, table.batch())).unwrap();
+        t.join().unwrap();
+        assert_writes_idle(&c);
+        assert_eq!(table.rows.lock().unwrap().get(&3), Some(&6));
     });
 }

@@ -581,10 +581,11 @@ async fn max_pending_counts_writers_not_keys() {
     }
 }
 
-/// Ordered per key: random writes over a few keys with `max_in_flight = 4` and
-/// random batch run times end in the state of a sequential model (the last
-/// write per key in call order; the fold in call order), and no key ever has
-/// two writes in flight.
+/// Ordered per key: random writes over a few keys with `max_in_flight = 4`,
+/// small random `max_batch` (full batches leave in whatever order their
+/// drivers run) and random batch run times end in the state of a sequential
+/// model (the last write per key in call order; the fold in call order), and
+/// no key ever has two writes in flight.
 #[test]
 fn random_writes_end_in_the_sequential_models_state() {
     use proptest::prelude::*;
@@ -594,22 +595,52 @@ fn random_writes_end_in_the_sequential_models_state() {
     });
     let strategy = proptest::collection::vec((0u8..4, 1i64..100, 0u64..4, 0u64..3), 1..60);
     runner
-        .run(&(strategy, any::<bool>()), |(writes, merged)| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            rt.block_on(check_order(writes, merged));
-            Ok(())
-        })
+        .run(
+            &(strategy, any::<bool>(), 1usize..5),
+            |(writes, merged, max_batch)| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .start_paused(true)
+                    .build()
+                    .unwrap();
+                rt.block_on(check_order(writes, merged, max_batch));
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+/// The same on a multi-threaded runtime with real time: batch drivers race on
+/// two workers, so full batches reach their lanes in any order.
+#[test]
+fn random_writes_on_two_workers_end_in_the_sequential_models_state() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    let strategy = proptest::collection::vec((0u8..4, 1i64..100, 0u64..2, 0u64..2), 1..80);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runner
+        .run(
+            &(strategy, any::<bool>(), 1usize..4),
+            |(writes, merged, max_batch)| {
+                rt.block_on(check_order(writes, merged, max_batch));
+                Ok(())
+            },
+        )
         .unwrap();
 }
 
 /// Each write: (key, value, batch run time in ms, pause before the next write in ms).
-async fn check_order(writes: Vec<(u8, i64, u64, u64)>, merged: bool) {
+async fn check_order(writes: Vec<(u8, i64, u64, u64)>, merged: bool, max_batch: usize) {
     let config = Config::new("w.order")
         .window(Duration::from_millis(2))
+        .max_batch(max_batch)
         .max_in_flight(4);
     let core: Arc<WriteCore<(), u8, (i64, u64)>> = Arc::new(if merged {
         WriteCore::with_merge(config, |a: &mut (i64, u64), b: (i64, u64)| {

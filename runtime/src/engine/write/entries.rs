@@ -133,14 +133,30 @@ pub(crate) struct Wrote<K, W, E> {
 
 /// Net values by key.
 pub(crate) struct WriteEntries<K, W, E> {
+    /// Unique in the process: names the batch in its group's index of keys
+    /// not yet sent (`mode::WriteGroup::placed`).
+    pub(crate) id: u64,
     pub(crate) slots: Vec<WriteSlot<K, W, E>>,
     /// Key -> slot, by the key's hash.
     index: HashTable<u32>,
 }
 
+/// What [`WriteEntries::fold_existing`] did.
+pub(crate) enum Folded<K, W, E> {
+    /// The key was here: the write joined its slot.
+    Done(Wrote<K, W, E>),
+    /// The key is not here: the write is handed back.
+    Absent(K, W),
+    /// `Eq` of a key panicked: nothing changed; the write is handed back.
+    Panicked(UserPanic, K, W),
+}
+
+static NEXT_ENTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl<K, W, E> WriteEntries<K, W, E> {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         WriteEntries {
+            id: NEXT_ENTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             slots: Vec::with_capacity(capacity),
             index: HashTable::with_capacity(capacity),
         }
@@ -206,6 +222,37 @@ impl<K: Eq, W, E> WriteEntries<K, W, E> {
                 .copied()
         }))
         .map_err(|p| UserPanic(panic_message(&*p)))
+    }
+
+    /// One write of `value` to `key`, if the key has a slot here.
+    pub(crate) fn fold_existing(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: W,
+        merge: Option<&Merge<W>>,
+    ) -> Folded<K, W, E> {
+        match self.find(hash, &key) {
+            Err(p) => Folded::Panicked(p, key, value),
+            Ok(None) => Folded::Absent(key, value),
+            Ok(Some(i)) => {
+                let slot = &mut self.slots[i as usize];
+                let replaced = fold(slot, value, merge);
+                let ack = slot.acks[0].clone();
+                ack.add_writer();
+                Folded::Done(Wrote {
+                    ack,
+                    new: false,
+                    garbage: (Some(key), replaced),
+                })
+            }
+        }
+    }
+
+    /// Whether `key` has a slot here (`Eq` is user code: its panic is
+    /// returned).
+    pub(crate) fn contains(&self, hash: u64, key: &K) -> Result<bool, UserPanic> {
+        Ok(self.find(hash, key)?.is_some())
     }
 
     /// One write of `value` to `key`: folded into the key's slot, or a new

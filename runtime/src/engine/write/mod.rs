@@ -19,7 +19,7 @@ use std::sync::{Arc as StdArc, Mutex as StdMutex, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use self::entries::{Ack, Merge};
+use self::entries::{Ack, Folded, Merge};
 use self::mode::{Answering, Write, WriteMaker, WriteSettings};
 use super::batch::hash_of;
 use super::clock::{Clock, Sleep};
@@ -427,6 +427,43 @@ where
             }
         };
         let created = spare.is_none();
+        let merge = self.settings.merge.as_ref();
+        // A key not yet sent lives in one batch: a later write folds there.
+        let (key, value) = match group.extra.placed(key_hash, &key) {
+            Err(p) => {
+                drop(guard);
+                drop_quietly((key, value, spare));
+                return Err(self.write_panic("`Eq` of the key", p.0));
+            }
+            Ok(None) => (key, value),
+            Ok(Some(batch)) => {
+                let mut st = lock(&batch.st);
+                match st.entries.fold_existing(key_hash, key, value, merge) {
+                    Folded::Done(wrote) => {
+                        st.dedup_hits += 1;
+                        let kick = self.joined(state, &batch, &mut st, reentrant, &ancestry);
+                        drop(st);
+                        state.pending += 1;
+                        let gauges = (state.in_flight, state.pending);
+                        drop(guard);
+                        self.rec.gauges(gauges.0, gauges.1);
+                        drop_quietly((spare, wrote.garbage));
+                        if let Some(w) = kick {
+                            w.wake();
+                        }
+                        return Ok((wrote.ack, None));
+                    }
+                    // Unreachable (`placed` found the key under the same locks).
+                    Folded::Absent(key, value) => (key, value),
+                    Folded::Panicked(p, key, value) => {
+                        drop(st);
+                        drop(guard);
+                        drop_quietly((key, value, spare));
+                        return Err(self.write_panic("`Eq` of the key", p.0));
+                    }
+                }
+            }
+        };
         let (batch, opened) = match &group.open {
             Some(b) => (b.clone(), false),
             None => {
@@ -447,7 +484,6 @@ where
             }
         };
         let mut st = lock(&batch.st);
-        let merge = self.settings.merge.as_ref();
         let wrote = match st.entries.write(key_hash, key, value, merge) {
             Ok(w) => w,
             Err(p) => {
@@ -468,6 +504,9 @@ where
         };
         if wrote.new {
             state.extra.insert(wrote.ack.clone());
+            if let Some(g) = state.groups.by_key(group_hash, &batch.group) {
+                g.extra.place(key_hash, st.entries.id, &batch);
+            }
         } else {
             st.dedup_hits += 1;
         }
@@ -591,6 +630,7 @@ where
                     garbage.push((slot.key, slot.value));
                 }
             }
+            group.extra.unplace_emptied();
             for slot in group.extra.take_held() {
                 out.answer(extra, &slot.acks, Err(drained()));
                 dropped += 1;

@@ -37,7 +37,7 @@ use std::task::Waker;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::super::batch::{hash_of, Batch, BatchState, Phase};
+use super::super::batch::{hash_of, Batch, BatchState, Phase, UserPanic};
 use super::super::deliver::{self, catching, drop_quietly, Lookup, Outcome, Settled};
 use super::super::group::{Group, GroupKey};
 use super::super::mode::{Completed, Freeze, Lost, Mode, RunOf};
@@ -132,23 +132,59 @@ fn entries_of<K, E>(d: Delivery<K, (), E>, keys: Vec<K>) -> Vec<(K, Result<(), S
 }
 
 /// A group's write state.
-pub(crate) struct WriteGroup<K, W, E> {
+pub(crate) struct WriteGroup<G, K, W, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
     /// Hashes of the keys whose write is running.
     running: HashTable<u64>,
     /// Writes held back until their key's running write ends.
     held: WriteEntries<K, W, E>,
+    /// The batches not yet sent, by the hashes of their keys: a key not yet
+    /// sent lives in exactly one of them, so that its later writes fold there
+    /// (and batches that leave out of order never reorder a key).
+    placed: HashTable<Placed<G, K, W, E>>,
 }
 
-impl<K, W, E> Default for WriteGroup<K, W, E> {
+/// A key (by hash) of a batch not yet sent, and that batch (by its entries' id).
+struct Placed<G, K, W, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    hash: u64,
+    id: u64,
+    batch: WriteBatch<G, K, W, E>,
+}
+
+impl<G, K, W, E> Default for WriteGroup<G, K, W, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
     fn default() -> Self {
         WriteGroup {
             running: HashTable::new(),
             held: WriteEntries::with_capacity(0),
+            placed: HashTable::new(),
         }
     }
 }
 
-impl<K, W, E> WriteGroup<K, W, E> {
+impl<G, K, W, E> WriteGroup<G, K, W, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
     fn is_running(&self, hash: u64) -> bool {
         self.running.find(hash, |&h| h == hash).is_some()
     }
@@ -162,6 +198,54 @@ impl<K, W, E> WriteGroup<K, W, E> {
         if let Ok(e) = self.running.find_entry(hash, |&h| h == hash) {
             e.remove();
         }
+    }
+
+    /// The batch not yet sent that holds `key`, if any. Locks the candidate
+    /// batches (under the state lock: the lock order holds). `Eq` is user
+    /// code: its panic is returned.
+    pub(crate) fn placed(
+        &self,
+        hash: u64,
+        key: &K,
+    ) -> Result<Option<WriteBatch<G, K, W, E>>, UserPanic> {
+        for p in self.placed.iter_hash(hash) {
+            let st = lock(&p.batch.st);
+            if st.entries.contains(hash, key)? {
+                return Ok(Some(p.batch.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A new key (by hash) in `batch`, not yet sent.
+    pub(crate) fn place(&mut self, hash: u64, id: u64, batch: &WriteBatch<G, K, W, E>) {
+        self.placed.insert_unique(
+            hash,
+            Placed {
+                hash,
+                id,
+                batch: batch.clone(),
+            },
+            |p| p.hash,
+        );
+    }
+
+    /// The batch with entries `id` is sent (or gone): its keys leave the index.
+    fn unplace(&mut self, id: u64, hashes: impl Iterator<Item = u64>) {
+        for hash in hashes {
+            if let Ok(e) = self.placed.find_entry(hash, |p| p.id == id) {
+                e.remove();
+            }
+        }
+        if self.placed.capacity() > 4 * self.placed.len() + 64 {
+            self.placed.shrink_to(2 * self.placed.len(), |p| p.hash);
+        }
+    }
+
+    /// Forgets every key of the batches whose entries are empty now (a drain).
+    pub(crate) fn unplace_emptied(&mut self) {
+        self.placed
+            .retain(|p| !lock(&p.batch.st).entries.is_empty());
     }
 }
 
@@ -192,7 +276,7 @@ where
     type E = E;
     type Entries = WriteEntries<K, W, E>;
     type Solo = ();
-    type GroupExtra = WriteGroup<K, W, E>;
+    type GroupExtra = WriteGroup<G, K, W, E>;
     type Settings = WriteSettings<G, K, W, E>;
     type Shared = Pending<E>;
     type Maker = WriteMaker<G, K, W, E>;
@@ -209,7 +293,7 @@ where
     }
 
     fn idle(extra: &Self::GroupExtra) -> bool {
-        extra.running.is_empty() && extra.held.is_empty()
+        extra.running.is_empty() && extra.held.is_empty() && extra.placed.is_empty()
     }
 
     fn freeze(
@@ -218,6 +302,10 @@ where
         group: &mut Group<Self>,
     ) -> Freeze<Self> {
         let merge = inner.settings.merge.as_ref();
+        let id = st.entries.id;
+        group
+            .extra
+            .unplace(id, st.entries.slots.iter().map(|s| s.hash));
         let mut sent = Vec::with_capacity(st.entries.len());
         let mut failed = Vec::new();
         let mut garbage = Vec::new();
@@ -417,6 +505,15 @@ where
                 0
             }
             None => {
+                if let Some(group) = state
+                    .groups
+                    .by_addr(batch.group_hash, StdArc::as_ptr(&batch.group) as usize)
+                {
+                    let id = st.entries.id;
+                    group
+                        .extra
+                        .unplace(id, st.entries.slots.iter().map(|s| s.hash));
+                }
                 for slot in &st.entries.slots {
                     out.answer(&mut state.extra, &slot.acks, Err(shutdown()));
                 }
@@ -483,21 +580,40 @@ fn place_held<G, K, W, E>(
     let merge = inner.settings.merge.as_ref();
     let max = inner.config.max_batch;
     for slot in held {
+        // A batch not yet sent that has the key takes it (its writes are
+        // newer); else the open batch, or a new one.
+        let placed = match group.extra.placed(slot.hash, &slot.key) {
+            Ok(placed) => placed,
+            Err(p) => {
+                let err = Error::Panicked {
+                    name: inner.name.clone(),
+                    message: format!("`Eq` of the key panicked: {}", p.0).into(),
+                };
+                out.answer(pending, &slot.acks, Err(err));
+                garbage.push((Some(slot.key), slot.value));
+                continue;
+            }
+        };
         let mut slot = slot;
         loop {
-            let open = match &group.open {
-                Some(b) => b.clone(),
-                None => {
+            let target = match (&placed, &group.open) {
+                (Some(b), _) | (None, Some(b)) => b.clone(),
+                (None, None) => {
                     let batch = inner.open_batch(gathering, group, group.hash, true);
                     lock(&batch.st).kicked = true;
                     respawn.push(batch.clone());
                     batch
                 }
             };
-            let mut st = lock(&open.st);
-            let room = st.entries.len() < max;
+            let mut st = lock(&target.st);
+            let room = placed.is_some() || st.entries.len() < max;
+            let (hash, id) = (slot.hash, st.entries.id);
+            let before = st.entries.len();
             match st.entries.absorb(slot, merge, true, room) {
                 Ok(g) => {
+                    if st.entries.len() > before {
+                        group.extra.place(hash, id, &target);
+                    }
                     garbage.push(g);
                     break;
                 }

@@ -557,9 +557,10 @@ impl Answering {
     }
 }
 
-/// Held slots whose key's write ended join the group's open batch (folded
-/// before its own writes to the key: they are older), or a new batch that
-/// leaves at once. A full open batch takes only keys it has already; it then
+/// Held slots whose key's write ended join the batch not yet sent that has
+/// their key, or the group's open batch (folded before its own writes to the
+/// key: they are older), or a new batch; whichever it is leaves at once (they
+/// have waited a window and their key's previous write already). A full open batch takes only keys it has already; it then
 /// leaves, and a new batch takes the rest.
 #[allow(clippy::too_many_arguments)]
 fn place_held<G, K, W, E>(
@@ -613,6 +614,12 @@ fn place_held<G, K, W, E>(
                 Ok(g) => {
                     if st.entries.len() > before {
                         group.extra.place(hash, id, &target);
+                    }
+                    // These writes have waited a window and their key's
+                    // previous write already: the batch leaves now.
+                    if !st.kicked {
+                        st.kicked = true;
+                        out.wakers.extend(st.driver_waker());
                     }
                     garbage.push(g);
                     break;

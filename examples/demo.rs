@@ -1,8 +1,8 @@
-//! # coalesce demo: 10,000 concurrent lookups, a handful of queries
+//! # coalesce demo: 10,000 concurrent lookups, a handful of queries; 100,000 writes, tens of upserts
 //!
-//! What it shows: the same burst of concurrent single-key `get_user(id)` calls,
-//! run three ways against a real SQLite database (embedded, through sqlx; no
-//! service to install):
+//! What it shows, first for reads: the same burst of concurrent single-key
+//! `get_user(id)` calls, run three ways against a real SQLite database (embedded,
+//! through sqlx; no service to install):
 //!
 //! - **naive**: every call runs its own `SELECT ... WHERE id = ?`;
 //! - **`#[coalesce]` window**: calls wait up to one window for company, then one
@@ -15,18 +15,36 @@
 //! counted where they are executed, every answer is checked against the key that
 //! asked for it, and the coalescers' own metrics are printed at the end.
 //!
+//! Then for writes, into a `visits` table of 1,000 hot users, two bursts of
+//! 100,000 concurrent calls (call `i` writes user `i % 1000`), each run naive (one
+//! `INSERT ... ON CONFLICT DO UPDATE` per call) and through `#[coalesce]` (one
+//! upsert per batch):
+//!
+//! - **A**, `record_visit(user_id, 1)`: writes to one user within a window fold into
+//!   one row by `merge = add`, so the batch adds their sum;
+//! - **B**, `set_last_seen(user_id, i)`: no `merge`, the last write wins.
+//!
+//! Each writer resolves only after the statement carrying its write committed. The
+//! write batch fns take `Vec<(user_id, value)>`; `#[coalesce]` turns them into
+//! `record_visit(user_id, n)` and `set_last_seen(user_id, ts)`. Afterwards the table
+//! is compared with the same calls applied one by one in call order. The naive
+//! bursts are smaller by default (SQLite commits one statement at a time);
+//! per-call figures are comparable, and the output says what ran.
+//!
 //! Run it with:
 //!
 //! ```text
 //! cargo run --release --example demo
 //! cargo run --release --example demo -- --burst 2000 --window 500us --max-batch 200
+//! cargo run --release --example demo -- --writes 20000 --naive-writes 20000 --hot-users 100
 //! cargo run --release --example demo -- --help
 //! ```
 //!
 //! The database is a file in the system temp directory, removed at the end. The
-//! process exits non-zero if any call got an error or someone else's row.
+//! process exits non-zero if any call got an error or someone else's row, if any
+//! write failed, or if the `visits` table differs from the sequential model.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -34,11 +52,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use coalesce::coalesce;
+use futures::future::join_all;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Sqlite};
 
 /// Fire the same burst of concurrent `get_user(id)` calls at SQLite three times:
 /// one query per call, then through `#[coalesce]` (window and adaptive dispatch).
+/// Then two bursts of writes, one statement per call and through `#[coalesce]`.
 #[derive(Parser, Debug)]
 #[command(name = "demo", version, about, long_about = None)]
 struct Args {
@@ -63,6 +83,24 @@ struct Args {
     /// Connections in the sqlx pool.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pool: u32,
+
+    /// Concurrent calls per coalesced write burst (`record_visit`, then
+    /// `set_last_seen`); call `i` writes user `i % hot-users`.
+    #[arg(long, default_value_t = 100_000)]
+    writes: usize,
+
+    /// Concurrent calls per naive write burst (one statement each; SQLite commits
+    /// them one at a time, a few thousand per second: keep it smaller than `--writes`).
+    #[arg(long, default_value_t = 10_000)]
+    naive_writes: usize,
+
+    /// Users the writes go to.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    hot_users: u64,
+
+    /// Window of both write coalescers (max_batch 1000 each).
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    write_window: Duration,
 }
 
 /// One row of `users`.
@@ -126,6 +164,97 @@ async fn get_user_window(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Erro
 )]
 async fn get_user_adaptive(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
     load_users(&ids).await
+}
+
+/// The column of `visits` a write goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Column {
+    /// Added to: `visits = visits + excluded.visits`.
+    Visits,
+    /// Replaced: `last_seen = excluded.last_seen`.
+    LastSeen,
+}
+
+/// Rows per upsert statement: 2 bound parameters per row, and SQLite allows 32766.
+const UPSERT_ROWS: usize = 32766 / 2;
+
+/// `INSERT INTO visits ... VALUES (?, ?, 0), ... ON CONFLICT (user_id) DO UPDATE ...`
+/// for `(user_id, value)` rows.
+fn upsert_query(column: Column, rows: &[(i64, i64)]) -> QueryBuilder<'static, Sqlite> {
+    let mut upsert =
+        QueryBuilder::<Sqlite>::new("INSERT INTO visits (user_id, visits, last_seen) ");
+    upsert.push_values(rows, |mut row, &(user_id, value)| {
+        row.push_bind(user_id);
+        match column {
+            Column::Visits => row.push_bind(value).push("0"),
+            Column::LastSeen => row.push("0").push_bind(value),
+        };
+    });
+    upsert.push(match column {
+        Column::Visits => " ON CONFLICT (user_id) DO UPDATE SET visits = visits + excluded.visits",
+        Column::LastSeen => " ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen",
+    });
+    upsert
+}
+
+/// Upserts `rows` in one statement, or (past SQLite's parameter limit) in one
+/// statement per chunk inside a transaction.
+async fn upsert(column: Column, rows: &[(i64, i64)]) -> Result<(), sqlx::Error> {
+    if rows.len() <= UPSERT_ROWS {
+        QUERIES.fetch_add(1, Ordering::Relaxed);
+        upsert_query(column, rows).build().execute(pool()).await?;
+        return Ok(());
+    }
+    let mut tx = pool().begin().await?;
+    for chunk in rows.chunks(UPSERT_ROWS) {
+        QUERIES.fetch_add(1, Ordering::Relaxed);
+        upsert_query(column, chunk)
+            .build()
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// The naive way: one upsert per visit.
+async fn record_visit_naive(user_id: i64, n: i64) -> Result<(), sqlx::Error> {
+    upsert(Column::Visits, &[(user_id, n)]).await
+}
+
+/// The naive way: one upsert per `last_seen`.
+async fn set_last_seen_naive(user_id: i64, ts: i64) -> Result<(), sqlx::Error> {
+    upsert(Column::LastSeen, &[(user_id, ts)]).await
+}
+
+/// `merge` of `record_visit`: visits to one user within a window add up.
+fn add(total: &mut i64, n: i64) {
+    *total += n;
+}
+
+/// Written as a batch fn over `(user_id, visits)`, one row per user (writes to a
+/// user fold by `add`); callers see `record_visit(user_id, 1).await`
+/// -> `Result<(), coalesce::Error<sqlx::Error>>`, `Ok` once the upsert committed.
+#[coalesce(
+    window = "20ms",
+    max_batch = 1000,
+    max_in_flight = 1,
+    merge = add,
+    name = "demo.visits"
+)]
+async fn record_visit(items: Vec<(i64, i64)>) -> Result<(), sqlx::Error> {
+    upsert(Column::Visits, &items).await
+}
+
+/// No `merge`: of the writes to a user within a window, the last one wins.
+/// Callers see `set_last_seen(user_id, ts).await`.
+#[coalesce(
+    window = "20ms",
+    max_batch = 1000,
+    max_in_flight = 1,
+    name = "demo.last_seen"
+)]
+async fn set_last_seen(items: Vec<(i64, i64)>) -> Result<(), sqlx::Error> {
+    upsert(Column::LastSeen, &items).await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,6 +346,189 @@ async fn burst(mode: Mode, ids: &[i64]) -> Run {
         errors,
         first_error,
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteMode {
+    Naive,
+    Coalesced,
+}
+
+impl WriteMode {
+    /// One write call: `Ok` once it is committed, or the error.
+    async fn write(self, column: Column, user_id: i64, value: i64) -> Result<(), String> {
+        match (self, column) {
+            (WriteMode::Naive, Column::Visits) => record_visit_naive(user_id, value)
+                .await
+                .map_err(|e| e.to_string()),
+            (WriteMode::Naive, Column::LastSeen) => set_last_seen_naive(user_id, value)
+                .await
+                .map_err(|e| e.to_string()),
+            (WriteMode::Coalesced, Column::Visits) => record_visit(user_id, value)
+                .await
+                .map_err(|e| e.to_string()),
+            (WriteMode::Coalesced, Column::LastSeen) => set_last_seen(user_id, value)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Call `i` of a write burst: its user and the value it writes.
+fn write_call(column: Column, i: usize, users: u64) -> (i64, i64) {
+    let user_id = (i as u64 % users) as i64;
+    match column {
+        Column::Visits => (user_id, 1),
+        Column::LastSeen => (user_id, i as i64),
+    }
+}
+
+/// What one run of a write burst measured, and how the table compared after it.
+struct WriteRun {
+    mode: WriteMode,
+    calls: usize,
+    statements: u64,
+    wall: Duration,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+    first_error: Option<String>,
+    check: Check,
+}
+
+/// Fires `calls` concurrent writes of `column`, issued in call order: the futures
+/// are built in index order and `join_all` first polls them in that order, which
+/// is when a coalesced write is accepted. Each call's latency runs from its first
+/// poll to its result.
+async fn write_burst(mode: WriteMode, column: Column, calls: usize, users: u64) -> WriteRun {
+    let statements_before = QUERIES.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let results = join_all((0..calls).map(|i| async move {
+        let (user_id, value) = write_call(column, i, users);
+        let start = Instant::now();
+        let result = mode.write(column, user_id, value).await;
+        (start.elapsed(), result)
+    }))
+    .await;
+    let wall = start.elapsed();
+    let statements = QUERIES.load(Ordering::Relaxed) - statements_before;
+    let mut latencies = Vec::with_capacity(results.len());
+    let (mut errors, mut first_error) = (0, None);
+    for (latency, result) in results {
+        latencies.push(latency);
+        if let Err(e) = result {
+            errors += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+    latencies.sort_unstable();
+    WriteRun {
+        mode,
+        calls,
+        statements,
+        wall,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        errors,
+        first_error,
+        check: Check::default(),
+    }
+}
+
+/// What `visits` must hold: the calls so far applied one by one, in call order.
+/// user_id -> (visits, last_seen).
+#[derive(Default)]
+struct Model(BTreeMap<i64, (i64, i64)>);
+
+impl Model {
+    fn apply(&mut self, column: Column, calls: usize, users: u64) {
+        for i in 0..calls {
+            let (user_id, value) = write_call(column, i, users);
+            let row = self.0.entry(user_id).or_insert((0, 0));
+            match column {
+                Column::Visits => row.0 += value,
+                Column::LastSeen => row.1 = value,
+            }
+        }
+    }
+}
+
+/// How the table compared with the model: users whose row differs.
+#[derive(Default)]
+struct Check {
+    users: usize,
+    visits_wrong: usize,
+    /// `None` when `last_seen` is not checked (naive runs).
+    last_seen_wrong: Option<usize>,
+    /// Naive runs: users whose `last_seen` happens to match all the same.
+    last_seen_matching: usize,
+    /// The first user that differs: what the table and the model hold.
+    first_diff: Option<String>,
+}
+
+impl Check {
+    fn ok(&self) -> bool {
+        self.visits_wrong == 0 && self.last_seen_wrong.unwrap_or(0) == 0
+    }
+
+    /// The check in one table cell; `*`: `last_seen` not checked.
+    fn cell(&self) -> String {
+        let users = fmt_count(self.users as u64);
+        if !self.ok() {
+            return format!(
+                "NO: {} visits, {} last_seen of {users} users differ",
+                self.visits_wrong,
+                self.last_seen_wrong.unwrap_or(0),
+            );
+        }
+        match self.last_seen_wrong {
+            Some(_) => format!("yes, {users} users"),
+            None => format!("visits yes, {users} users *"),
+        }
+    }
+}
+
+/// Compares `visits` with the model, row by row (a missing or extra row differs).
+async fn check_visits(model: &Model, check_last_seen: bool) -> Result<Check, sqlx::Error> {
+    QUERIES.fetch_add(1, Ordering::Relaxed);
+    let table: BTreeMap<i64, (i64, i64)> =
+        sqlx::query_as::<_, (i64, i64, i64)>("SELECT user_id, visits, last_seen FROM visits")
+            .fetch_all(pool())
+            .await?
+            .into_iter()
+            .map(|(user_id, visits, last_seen)| (user_id, (visits, last_seen)))
+            .collect();
+    let users: BTreeSet<i64> = table.keys().chain(model.0.keys()).copied().collect();
+    let mut check = Check {
+        users: model.0.len(),
+        ..Check::default()
+    };
+    let mut last_seen_wrong = 0;
+    for user_id in users {
+        let (got, want) = (table.get(&user_id), model.0.get(&user_id));
+        let (visits_differ, last_seen_differs) = match (got, want) {
+            (Some(got), Some(want)) => (got.0 != want.0, got.1 != want.1),
+            _ => (true, true),
+        };
+        check.visits_wrong += usize::from(visits_differ);
+        if last_seen_differs {
+            last_seen_wrong += 1;
+        } else {
+            check.last_seen_matching += 1;
+        }
+        if visits_differ || (check_last_seen && last_seen_differs) {
+            check.first_diff.get_or_insert_with(|| {
+                let show = |row: Option<&(i64, i64)>| {
+                    row.map_or("no row".to_owned(), |(visits, last_seen)| {
+                        format!("visits {visits}, last_seen {last_seen}")
+                    })
+                };
+                format!("user {user_id}: table {}, model {}", show(got), show(want))
+            });
+        }
+    }
+    check.last_seen_wrong = check_last_seen.then_some(last_seen_wrong);
+    Ok(check)
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -319,7 +631,7 @@ fn print_table(runs: &[Run]) {
         .iter()
         .find(|r| r.mode == Mode::Naive)
         .map_or(0, |r| r.queries);
-    let mut rows: Vec<(&str, Vec<String>)> = vec![
+    let rows: Vec<(&str, Vec<String>)> = vec![
         ("", runs.iter().map(|r| r.mode.title().to_owned()).collect()),
         (
             "calls",
@@ -360,12 +672,18 @@ fn print_table(runs: &[Run]) {
                 .collect(),
         ),
     ];
+    print_rows(rows);
+}
+
+/// Prints a table: the first row is the header, every row has one cell per column.
+fn print_rows(mut rows: Vec<(&str, Vec<String>)>) {
+    let columns = rows.first().map_or(0, |(_, cells)| cells.len());
     let label_width = rows
         .iter()
         .map(|(l, _)| l.chars().count())
         .max()
         .unwrap_or(0);
-    let widths: Vec<usize> = (0..runs.len())
+    let widths: Vec<usize> = (0..columns)
         .map(|i| {
             rows.iter()
                 .map(|(_, c)| c[i].chars().count())
@@ -387,6 +705,223 @@ fn print_table(runs: &[Run]) {
         }
         println!("{line}");
     }
+}
+
+fn print_write_table(title: &str, column: Column, runs: &[&WriteRun], scale_to: usize) {
+    let mut rows: Vec<(&str, Vec<String>)> = vec![
+        (
+            title,
+            runs.iter()
+                .map(|r| match (r.mode, column) {
+                    (WriteMode::Naive, _) => "naive".to_owned(),
+                    (WriteMode::Coalesced, Column::Visits) => "#[coalesce] merge = add".to_owned(),
+                    (WriteMode::Coalesced, Column::LastSeen) => {
+                        "#[coalesce] last write wins".to_owned()
+                    }
+                })
+                .collect(),
+        ),
+        (
+            "calls",
+            runs.iter().map(|r| fmt_count(r.calls as u64)).collect(),
+        ),
+        (
+            "statements executed",
+            runs.iter().map(|r| fmt_count(r.statements)).collect(),
+        ),
+        (
+            "calls per statement",
+            runs.iter()
+                .map(|r| fmt_count((r.calls as f64 / r.statements.max(1) as f64).round() as u64))
+                .collect(),
+        ),
+        (
+            "wall time",
+            runs.iter().map(|r| fmt_duration(r.wall)).collect(),
+        ),
+    ];
+    let scaled = format!("wall time, scaled to {} calls", fmt_count(scale_to as u64));
+    if runs.iter().any(|r| r.calls != scale_to && r.calls > 0) {
+        rows.push((
+            &scaled,
+            runs.iter()
+                .map(|r| {
+                    if r.calls == scale_to {
+                        fmt_duration(r.wall)
+                    } else {
+                        let wall = r.wall.mul_f64(scale_to as f64 / r.calls.max(1) as f64);
+                        format!("~{} (scaled)", fmt_duration(wall))
+                    }
+                })
+                .collect(),
+        ));
+    }
+    rows.extend([
+        (
+            "throughput (acked calls/s)",
+            runs.iter()
+                .map(|r| fmt_count((r.calls as f64 / r.wall.as_secs_f64().max(1e-9)) as u64))
+                .collect(),
+        ),
+        (
+            "ack latency p50",
+            runs.iter().map(|r| fmt_duration(r.p50)).collect(),
+        ),
+        (
+            "ack latency p99",
+            runs.iter().map(|r| fmt_duration(r.p99)).collect(),
+        ),
+        (
+            "errors",
+            runs.iter().map(|r| r.errors.to_string()).collect(),
+        ),
+        (
+            "table = sequential model",
+            runs.iter().map(|r| r.check.cell()).collect(),
+        ),
+    ]);
+    print_rows(rows);
+}
+
+/// The write section: two bursts, each naive then coalesced; `Ok(false)` if any
+/// write failed or the table differs from the model.
+async fn run_writes(args: &Args) -> Result<bool, sqlx::Error> {
+    // Run-time configuration of both write coalescers, before their first call.
+    let window = args.write_window;
+    for name in ["demo.visits", "demo.last_seen"] {
+        coalesce::configure(name, move |c| c.window(window));
+    }
+    let users = args.hot_users;
+    QUERIES.fetch_add(1, Ordering::Relaxed);
+    sqlx::query(
+        "CREATE TABLE visits (user_id INTEGER PRIMARY KEY, visits INTEGER NOT NULL, last_seen INTEGER NOT NULL)",
+    )
+    .execute(pool())
+    .await?;
+
+    println!(
+        "writes: table visits(user_id, visits, last_seen); call i writes user i % {}, calls issued in index order (join_all)",
+        fmt_count(users)
+    );
+    println!("  burst A: record_visit(user_id, 1), coalesced with merge = add (sum per user)");
+    println!("  burst B: set_last_seen(user_id, i), coalesced with last write wins");
+    println!(
+        "  naive: {} concurrent calls per burst, one INSERT ... ON CONFLICT DO UPDATE each",
+        fmt_count(args.naive_writes as u64)
+    );
+    println!(
+        "  #[coalesce]: {} concurrent calls per burst, one upsert per batch; window {:?}, max_batch 1000",
+        fmt_count(args.writes as u64),
+        args.write_window
+    );
+    println!();
+
+    // Naive: A, then B, on the empty table.
+    let mut model = Model::default();
+    let mut naive_a = write_burst(WriteMode::Naive, Column::Visits, args.naive_writes, users).await;
+    model.apply(Column::Visits, args.naive_writes, users);
+    naive_a.check = check_visits(&model, false).await?;
+    let mut naive_b =
+        write_burst(WriteMode::Naive, Column::LastSeen, args.naive_writes, users).await;
+    model.apply(Column::LastSeen, args.naive_writes, users);
+    naive_b.check = check_visits(&model, false).await?;
+
+    // Coalesced: the same, on the table emptied again.
+    QUERIES.fetch_add(1, Ordering::Relaxed);
+    sqlx::query("DELETE FROM visits").execute(pool()).await?;
+    let mut model = Model::default();
+    let mut coalesced_a =
+        write_burst(WriteMode::Coalesced, Column::Visits, args.writes, users).await;
+    model.apply(Column::Visits, args.writes, users);
+    coalesced_a.check = check_visits(&model, true).await?;
+    let mut coalesced_b =
+        write_burst(WriteMode::Coalesced, Column::LastSeen, args.writes, users).await;
+    model.apply(Column::LastSeen, args.writes, users);
+    coalesced_b.check = check_visits(&model, true).await?;
+
+    print_write_table(
+        "A: record_visit(user_id, 1)",
+        Column::Visits,
+        &[&naive_a, &coalesced_a],
+        args.writes,
+    );
+    println!();
+    print_write_table(
+        "B: set_last_seen(user_id, i)",
+        Column::LastSeen,
+        &[&naive_b, &coalesced_b],
+        args.writes,
+    );
+    println!();
+    println!(
+        "ack latency: per call, from its first poll to its result. table = model: visits = calls per user, last_seen = the largest i with i % {} == user",
+        fmt_count(users)
+    );
+    println!(
+        "* naive: visits checked, last_seen not: the naive upserts run concurrently on {} connections and commit in no guaranteed order ({} of {} users match all the same)",
+        args.pool,
+        fmt_count(naive_b.check.last_seen_matching as u64),
+        fmt_count(naive_b.check.users as u64)
+    );
+    if args.naive_writes != args.writes {
+        println!(
+            "  the naive bursts ran {} calls, not {}: statements, throughput and latency are as measured at that size; the scaled wall time assumes one statement at a time",
+            fmt_count(args.naive_writes as u64),
+            fmt_count(args.writes as u64)
+        );
+    }
+
+    println!();
+    println!("coalesce::metrics::get(\"demo.visits\"), get(\"demo.last_seen\")");
+    for name in ["demo.visits", "demo.last_seen"] {
+        if let Some(m) = coalesce::metrics::get(name) {
+            println!("{m}");
+            println!(
+                "  = {} writes: {} row writes sent, {} absorbed by folding",
+                fmt_count(m.calls),
+                fmt_count(m.keys),
+                fmt_count(m.dedup_hits)
+            );
+        }
+    }
+
+    let mut ok = true;
+    for (burst, run) in [
+        ("A", &naive_a),
+        ("A", &coalesced_a),
+        ("B", &naive_b),
+        ("B", &coalesced_b),
+    ] {
+        if run.errors > 0 || !run.check.ok() {
+            ok = false;
+            eprintln!(
+                "burst {burst}, {}: {} errors{}; table = model: {}{}",
+                match run.mode {
+                    WriteMode::Naive => "naive",
+                    WriteMode::Coalesced => "#[coalesce]",
+                },
+                run.errors,
+                run.first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
+                run.check.cell(),
+                run.check
+                    .first_diff
+                    .as_deref()
+                    .map(|d| format!(" (first: {d})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if ok {
+        println!();
+        println!(
+            "every write acknowledged and the table equals the sequential model: {} writes, 0 errors",
+            fmt_count(2 * (args.naive_writes + args.writes) as u64)
+        );
+    }
+    Ok(ok)
 }
 
 fn remove_db(path: &Path) {
@@ -416,7 +951,8 @@ async fn main() {
     }
 }
 
-/// The demo; `Ok(false)` if any call got an error or a wrong row.
+/// The demo; `Ok(false)` if any call got an error or a wrong row, if any write
+/// failed, or if the `visits` table differs from the sequential model.
 async fn run(args: &Args, db: &Path) -> Result<bool, sqlx::Error> {
     // Run-time configuration of both coalescers, before their first call.
     let (window, max_batch) = (args.window, args.max_batch as usize);
@@ -491,5 +1027,8 @@ async fn run(args: &Args, db: &Path) -> Result<bool, sqlx::Error> {
             fmt_count(runs.iter().map(|r| r.calls as u64).sum())
         );
     }
-    Ok(ok)
+
+    println!();
+    let writes_ok = run_writes(args).await?;
+    Ok(ok && writes_ok)
 }

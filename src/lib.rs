@@ -174,6 +174,53 @@
 //! # }
 //! ```
 //!
+//! # Writes
+//!
+//! A batch fn that takes `(key, value)` pairs and returns `()`, `Result<(), E>` or a
+//! result per key (`HashMap<K, Result<(), E>>`, alone or inside `Result<_, E>`) is a
+//! *write* coalescer: the single-key fn `name(key, value)` resolves after the batch
+//! carrying its write has committed, the writes to one key fold into one entry (last
+//! write wins, or `merge = path`), at most one write per key is in flight (so a key's
+//! writes commit in call order), failures are shared and never retried, and a writer
+//! that drops its future does not withdraw its write. `after_writes = path` on a read
+//! fn makes a read of a key wait for the pending writes to it. See [`WriteCore`] for
+//! the engine, [`flush_all`] and [`drain_all`] for shutdown.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::{BTreeMap, HashMap};
+//! use std::sync::Mutex;
+//!
+//! static VISITS: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
+//!
+//! fn add(total: &mut u64, n: u64) {
+//!     *total += n;
+//! }
+//!
+//! #[coalesce(window = "20ms", merge = add)]
+//! async fn record_visit(items: Vec<(u32, u64)>) -> Result<(), std::io::Error> {
+//!     let mut table = VISITS.lock().unwrap(); // one upsert for the batch
+//!     for (user, n) in items {
+//!         *table.entry(user).or_default() += n;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! #[coalesce(window = "1ms", after_writes = record_visit)]
+//! async fn visits(users: Vec<u32>) -> HashMap<u32, u64> {
+//!     let table = VISITS.lock().unwrap();
+//!     users.into_iter().filter_map(|u| table.get(&u).map(|n| (u, *n))).collect()
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let writes = (0..100).map(|i| record_visit(i % 4, 1));
+//! let (written, read) = tokio::join!(futures::future::join_all(writes), visits(0));
+//! assert!(written.iter().all(Result::is_ok));
+//! assert_eq!(read.unwrap(), Some(25)); // waited for the 25 writes to user 0
+//! assert_eq!(VISITS.lock().unwrap().len(), 4); // one row per user
+//! # }
+//! ```
+//!
 //! # Arguments
 //!
 //! | argument | default | meaning |

@@ -542,7 +542,13 @@ impl fmt::Display for MetricsSnapshot {
             b.p99,
             b.max
         )?;
-        for (label, d) in [("wait", &self.wait), ("run ", &self.run)] {
+        let ack = [("ack ", &self.ack)];
+        let ack = if self.ack.count > 0 { &ack[..] } else { &[] };
+        for (label, d) in [("wait", &self.wait), ("run ", &self.run)]
+            .iter()
+            .chain(ack)
+            .copied()
+        {
             writeln!(
                 f,
                 "  {label}        mean {}  p50 {}  p99 {}  max {}",
@@ -569,7 +575,15 @@ impl fmt::Display for MetricsSnapshot {
             self.groups,
             self.lost_batches,
             self.shutdown_errors
-        )
+        )?;
+        if self.ack.count > 0 {
+            write!(
+                f,
+                "\n  writes: absorbed {}  withdrawn {}  drained {}  maybe committed {}",
+                self.dedup_hits, self.withdrawn_writes, self.drained_writes, self.maybe_committed
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -283,6 +283,19 @@ impl Recorder {
         m.calls.fetch_add(calls, Relaxed);
         add(&m.dedup_hits, dedup_hits);
         add(&m.abandoned_keys, abandoned);
+        if keys == 0 {
+            // A write batch whose every key waits for its previous write: it
+            // sends nothing, and is no batch.
+            #[cfg(feature = "metrics")]
+            {
+                self.x.calls.increment(calls);
+                self.x.dedup_hits.increment(dedup_hits);
+            }
+            #[cfg(not(feature = "tracing"))]
+            return NoSpan;
+            #[cfg(feature = "tracing")]
+            return tracing::Span::none();
+        }
         m.keys.fetch_add(keys as u64, Relaxed);
         m.batches.fetch_add(1, Relaxed);
         m.batch_size.record(keys as u64);
@@ -339,6 +352,15 @@ impl Recorder {
             span.record("run_us", run.as_micros() as u64);
             span.record("outcome", outcome);
         }
+    }
+
+    /// Writes folded into another write of their key after their batch left
+    /// (held back behind a running write of the key): counted with the
+    /// duplicates, so that calls = keys sent + dedup hits.
+    pub(crate) fn absorbed(&self, n: u64) {
+        add(&self.m.dedup_hits, n);
+        #[cfg(feature = "metrics")]
+        self.x.dedup_hits.increment(n);
     }
 
     /// A writer left before its acknowledgement: its write commits anyway.

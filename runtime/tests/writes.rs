@@ -516,9 +516,11 @@ async fn a_million_writes_over_a_thousand_keys_stay_a_thousand_entries() {
         |a: &mut u64, b| *a += b,
     ));
     let total = Arc::new(Mutex::new(HashMap::<u32, u64>::new()));
-    let t = total.clone();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (t, r) = (total.clone(), runs.clone());
     let batch = move |_: &(), items: Vec<(u32, u64)>| {
         let t = t.clone();
+        r.fetch_add(1, SeqCst);
         async move {
             assert!(items.len() <= 1000);
             let mut t = t.lock().unwrap();
@@ -553,6 +555,10 @@ async fn a_million_writes_over_a_thousand_keys_stay_a_thousand_entries() {
     let m = core.metrics();
     assert_eq!(m.calls, 1_000_000);
     assert!(m.batch_size.max <= 1000, "{}", m.batch_size.max);
+    // Every write is sent or absorbed; every batch counted ran.
+    assert_eq!(m.calls, m.keys + m.dedup_hits, "{m}");
+    assert_eq!(m.batches, runs.load(SeqCst) as u64);
+    assert!(m.batch_size.min >= 1);
     assert_eq!(m.pending, 0);
     let total = total.lock().unwrap();
     assert_eq!(total.len(), 1000);

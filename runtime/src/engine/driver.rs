@@ -406,13 +406,15 @@ impl<M: Mode> Driver<M> {
         let gauges = (guard.in_flight, guard.pending);
         drop(guard);
         inner.rec.gauges(gauges.0, gauges.1);
-        inner.rec.batch_finished(
-            &span,
-            run_time,
-            completed.label,
-            completed.failed,
-            completed.unrequested,
-        );
+        if completed.ran {
+            inner.rec.batch_finished(
+                &span,
+                run_time,
+                completed.label,
+                completed.failed,
+                completed.unrequested,
+            );
+        }
         for batch in completed.respawn {
             super::spawn::spawn(Driver::new(
                 self.inner.clone(),

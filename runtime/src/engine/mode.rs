@@ -130,6 +130,9 @@ pub(crate) struct Freeze<M: Mode> {
 pub(crate) struct Completed<M: Mode> {
     /// The outcome's label in telemetry.
     pub(crate) label: &'static str,
+    /// The batch function ran (a write batch whose keys all waited for their
+    /// previous write sends nothing, and is not recorded as a batch).
+    pub(crate) ran: bool,
     /// Callers failed by the batch's shared failure.
     pub(crate) failed: usize,
     /// Entries nobody asked for.

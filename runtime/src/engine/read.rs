@@ -184,6 +184,7 @@ where
         drop_quietly((keys, settled));
         Completed {
             label,
+            ran: true,
             failed,
             unrequested,
             wakers,

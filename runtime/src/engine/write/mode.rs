@@ -317,7 +317,13 @@ where
                 // The key's previous write is still running: this one waits
                 // for it, folded after any earlier held write of the key.
                 match group.extra.held.absorb(slot, merge, false, true) {
-                    Ok(g) => garbage.push(g),
+                    Ok(g) => {
+                        if g.0.is_some() {
+                            // Folded into an earlier held write of its key.
+                            inner.rec.absorbed(1);
+                        }
+                        garbage.push(g);
+                    }
                     Err(NotAbsorbed::Panicked(p, slot)) => {
                         failed.push((slot, format!("`Eq` of the key panicked: {}", p.0)));
                     }
@@ -369,7 +375,8 @@ where
         frozen: Self::Frozen,
         outcome: Outcome<Self::Output>,
     ) -> Completed<Self> {
-        let settled: Settled<Vec<_>, E> = if frozen.slots.is_empty() {
+        let ran = !frozen.slots.is_empty();
+        let settled: Settled<Vec<_>, E> = if !ran {
             Settled {
                 values: Vec::new(),
                 failure: None,
@@ -460,6 +467,7 @@ where
         drop_quietly((slots, failed, garbage, folded));
         Completed {
             label,
+            ran,
             failed: failed_writers,
             unrequested,
             wakers: out.wakers,
@@ -614,6 +622,10 @@ fn place_held<G, K, W, E>(
                 Ok(g) => {
                     if st.entries.len() > before {
                         group.extra.place(hash, id, &target);
+                    }
+                    if g.0.is_some() {
+                        // Folded into the key's entry there.
+                        inner.rec.absorbed(1);
                     }
                     // These writes have waited a window and their key's
                     // previous write already: the batch leaves now.

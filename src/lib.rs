@@ -174,6 +174,28 @@
 //! # }
 //! ```
 //!
+//! # Many keys at once
+//!
+//! Every coalesced read fn also gets `<name>_many(keys, ..)`: each distinct key joins
+//! the shared batches as a single-key call does (deduplicated against concurrent
+//! callers, split at `max_batch`, counted), and the entries come back as a map.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//!
+//! #[coalesce(max_batch = 2)]
+//! async fn names(ids: Vec<u32>) -> HashMap<u32, String> {
+//!     ids.into_iter().map(|id| (id, format!("n{id}"))).collect()
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let found = names_many(vec![1, 2, 3, 1]).await.unwrap();
+//! assert_eq!(found.len(), 3);
+//! assert_eq!(found[&3], "n3");
+//! # }
+//! ```
+//!
 //! # Writes
 //!
 //! A batch fn that takes `(key, value)` pairs and returns `()`, `Result<(), E>` or a

@@ -551,6 +551,38 @@ where
         .load_with(this, group, key, batch)
 }
 
+/// The body of `<fn>_many`: each distinct key through the single-key fn,
+/// concurrently (so the keys join the shared batches like any other call).
+pub async fn many<S: ?Sized, K, V, E, Fut>(
+    name: Name,
+    keys: Vec<K>,
+    one: impl Fn(K) -> Fut,
+) -> Result<::std::collections::HashMap<K, V>, Error<E>>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future<Output = Result<Option<V>, Error<E>>>,
+{
+    ::coalesce_runtime::load_each(&name.resolve::<S>(), keys, one).await
+}
+
+/// As [`many`], for the `Vec`-shaped single-key fns (an entry is required).
+pub async fn many_required<S: ?Sized, K, V, E, Fut>(
+    name: Name,
+    keys: Vec<K>,
+    one: impl Fn(K) -> Fut,
+) -> Result<::std::collections::HashMap<K, V>, Error<E>>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future<Output = Result<V, Error<E>>>,
+{
+    let one = &one;
+    ::coalesce_runtime::load_each(&name.resolve::<S>(), keys, |k| {
+        let call = one(k);
+        async move { call.await.map(Some) }
+    })
+    .await
+}
+
 /// For the `Vec`-shaped single-key fns: an entry is always present after a
 /// successful ordered batch, so `None` becomes [`Error::Missing`]. `S` is the
 /// instance type of a method (for its coalescer's name), `()` for a free fn.

@@ -433,13 +433,127 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
         #after
         #result
     }};
+    let many = if is_write {
+        None
+    } else {
+        Some(many_fn(
+            func,
+            signature,
+            key_type,
+            &shape.value,
+            &shape.error,
+            shape.kind,
+            &name,
+            self_type.as_ref(),
+        ))
+    };
     quote! {
         #(#attrs)*
         #vis #single #body
 
         #companions
 
+        #many
+
         #batch
+    }
+}
+
+/// `<name>_many(keys: Vec<K>, ..)`: many keys at once, each through the
+/// single-key fn (so it joins the shared batches), as a map by key.
+#[allow(clippy::too_many_arguments)]
+fn many_fn(
+    func: &ItemFn,
+    signature: &Signature,
+    key_type: &Type,
+    value: &Type,
+    error: &Option<Type>,
+    kind: ShapeKind,
+    name: &TokenStream,
+    self_type: Option<&TokenStream>,
+) -> TokenStream {
+    let single = &func.sig.ident;
+    let unraw = single.unraw();
+    let mut sig = func.sig.clone();
+    sig.ident = format_ident!("{}_many", unraw, span = single.span());
+    sig.asyncness = Some(
+        sig.asyncness
+            .unwrap_or(syn::Token![async](sig.fn_token.span)),
+    );
+    let k = Ident::new("__coalesce_k", Span::mixed_site());
+    let mut args = Vec::new();
+    let mut keys = None;
+    let mut index = 0;
+    for input in &mut sig.inputs {
+        let FnArg::Typed(arg) = input else { continue };
+        if let Pat::Ident(PatIdent {
+            mutability,
+            by_ref: None,
+            subpat: None,
+            ..
+        }) = &mut *arg.pat
+        {
+            *mutability = None;
+        }
+        let ident = signature.params[index].ident.clone();
+        if Some(index) == signature.key {
+            keys = ident;
+            args.push(k.to_token_stream());
+        } else if let Some(ident) = ident {
+            args.push(quote!(::core::clone::Clone::clone(&#ident)));
+        }
+        index += 1;
+    }
+    let Some(keys) = keys else {
+        return TokenStream::new();
+    };
+    let error = match error {
+        Some(error) => quote!(::coalesce::Error<#error>),
+        None => quote!(::coalesce::Error),
+    };
+    sig.output = syn::parse_quote! {
+        -> ::core::result::Result<::std::collections::HashMap<#key_type, #value>, #error>
+    };
+    let call = match &signature.receiver {
+        None => quote!(#single(#(#args),*)),
+        Some((_, ReceiverKind::Arc)) => {
+            quote!(::core::clone::Clone::clone(&self).#single(#(#args),*))
+        }
+        Some(_) => quote!(self.#single(#(#args),*)),
+    };
+    let helper = match kind {
+        ShapeKind::List => quote!(many_required),
+        _ => quote!(many),
+    };
+    let named = self_type.cloned().unwrap_or_else(|| quote!(()));
+    let key_arg = checked(key_type, "Key");
+    // Spanned like the single-key fn's call: an unmet bound on the key type is
+    // reported once, on the user's tokens (see `expand`).
+    let (first, last) = token_range(key_type);
+    let call_args = parenthesized(last, quote!(#name, #keys, |#k| #call));
+    let dot = syn::Token![.](first);
+    let await_kw = Ident::new("await", last);
+    let invoke = quote_spanned!(first=> ::coalesce::__private::#helper::<#named, #key_arg, _, _, _> #call_args #dot #await_kw);
+    let link = if signature.receiver.is_some() {
+        format!("Self::{unraw}")
+    } else {
+        unraw.to_string()
+    };
+    let doc = format!(
+        " Many keys at once through the shared batches of [`{unraw}`]({link}): each \
+         distinct key joins a batch as a call of `{unraw}` does (deduplicated against \
+         concurrent callers, split at `max_batch`, counted in the metrics). Resolves \
+         to the entries found, by key, or to the first error of any key."
+    );
+    let vis = &func.vis;
+    let cfgs = func.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+    quote! {
+        #[doc = #doc]
+        #(#cfgs)*
+        #[allow(dead_code, clippy::missing_errors_doc)]
+        #vis #sig {
+            #invoke
+        }
     }
 }
 

@@ -77,6 +77,30 @@ where
         self.core.load_stored((), key, &self.batch)
     }
 
+    /// Loads many keys at once: each distinct key joins the shared batches as
+    /// [`Coalescer::load`] does (deduplicated against concurrent callers, split at
+    /// `max_batch`, counted in the metrics). Resolves to the entries found, by
+    /// key, or to the first error of any key.
+    pub fn load_many(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> impl Future<Output = Result<std::collections::HashMap<K, V>, Error<E>>> + Send + '_ {
+        let keys = crate::engine::many::distinct(keys);
+        async move {
+            let keys = keys.map_err(|p| Error::Panicked {
+                name: std::sync::Arc::from(self.core.config().name()),
+                message: format!("`Hash` or `Eq` of a key panicked: {}", p.0).into(),
+            })?;
+            crate::engine::many::by_key(keys, |k| self.load(k)).await
+        }
+    }
+
+    /// Sends every batch gathering now without waiting out its window (for a
+    /// caller that knows no more keys are coming). Returns how many it sent.
+    pub fn dispatch_now(&self) -> usize {
+        self.core.dispatch_now()
+    }
+
     /// The configuration this coalescer runs with.
     pub fn config(&self) -> &Config {
         self.core.config()

@@ -21,6 +21,8 @@ mod timer;
 
 pub use crate::coalescer::Coalescer;
 pub use crate::config::{configure, Config, Dispatch};
+#[doc(hidden)]
+pub use crate::engine::many::load_each;
 pub use crate::engine::write::{drain_all, flush_all, Drained, Flushed, WriteCore};
 pub use crate::engine::Core;
 pub use crate::error::{Error, Unsure};

@@ -42,6 +42,7 @@ pub(crate) mod clock;
 pub(crate) mod deliver;
 pub(crate) mod driver;
 pub(crate) mod group;
+pub(crate) mod many;
 pub(crate) mod mode;
 pub(crate) mod policy;
 pub(crate) mod read;
@@ -331,6 +332,60 @@ where
         self.inner.call(identity, group, key, src)
     }
 
+    /// Loads many keys at once through the shared batches of `group`: each
+    /// distinct key joins a batch exactly as a single-key call does (so it is
+    /// deduplicated against concurrent callers, split at `max_batch` and
+    /// counted in the metrics). Resolves to the entries found, by key, or to
+    /// the first error of any key.
+    pub fn load_many<F, Fut>(
+        &self,
+        group: G,
+        keys: impl IntoIterator<Item = K>,
+        batch: F,
+    ) -> impl Future<Output = Result<std::collections::HashMap<K, V>, Error<E>>> + Send + '_
+    where
+        G: Clone,
+        F: Fn(&G, Vec<K>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, V, Error = E>,
+    {
+        let keys = many::distinct(keys);
+        async move {
+            let keys = keys.map_err(|p| self.inner.user_panic("`Hash` or `Eq` of a key", p))?;
+            many::by_key(keys, |k| self.load(group.clone(), k, batch.clone())).await
+        }
+    }
+
+    /// As [`Core::load_many`], with the entries in the order of `keys` (one per
+    /// key given, duplicates included; `None` where there is no entry).
+    pub fn load_many_ordered<F, Fut>(
+        &self,
+        group: G,
+        keys: impl IntoIterator<Item = K>,
+        batch: F,
+    ) -> impl Future<Output = Result<Vec<Option<V>>, Error<E>>> + Send + '_
+    where
+        G: Clone,
+        F: Fn(&G, Vec<K>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, V, Error = E>,
+    {
+        let keys: Vec<K> = keys.into_iter().collect();
+        async move {
+            let order = keys.clone();
+            let found = self.load_many(group, keys, batch).await?;
+            many::in_order(order, found).map_err(|p| self.inner.user_panic("`Clone` of a value", p))
+        }
+    }
+
+    /// Sends every batch gathering now without waiting out its window (for a
+    /// caller that knows no more keys are coming). Returns how many it sent.
+    pub fn dispatch_now(&self) -> usize {
+        let (n, wakers) = self.inner.kick_open();
+        wakers.into_iter().for_each(|w| w.wake());
+        n
+    }
+
     /// Loads `key` with a stored batch function (for [`Coalescer`](crate::Coalescer)).
     pub(crate) fn load_stored<'a>(
         &'a self,
@@ -496,6 +551,25 @@ impl<M: Mode> Inner<M> {
             kick = st.driver_waker();
         }
         kick
+    }
+
+    /// Asks every open batch to leave now (a driver not yet polled sees it at
+    /// its first poll); returns how many, and the drivers' wakers to wake once
+    /// the caller is ready.
+    pub(crate) fn kick_open(&self) -> (usize, Vec<std::task::Waker>) {
+        let mut guard = lock(&self.state);
+        let mut wakers = Vec::new();
+        let mut n = 0;
+        for group in guard.groups.iter_mut() {
+            if let Some(open) = &group.open {
+                let mut st = lock(&open.st);
+                st.kicked = true;
+                n += 1;
+                wakers.extend(st.driver_waker());
+            }
+        }
+        drop(guard);
+        (n, wakers)
     }
 
     /// The error of a call refused because `max_pending` calls wait.

@@ -537,19 +537,9 @@ where
 
     /// Sends every open batch now; returns the acknowledgements pending.
     fn kick_all(&self) -> Vec<StdArc<Ack<E>>> {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        let acks = state.extra.all();
-        let mut wakers = Vec::new();
-        for group in state.groups.iter_mut() {
-            if let Some(open) = &group.open {
-                let mut st = lock(&open.st);
-                st.kicked = true;
-                wakers.extend(st.driver_waker());
-            }
-        }
-        drop(guard);
-        wakers.into_iter().for_each(|w| w.wake());
+        // The acks first: everything accepted before the flush is in them.
+        let acks = lock(&self.state).extra.all();
+        self.kick_open().1.into_iter().for_each(|w| w.wake());
         acks
     }
 

@@ -98,3 +98,33 @@ async fn the_engine_loads_many_in_order_and_dispatches_on_demand() {
     assert_eq!(got.len(), 3);
     assert_eq!(runs.load(SeqCst), 1);
 }
+
+/// `group = tenant` with a bound per group: a flooding tenant is refused, a
+/// quiet one is served.
+#[coalesce(window = "50ms", max_pending_per_group = 2, group = tenant.clone())]
+async fn tenant_rows(ids: Vec<u32>, tenant: String) -> HashMap<u32, String> {
+    ids.into_iter()
+        .map(|id| (id, format!("{tenant}/{id}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_tenant_at_its_bound_never_rejects_another() {
+    let mut noisy: Vec<_> = (0..2)
+        .map(|id| Box::pin(tenant_rows(id, "noisy".to_owned())))
+        .collect();
+    for call in &mut noisy {
+        assert!(futures::poll!(call.as_mut()).is_pending());
+    }
+    assert!(matches!(
+        tenant_rows(5, "noisy".to_owned()).await,
+        Err(coalesce::Error::GroupOverloaded { .. })
+    ));
+    assert_eq!(
+        tenant_rows(5, "quiet".to_owned()).await.unwrap().as_deref(),
+        Some("quiet/5")
+    );
+    for call in noisy {
+        call.await.unwrap();
+    }
+}

@@ -18,6 +18,7 @@ mod kw {
     syn::custom_keyword!(max_in_flight);
     syn::custom_keyword!(isolate);
     syn::custom_keyword!(max_pending);
+    syn::custom_keyword!(max_pending_per_group);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(group);
     syn::custom_keyword!(instance);
@@ -58,6 +59,8 @@ pub struct Args {
     pub isolate: Option<Spanned<usize>>,
     /// `max_pending = N`, greater than zero.
     pub max_pending: Option<Spanned<usize>>,
+    /// `max_pending_per_group = N`, greater than zero.
+    pub max_pending_per_group: Option<Spanned<usize>>,
     /// `timeout = "2s"`, in nanoseconds, greater than zero.
     pub timeout: Option<Spanned<u64>>,
     /// `group = <expr>`, evaluated on every call.
@@ -121,6 +124,10 @@ impl Args {
         arg!(max_batch, parse_count_arg(input, "max_batch")?);
         arg!(max_in_flight, parse_count_arg(input, "max_in_flight")?);
         arg!(isolate, parse_count_arg(input, "isolate")?);
+        arg!(
+            max_pending_per_group,
+            parse_count_arg(input, "max_pending_per_group")?
+        );
         arg!(max_pending, parse_count_arg(input, "max_pending")?);
         arg!(timeout, parse_duration_arg(input, "timeout", false)?);
         arg!(group, parse_expr_arg(input)?);

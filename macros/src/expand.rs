@@ -628,6 +628,10 @@ fn config(args: &Args) -> TokenStream {
         let n = max_pending.value;
         config = quote!(#config.max_pending(#n));
     }
+    if let Some(per_group) = &args.max_pending_per_group {
+        let n = per_group.value;
+        config = quote!(#config.max_pending_per_group(#n));
+    }
     if let Some(timeout) = &args.timeout {
         let nanos = timeout.value;
         config = quote!(#config.timeout(#private::Duration::from_nanos(#nanos)));

@@ -38,6 +38,7 @@ pub struct Config {
     pub(crate) max_batch: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) max_pending: usize,
+    pub(crate) max_pending_per_group: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
     pub(crate) isolate: u32,
@@ -57,6 +58,7 @@ impl Config {
             max_batch: Self::DEFAULT_MAX_BATCH,
             max_in_flight: usize::MAX,
             max_pending: usize::MAX,
+            max_pending_per_group: usize::MAX,
             timeout: None,
             dispatch: Dispatch::Window,
             isolate: 0,
@@ -101,6 +103,17 @@ impl Config {
     #[must_use]
     pub fn max_pending(mut self, max_pending: usize) -> Self {
         self.max_pending = max_pending;
+        self
+    }
+
+    /// At most this many calls of one group (one `group` value, tenant,
+    /// instance or set of extra arguments) may wait at once; past it a call of
+    /// that group fails at once with
+    /// [`Error::GroupOverloaded`](crate::Error::GroupOverloaded), while other
+    /// groups go on: one flooding tenant cannot take the whole of `max_pending`.
+    #[must_use]
+    pub fn max_pending_per_group(mut self, max_pending: usize) -> Self {
+        self.max_pending_per_group = max_pending;
         self
     }
 

@@ -48,6 +48,15 @@ pub enum Error<E = Infallible> {
         /// The configured bound.
         max_pending: usize,
     },
+    /// The call was refused because `max_pending_per_group` calls of its group
+    /// (tenant, instance, extra arguments) were already waiting; other groups
+    /// are still served.
+    GroupOverloaded {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The configured bound per group.
+        max_pending_per_group: usize,
+    },
     /// The batch function returned a result of the wrong shape: an ordered `Vec`
     /// whose length differs from the number of keys it was given. No caller of that
     /// batch gets a value, so none can get another key's.
@@ -128,6 +137,7 @@ impl<E> Error<E> {
             | Error::Panicked { name, .. }
             | Error::Timeout { name, .. }
             | Error::Overloaded { name, .. }
+            | Error::GroupOverloaded { name, .. }
             | Error::Shape { name, .. }
             | Error::Missing { name }
             | Error::Shutdown { name }
@@ -162,7 +172,10 @@ impl<E> Error<E> {
 
     /// True for errors worth retrying later as they are: a timeout or an overload.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Overloaded { .. })
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Overloaded { .. } | Error::GroupOverloaded { .. }
+        )
     }
 }
 
@@ -188,6 +201,13 @@ impl<E> Clone for Error<E> {
             Error::Overloaded { name, max_pending } => Error::Overloaded {
                 name: name.clone(),
                 max_pending: *max_pending,
+            },
+            Error::GroupOverloaded {
+                name,
+                max_pending_per_group,
+            } => Error::GroupOverloaded {
+                name: name.clone(),
+                max_pending_per_group: *max_pending_per_group,
             },
             Error::Shape { name, keys, values } => Error::Shape {
                 name: name.clone(),
@@ -233,6 +253,14 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
                 .field("name", name)
                 .field("max_pending", max_pending)
                 .finish(),
+            Error::GroupOverloaded {
+                name,
+                max_pending_per_group,
+            } => f
+                .debug_struct("GroupOverloaded")
+                .field("name", name)
+                .field("max_pending_per_group", max_pending_per_group)
+                .finish(),
             Error::Shape { name, keys, values } => f
                 .debug_struct("Shape")
                 .field("name", name)
@@ -271,6 +299,13 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Overloaded { name, max_pending } => write!(
                 f,
                 "coalescer `{name}` is overloaded: {max_pending} calls are already waiting (max_pending); retry later, or raise `max_pending`"
+            ),
+            Error::GroupOverloaded {
+                name,
+                max_pending_per_group,
+            } => write!(
+                f,
+                "coalescer `{name}`: this call's group (tenant, instance or extra arguments) already has {max_pending_per_group} calls waiting (max_pending_per_group); retry later, or raise the bound; other groups are still served"
             ),
             Error::Shape { name, keys, values } => write!(
                 f,

@@ -93,7 +93,9 @@ where
         let mut key = key;
         let mut requeues = 0;
         loop {
-            let admitted = self.admit(target, group_hash, key_hash, key)?;
+            // The call's place in its group's bound, held until it ends (or
+            // is enqueued again).
+            let (admitted, _group_slot) = self.admit(target, group_hash, key_hash, key)?;
             let (batch, ticket, opened) = match admitted {
                 Admitted::Alone(solo) => match self.run_alone(solo, &mut src).await {
                     Ended::Done(result) => return result,
@@ -188,7 +190,7 @@ where
         group_hash: u64,
         key_hash: u64,
         key: K,
-    ) -> Result<Admitted<G, K, V, E>, Error<E>> {
+    ) -> Result<(Admitted<G, K, V, E>, super::GroupSlot), Error<E>> {
         let config = &self.config;
         let (reentrant, ancestry) = reentry::here(self.id);
         let mut guard = lock(&self.state);
@@ -208,6 +210,14 @@ where
                 }
             },
             Target::Known(key) => (state.groups.by_key_or_insert(group_hash, &key), None),
+        };
+        let group_slot = match self.group_slot(group) {
+            Ok(slot) => slot,
+            Err(e) => {
+                drop(guard);
+                drop(spare);
+                return Err(e);
+            }
         };
         let (batch, opened) = match &group.open {
             Some(b) => (b.clone(), false),
@@ -254,7 +264,7 @@ where
                     drop(guard);
                     self.rec.gauges(gauges.0, gauges.1);
                     drop(spare);
-                    return Ok(Admitted::Alone(solo));
+                    return Ok((Admitted::Alone(solo), group_slot));
                 }
                 Arrival::Open { settle } => (
                     self.open_batch(&mut state.gathering, group, group_hash, settle),
@@ -299,11 +309,14 @@ where
         if let Some(w) = kick {
             w.wake();
         }
-        Ok(Admitted::Joined {
-            batch,
-            ticket,
-            opened,
-        })
+        Ok((
+            Admitted::Joined {
+                batch,
+                ticket,
+                opened,
+            },
+            group_slot,
+        ))
     }
 
     pub(crate) fn user_panic(&self, what: &str, p: UserPanic) -> Error<E> {

@@ -76,6 +76,9 @@ pub(crate) struct Group<M: Mode> {
     pub(crate) hint: usize,
     /// The mode's own state of the group.
     pub(crate) extra: M::GroupExtra,
+    /// Calls of this group waiting now, when `max_pending_per_group` is set
+    /// (each call holds a `GroupSlot` that gives its place back).
+    pub(crate) pending: StdArc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<M: Mode> Group<M> {
@@ -90,6 +93,7 @@ impl<M: Mode> Group<M> {
             spare: None,
             hint: 1,
             extra: M::GroupExtra::default(),
+            pending: StdArc::default(),
         }
     }
 

@@ -572,6 +572,24 @@ impl<M: Mode> Inner<M> {
         (n, wakers)
     }
 
+    /// Takes a place for one call in `group`'s `max_pending_per_group`, if that
+    /// is set; refuses the call when the group is at its bound.
+    pub(crate) fn group_slot<E>(&self, group: &Group<M>) -> Result<GroupSlot, Error<E>> {
+        let limit = self.config.max_pending_per_group;
+        if limit == usize::MAX {
+            return Ok(GroupSlot(None));
+        }
+        if group.pending.fetch_add(1, Relaxed) >= limit {
+            group.pending.fetch_sub(1, Relaxed);
+            self.rec.overloaded();
+            return Err(Error::GroupOverloaded {
+                name: self.name.clone(),
+                max_pending_per_group: limit,
+            });
+        }
+        Ok(GroupSlot(Some(group.pending.clone())))
+    }
+
     /// The error of a call refused because `max_pending` calls wait.
     pub(crate) fn overloaded<E>(&self) -> Error<E> {
         self.rec.overloaded();
@@ -586,6 +604,27 @@ impl<M: Mode> State<M> {
     /// Reports the number of groups to the recorder.
     pub(crate) fn groups_changed(&self, rec: &Recorder) {
         rec.groups(self.groups.len());
+    }
+}
+
+/// One call's place in its group's `max_pending_per_group`, given back when
+/// dropped (a read: when the call ends; a write hands it to its ack, which
+/// gives its writers' places back when it is answered).
+pub(crate) struct GroupSlot(Option<StdArc<std::sync::atomic::AtomicUsize>>);
+
+impl GroupSlot {
+    /// The counter, for an ack to give back later (this slot gives nothing
+    /// back itself).
+    pub(crate) fn hand_over(mut self) -> Option<StdArc<std::sync::atomic::AtomicUsize>> {
+        self.0.take()
+    }
+}
+
+impl Drop for GroupSlot {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.fetch_sub(1, Relaxed);
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub(crate) struct Ack<E> {
     /// The hash of the key (the coalescer's hasher), for the pending index.
     pub(crate) hash: u64,
     st: Mutex<AckState<E>>,
+    /// The group's count of waiting calls (`max_pending_per_group`): each
+    /// writer holds a place in it until the answer.
+    group_pending: Option<StdArc<std::sync::atomic::AtomicUsize>>,
 }
 
 struct AckState<E> {
@@ -44,10 +47,15 @@ struct AckState<E> {
 }
 
 impl<E> Ack<E> {
-    /// A new acknowledgement, with its first writer.
-    pub(crate) fn new(hash: u64) -> Self {
+    /// A new acknowledgement, with its first writer (holding a place in
+    /// `group_pending`, if set).
+    pub(crate) fn new(
+        hash: u64,
+        group_pending: Option<StdArc<std::sync::atomic::AtomicUsize>>,
+    ) -> Self {
         Ack {
             hash,
+            group_pending,
             st: Mutex::new(AckState {
                 result: None,
                 wakers: Vec::new(),
@@ -70,6 +78,9 @@ impl<E> Ack<E> {
         }
         st.result = Some(result);
         let wakers = std::mem::take(&mut st.wakers);
+        if let Some(c) = &self.group_pending {
+            c.fetch_sub(st.writers, std::sync::atomic::Ordering::Relaxed);
+        }
         Some((st.writers, wakers))
     }
 
@@ -265,6 +276,7 @@ impl<K: Eq, W, E> WriteEntries<K, W, E> {
         key: K,
         value: W,
         merge: Option<&Merge<W>>,
+        group_pending: Option<StdArc<std::sync::atomic::AtomicUsize>>,
     ) -> Result<Wrote<K, W, E>, UserPanic> {
         match self.find(hash, &key)? {
             Some(i) => {
@@ -279,7 +291,7 @@ impl<K: Eq, W, E> WriteEntries<K, W, E> {
                 })
             }
             None => {
-                let ack = StdArc::new(Ack::new(hash));
+                let ack = StdArc::new(Ack::new(hash, group_pending));
                 self.push(WriteSlot {
                     key,
                     hash,

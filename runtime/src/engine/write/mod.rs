@@ -427,10 +427,25 @@ where
             }
         };
         let created = spare.is_none();
+        // The writer's place in its group's bound: its ack gives it back.
+        let group_pending = match self.group_slot(group) {
+            Ok(slot) => slot.hand_over(),
+            Err(e) => {
+                drop(guard);
+                drop_quietly((key, value, spare));
+                return Err(e);
+            }
+        };
+        let give_back = |c: &Option<StdArc<std::sync::atomic::AtomicUsize>>| {
+            if let Some(c) = c {
+                c.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         let merge = self.settings.merge.as_ref();
         // A key not yet sent lives in one batch: a later write folds there.
         let (key, value) = match group.extra.placed(key_hash, &key) {
             Err(p) => {
+                give_back(&group_pending);
                 drop(guard);
                 drop_quietly((key, value, spare));
                 return Err(self.write_panic("`Eq` of the key", p.0));
@@ -456,6 +471,7 @@ where
                     // Unreachable (`placed` found the key under the same locks).
                     Folded::Absent(key, value) => (key, value),
                     Folded::Panicked(p, key, value) => {
+                        give_back(&group_pending);
                         drop(st);
                         drop(guard);
                         drop_quietly((key, value, spare));
@@ -484,9 +500,13 @@ where
             }
         };
         let mut st = lock(&batch.st);
-        let wrote = match st.entries.write(key_hash, key, value, merge) {
+        let wrote = match st
+            .entries
+            .write(key_hash, key, value, merge, group_pending.clone())
+        {
             Ok(w) => w,
             Err(p) => {
+                give_back(&group_pending);
                 if opened {
                     // Nobody else has seen the batch: take it back.
                     drop(st);

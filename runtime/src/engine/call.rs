@@ -62,6 +62,9 @@ where
     },
 }
 
+/// Something, with the call's place in its group's `max_pending_per_group`.
+type WithSlot<T> = (T, super::GroupSlot);
+
 /// How a wait ended.
 enum Waited<K, V, E> {
     Answered(Result<Option<V>, Error<E>>),
@@ -183,14 +186,14 @@ where
     }
 
     /// Admits a call: joins the open batch of its group, opens one, or takes a
-    /// lane to run alone.
+    /// lane to run alone. The call's place in its group's bound comes with it.
     fn admit(
         self: &StdArc<Self>,
         target: Target<G>,
         group_hash: u64,
         key_hash: u64,
         key: K,
-    ) -> Result<(Admitted<G, K, V, E>, super::GroupSlot), Error<E>> {
+    ) -> Result<WithSlot<Admitted<G, K, V, E>>, Error<E>> {
         let config = &self.config;
         let (reentrant, ancestry) = reentry::here(self.id);
         let mut guard = lock(&self.state);

@@ -62,8 +62,9 @@ where
     },
 }
 
-/// Something, with the call's place in its group's `max_pending_per_group`.
-type WithSlot<T> = (T, super::GroupSlot);
+/// An admitted call, with its place in its group's `max_pending_per_group`,
+/// or why it was refused.
+type Admission<G, K, V, E> = Result<(Admitted<G, K, V, E>, super::GroupSlot), Error<E>>;
 
 /// How a wait ended.
 enum Waited<K, V, E> {
@@ -193,7 +194,7 @@ where
         group_hash: u64,
         key_hash: u64,
         key: K,
-    ) -> Result<WithSlot<Admitted<G, K, V, E>>, Error<E>> {
+    ) -> Admission<G, K, V, E> {
         let config = &self.config;
         let (reentrant, ancestry) = reentry::here(self.id);
         let mut guard = lock(&self.state);

@@ -331,10 +331,14 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
     }
 }
 
+/// `Display` of [`Error::Batch`] and [`Error::Key`] already includes the batch
+/// error's own message, so `source()` goes on with *that error's* source: a
+/// chain printed cause by cause (anyhow's `{:#}`, `tracing`'s error fields) names
+/// each cause once. The batch error itself is [`Error::batch_error`].
 impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Batch { source, .. } | Error::Key { source, .. } => Some(&**source),
+            Error::Batch { source, .. } | Error::Key { source, .. } => source.source(),
             _ => None,
         }
     }

@@ -172,18 +172,56 @@ static OVERRIDES: std::sync::Mutex<Vec<(String, Adjust)>> = std::sync::Mutex::ne
 /// It applies to coalescers created after the call. A `#[coalesce]` function's
 /// coalescer is created on its first call, so call `configure` at start-up, before
 /// traffic: from command-line flags, environment variables or a config file.
-/// Configuring the same name again replaces the earlier adjustment.
+/// Configuring the same name again replaces the earlier adjustment. What it did is
+/// returned ([`Configured`]), and a call that comes too late for a live coalescer
+/// is also logged at `warn` (with the `tracing` feature); the settings a coalescer
+/// actually runs with are in its metrics ([`MetricsSnapshot::settings`](crate::metrics::MetricsSnapshot::settings)).
 ///
 /// ```
 /// use std::time::Duration;
-/// coalesce_runtime::configure("users.load", |c| c.window(Duration::from_millis(2)).max_batch(200));
+/// let done = coalesce_runtime::configure("users.load", |c| c.window(Duration::from_millis(2)).max_batch(200));
+/// assert_eq!(done, coalesce_runtime::Configured::BeforeCreation);
 /// ```
-pub fn configure(name: &str, adjust: impl Fn(Config) -> Config + Send + Sync + 'static) {
+pub fn configure(
+    name: &str,
+    adjust: impl Fn(Config) -> Config + Send + Sync + 'static,
+) -> Configured {
     let mut overrides = OVERRIDES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     overrides.retain(|(n, _)| n != name);
     overrides.push((name.to_owned(), Box::new(adjust)));
+    drop(overrides);
+    match crate::metrics::live_named(name) {
+        0 => Configured::BeforeCreation,
+        live => {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                coalescer = name,
+                live,
+                "configure(\"{name}\") came after {live} coalescer(s) of that name were created: \
+                 they keep their settings; call configure before the first call"
+            );
+            Configured::TooLate { live }
+        }
+    }
+}
+
+/// What [`configure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Configured {
+    /// No coalescer of that name exists yet: the adjustment applies when one is
+    /// created (a `#[coalesce]` fn's, at its first call). A mistyped name stays
+    /// here for good: check [`MetricsSnapshot::settings`](crate::metrics::MetricsSnapshot::settings)
+    /// once the coalescer runs.
+    BeforeCreation,
+    /// `live` coalescers of that name already run, with their settings; the
+    /// adjustment applies only to coalescers created from now on.
+    TooLate {
+        /// Coalescers of that name running now.
+        live: u32,
+    },
 }
 
 impl Config {

@@ -20,7 +20,7 @@ mod recorder;
 mod timer;
 
 pub use crate::coalescer::Coalescer;
-pub use crate::config::{configure, Config, Dispatch};
+pub use crate::config::{configure, Config, Configured, Dispatch};
 #[doc(hidden)]
 pub use crate::engine::many::load_each;
 pub use crate::engine::write::{drain_all, flush_all, Drained, Flushed, WriteCore};

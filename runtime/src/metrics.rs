@@ -153,6 +153,7 @@ impl Summary {
 /// The live counters of one coalescer.
 pub(crate) struct Metrics {
     pub(crate) name: Arc<str>,
+    settings: Settings,
     pub(crate) calls: AtomicU64,
     pub(crate) keys: AtomicU64,
     pub(crate) dedup_hits: AtomicU64,
@@ -195,7 +196,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     /// Creates the counters of a coalescer named `name` and lists them in the
     /// registry (O(1): a free slot is reused, nothing is scanned).
-    pub(crate) fn register(name: Arc<str>) -> Arc<Metrics> {
+    pub(crate) fn register(name: Arc<str>, settings: Settings) -> Arc<Metrics> {
         let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = match reg.free.pop() {
             Some(slot) => slot,
@@ -213,6 +214,7 @@ impl Metrics {
         };
         let m = Arc::new(Metrics {
             name: name.clone(),
+            settings,
             calls: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             dedup_hits: AtomicU64::new(0),
@@ -273,6 +275,7 @@ impl Metrics {
             .map_or(0, |n| n.saturating_sub(1));
         MetricsSnapshot {
             name: self.name.to_string(),
+            settings: self.settings.clone(),
             same_name,
             calls: self.calls.load(Relaxed) + solo,
             keys: self.keys.load(Relaxed) + solo,
@@ -415,6 +418,48 @@ pub struct DurationSummary {
     pub p99: Duration,
 }
 
+/// The settings a coalescer runs with: what the code wrote, after any
+/// [`configure`](crate::configure) registered for its name before it was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Longest wait of a key for company.
+    pub window: Duration,
+    /// Distinct keys per batch, at most.
+    pub max_batch: usize,
+    /// Batches of one group running at once, at most (`None`: unbounded).
+    pub max_in_flight: Option<usize>,
+    /// Calls waiting at once, at most (`None`: unbounded).
+    pub max_pending: Option<usize>,
+    /// Calls of one group waiting at once, at most (`None`: unbounded).
+    pub max_pending_per_group: Option<usize>,
+    /// A batch's longest run (`None`: no timeout).
+    pub timeout: Option<Duration>,
+    /// `"window"` or `"adaptive"`.
+    pub dispatch: &'static str,
+    /// Levels of bisection of a failed batch (0: off).
+    pub isolate: u32,
+}
+
+impl Settings {
+    pub(crate) fn of(c: &crate::config::Config) -> Self {
+        let bound = |n: usize| (n != usize::MAX).then_some(n);
+        Settings {
+            window: c.window,
+            max_batch: c.max_batch,
+            max_in_flight: bound(c.max_in_flight),
+            max_pending: bound(c.max_pending),
+            max_pending_per_group: bound(c.max_pending_per_group),
+            timeout: c.timeout,
+            dispatch: match c.dispatch {
+                crate::config::Dispatch::Window => "window",
+                crate::config::Dispatch::Adaptive => "adaptive",
+            },
+            isolate: c.isolate,
+        }
+    }
+}
+
 /// What one coalescer has done since it was created, read at one moment.
 ///
 /// Counters count since creation; `in_flight` and `pending` are gauges. Every call
@@ -425,6 +470,8 @@ pub struct DurationSummary {
 pub struct MetricsSnapshot {
     /// The coalescer's name.
     pub name: String,
+    /// The settings it runs with (after `configure`).
+    pub settings: Settings,
     /// How many other live coalescers have the same name (0 when the name is
     /// unique). They are listed separately; give each its own `name` to tell
     /// them apart in `configure` and exported metrics.
@@ -611,6 +658,17 @@ impl fmt::Display for Short {
         };
         write!(f, "{v:.decimals$}{unit}")
     }
+}
+
+/// How many live coalescers are named `name` now.
+pub(crate) fn live_named(name: &str) -> u32 {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .names
+        .get(name)
+        .copied()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

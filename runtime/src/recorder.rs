@@ -114,7 +114,7 @@ fn kind_of<E>(err: &Error<E>) -> Option<usize> {
 
 impl Recorder {
     /// A recorder for the coalescer `name`, registered in the metrics registry.
-    pub(crate) fn new(name: Arc<str>) -> Self {
+    pub(crate) fn new(name: Arc<str>, settings: crate::metrics::Settings) -> Self {
         #[cfg(feature = "metrics")]
         let x = {
             let f = name.to_string();
@@ -138,7 +138,7 @@ impl Recorder {
             }
         };
         Recorder {
-            m: Metrics::register(name.clone()),
+            m: Metrics::register(name.clone(), settings),
             #[cfg(feature = "tracing")]
             name,
             #[cfg(feature = "metrics")]

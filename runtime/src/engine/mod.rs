@@ -161,7 +161,7 @@ impl<M: Mode> Inner<M> {
         };
         Inner {
             id: NEXT_ID.fetch_add(1, Relaxed),
-            rec: Recorder::new(name.clone()),
+            rec: Recorder::new(name.clone(), crate::metrics::Settings::of(&config)),
             name,
             lanes,
             config,

@@ -8,6 +8,7 @@
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
+use syn::spanned::Spanned;
 use syn::visit::{self, Visit};
 use syn::{
     FnArg, GenericArgument, GenericParam, Ident, ItemFn, Pat, PathArguments, Receiver, ReturnType,
@@ -202,8 +203,18 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
         }
     }
 
-    if let Some((error, per_key, output)) = write_output {
-        if let Some(error) = &error {
+    if let Some((mut error, per_key, output)) = write_output {
+        let is_alias =
+            matches!(&error, Some(Type::Path(p)) if p.path.is_ident("__coalesce_alias_error"));
+        if is_alias {
+            error = match (&write, &output) {
+                (Some((k, _)), Some(out)) => Some(syn::parse_quote_spanned! {out.span()=>
+                    <#out as ::coalesce::WriteOutput<#k>>::Error
+                }),
+                _ => None,
+            };
+        }
+        if let Some(error) = error.as_ref().filter(|_| !is_alias) {
             check_type(error, &Role::Error, errors);
         }
         let shape = write.as_ref().map(|(_, w)| Shape {
@@ -230,7 +241,10 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
             ));
             None
         }
-        ReturnType::Type(_, ty) => errors.check(analyze_output(ty)),
+        ReturnType::Type(_, ty) => {
+            let key_type = key.and_then(|k| params[k].key_type.as_ref());
+            errors.check(analyze_output(ty, key_type))
+        }
     };
     if let Some(shape) = &shape {
         check_type(&shape.value, &Role::Value, errors);
@@ -271,6 +285,12 @@ fn write_output(ty: &Type) -> Option<(Option<Type>, bool, Option<Type>)> {
         return Some((Some(error), true, Some(ty.clone())));
     }
     match generic_args(ty, "Result")?.as_slice() {
+        // `io::Result<()>`, `sqlx::Result<()>`: the alias fixes the error; it
+        // is named through `WriteOutput` once the key type is known.
+        [ok] if is_unit(ok) => {
+            let alias: Type = syn::parse_quote!(__coalesce_alias_error);
+            Some((Some(alias), false, Some(ty.clone())))
+        }
         [ok, error] if is_unit(ok) => Some((Some((*error).clone()), false, Some(ty.clone()))),
         [ok, error] if per_key_error(ok).is_some() => {
             Some((Some((*error).clone()), true, Some(ty.clone())))
@@ -428,7 +448,7 @@ fn ungroup(mut ty: &Type) -> &Type {
 }
 
 /// Reads the return type as one of the supported shapes.
-fn analyze_output(output: &Type) -> syn::Result<Shape> {
+fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
     let unsupported = |ty: &Type| {
         syn::Error::new_spanned(
             ty,
@@ -436,6 +456,31 @@ fn analyze_output(output: &Type) -> syn::Result<Shape> {
         )
     };
     if let Some(args) = generic_args(output, "Result") {
+        // A `Result` alias with the error type fixed (`io::Result<T>`,
+        // `sqlx::Result<T>`, `anyhow::Result<T>`): the error is whatever the
+        // alias says, named through the `BatchOutput` impl of `Result<T, E>`.
+        if let ([ok], Some(key)) = (args.as_slice(), key) {
+            let (kind, value) = collection(ok).ok_or_else(|| unsupported(ok))?;
+            if let Some((value, per_key_error)) = per_key_value(kind, value) {
+                return Ok(Shape {
+                    kind: ShapeKind::PerKey,
+                    value: value.clone(),
+                    error: Some(per_key_error.clone()),
+                    output: output.clone(),
+                    outer_result: true,
+                });
+            }
+            let error: Type = syn::parse_quote_spanned! {output.span()=>
+                <#output as ::coalesce::BatchOutput<#key, #value>>::Error
+            };
+            return Ok(Shape {
+                kind,
+                value: value.clone(),
+                error: Some(error),
+                output: output.clone(),
+                outer_result: true,
+            });
+        }
         let [ok, error] = args.as_slice() else {
             return Err(syn::Error::new_spanned(
                 output,

@@ -8,7 +8,8 @@ use coalesce_runtime::{configure, metrics, Config, Configured, Core, Dispatch};
 #[test]
 fn configure_before_creation_applies_and_is_visible() {
     let done = configure("settings.before", |c| {
-        c.window(Duration::from_micros(700)).max_pending_per_group(3)
+        c.window(Duration::from_micros(700))
+            .max_pending_per_group(3)
     });
     assert_eq!(done, Configured::BeforeCreation);
     let core: Core<(), u32, u32> = Core::new(

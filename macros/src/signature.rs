@@ -543,14 +543,19 @@ fn per_key_value(kind: ShapeKind, value: &Type) -> Option<(&Type, &Type)> {
 /// `(Map, V)` for `HashMap<K, V>` (also with a hasher) and `BTreeMap<K, V>`;
 /// `(List, V)` for `Vec<V>`.
 fn collection(ty: &Type) -> Option<(ShapeKind, &Type)> {
-    if let Some(args) = generic_args(ty, "HashMap") {
-        if let [_, value] | [_, value, _] = args.as_slice() {
-            return Some((ShapeKind::Map, value));
-        }
-    }
-    if let Some(args) = generic_args(ty, "BTreeMap") {
-        if let [_, value] = args.as_slice() {
-            return Some((ShapeKind::Map, value));
+    // Any map by key: std's `HashMap` (with any hasher) and `BTreeMap`,
+    // `hashbrown::HashMap`, and aliases named `…Map<K, V>` such as
+    // `FxHashMap`. The expansion goes through `BatchOutput`, so a map type
+    // without an impl is reported by rustc, on the return type.
+    if let Type::Path(TypePath { qself: None, path }) = ungroup(ty) {
+        if let Some(last) = path.segments.last() {
+            if last.ident.to_string().ends_with("Map") {
+                if let Some(args) = generic_args(ty, &last.ident.to_string()) {
+                    if let [_, value] | [_, value, _] = args.as_slice() {
+                        return Some((ShapeKind::Map, value));
+                    }
+                }
+            }
         }
     }
     vec_element(ty).map(|value| (ShapeKind::List, value))

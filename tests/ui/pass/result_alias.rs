@@ -38,3 +38,16 @@ async fn save(items: Vec<(u64, String)>) -> std::io::Result<()> {
 async fn saves() {
     let _: Result<(), coalesce::Error<std::io::Error>> = save(1, "a".to_owned()).await;
 }
+
+/// A map alias with its own hasher (as `FxHashMap` is).
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
+#[coalesce]
+async fn fast(ids: Vec<u64>) -> FastMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+#[allow(dead_code)]
+async fn fasts() {
+    let _: Result<Option<u64>, coalesce::Error> = fast(1).await;
+}

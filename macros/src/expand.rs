@@ -449,6 +449,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     };
     quote! {
         #(#attrs)*
+        #[allow(clippy::missing_errors_doc)]
         #vis #single #body
 
         #companions

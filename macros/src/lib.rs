@@ -27,11 +27,20 @@
 //! with equal values for them share a batch. Methods take `&self`, and calls
 //! through different instances never share a batch.
 //!
+//! A batch fn over `(key, value)` pairs that returns `()`, `Result<(), E>` or a
+//! result per key is a *write* fn: `save(key, value)` resolves after the batch
+//! carrying the write has committed, with one net write per key (`merge = path`
+//! folds them; the last write wins without it).
+//!
 //! Arguments, all optional: `window = "5ms"` (ns, us, ms, s), `max_batch = N`,
-//! `max_in_flight = N`, `max_pending = N`, `timeout = "2s"`, `group = <expr>`
-//! (evaluated on every call; may use the parameters and `self`),
-//! `name = "users.load"` (for metrics; the default is `module::path::fn_name`)
-//! and `dispatch = "window" | "adaptive"`.
+//! `max_in_flight = N`, `max_pending = N`, `max_pending_per_group = N`,
+//! `timeout = "2s"`, `isolate = N`, `group = <expr>` (evaluated on every call; may
+//! use the parameters and `self`), `instance = <expr>` (what makes two instances
+//! of a method's type one), `merge = path` (write fns), `after_writes = path`
+//! (a read that waits for a write fn's pending writes to its key),
+//! `name = "users.load"` (for metrics; the default is `module::path::fn_name`, or
+//! `<type of Self>::fn_name` for a method) and `dispatch = "window" | "adaptive"`.
+//! Every read fn also gets `<name>_many(keys, ..)`.
 //!
 //! Problems are compile errors on the offending tokens: a non-`async` fn, no
 //! `Vec<K>` parameter, an unsupported return type, `&mut self`, a generic fn, a
@@ -45,8 +54,22 @@ mod signature;
 use proc_macro::TokenStream;
 
 /// Turns an `async fn` over a `Vec<K>` of keys into a single-key `async fn`
-/// whose concurrent calls are coalesced into one call of the original. See the
-/// crate docs.
+/// whose concurrent calls are coalesced into one call of the original (kept as
+/// `<name>_batch`), plus `<name>_many(keys)` for many keys at once; over a
+/// `Vec<(K, V)>` of writes, into `name(key, value)`, answered after commit.
+///
+/// ```ignore
+/// #[coalesce(window = "5ms", max_batch = 1000)]
+/// async fn load_users(ids: Vec<u64>) -> Result<HashMap<u64, User>, DbError> { /* one query */ }
+///
+/// #[coalesce(window = "20ms", merge = add)]
+/// async fn record_visits(items: Vec<(u64, i64)>) -> Result<(), DbError> { /* one upsert */ }
+/// ```
+///
+/// Arguments: `window`, `max_batch`, `max_in_flight`, `max_pending`,
+/// `max_pending_per_group`, `timeout`, `isolate`, `group`, `instance`, `merge`,
+/// `after_writes`, `name`, `dispatch` (see the module docs above, and the
+/// `coalesce` crate's docs for each in full).
 #[proc_macro_attribute]
 pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::coalesce(args.into(), item.into()).into()

@@ -583,6 +583,66 @@ where
     .await
 }
 
+/// Finds, by autoref specialization in the expansion, how to see a batch error
+/// type as a `std::error::Error` (itself, what it derefs to, or not at all):
+/// `(&&&Probe::<E>::new()).source_of()`.
+pub struct Probe<E>(::core::marker::PhantomData<fn() -> E>);
+
+impl<E> Probe<E> {
+    /// The probe.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Probe(::core::marker::PhantomData)
+    }
+}
+
+/// `E: std::error::Error`: the error itself.
+pub trait ViaError<E> {
+    /// How to see an `E` as an error.
+    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
+}
+
+impl<E: ::std::error::Error + 'static> ViaError<E> for &&Probe<E> {
+    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
+        Some(|e| Some(e))
+    }
+}
+
+/// `E: Deref<Target = dyn Error + Send + Sync>` (`anyhow::Error`, `Box<dyn Error
+/// + Send + Sync>`): what it derefs to.
+pub trait ViaDeref<E> {
+    /// How to see an `E` as an error.
+    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
+}
+
+impl<E> ViaDeref<E> for &Probe<E>
+where
+    E: ::core::ops::Deref<Target = dyn ::std::error::Error + Send + Sync> + 'static,
+{
+    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
+        Some(|e| Some(&**e))
+    }
+}
+
+/// Any other type (`String`): no chain to follow.
+pub trait ViaNothing<E> {
+    /// How to see an `E` as an error: it cannot be.
+    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
+}
+
+impl<E> ViaNothing<E> for Probe<E> {
+    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
+        None
+    }
+}
+
+/// Registers what the probe found (once per fn, from the expansion).
+pub fn register_source<E: 'static>(source_of: Option<::coalesce_runtime::SourceOf<E>>) {
+    if let Some(f) = source_of {
+        ::coalesce_runtime::register_error_source(f);
+    }
+}
+
 /// For the `Vec`-shaped single-key fns: an entry is always present after a
 /// successful ordered batch, so `None` becomes [`Error::Missing`]. `S` is the
 /// instance type of a method (for its coalescer's name), `()` for a free fn.

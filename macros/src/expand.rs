@@ -427,8 +427,26 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
             None,
         )
     };
+    // The batch error's cause chain: how to see it as a `std::error::Error`,
+    // found by autoref specialization and registered once.
+    let register = shape.error.as_ref().map(|_| {
+        let probe = Ident::new("__COALESCE_SOURCE", Span::mixed_site());
+        quote! {
+            {
+                #[allow(unused_imports)]
+                use #private::{ViaDeref as _, ViaError as _, ViaNothing as _};
+                static #probe: ::std::sync::Once = ::std::sync::Once::new();
+                #probe.call_once(|| {
+                    #private::register_source::<#error_arg>(
+                        (&&&#private::Probe::<#error_arg>::new()).source_of(),
+                    )
+                });
+            }
+        }
+    });
     let body = quote_spanned! {func.sig.ident.span()=> {
         #static_slot
+        #register
         #(#lets)*
         #after
         #result

@@ -331,14 +331,62 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
     }
 }
 
+/// How to see a batch error type as a [`std::error::Error`], if it is one
+/// (registered per type: see [`register_error_source`]).
+pub type SourceOf<E> = fn(&E) -> Option<&(dyn std::error::Error + 'static)>;
+
+/// Batch error types whose `source()` chain is known, by type.
+static SOURCES: std::sync::RwLock<
+    Vec<(std::any::TypeId, &'static (dyn std::any::Any + Send + Sync))>,
+> = std::sync::RwLock::new(Vec::new());
+
+/// Registers how to see batch errors of type `E` as a `std::error::Error`, so that
+/// [`Error::source`](std::error::Error::source) can go on with their own causes.
+/// `#[coalesce]` does this for its error types (a `std::error::Error`, or a type
+/// that derefs to `dyn Error + Send + Sync` such as `anyhow::Error` and
+/// `Box<dyn Error + Send + Sync>`); call it for the engine API, e.g.
+/// `register_error_source::<sqlx::Error>(|e| Some(e))`. Registering a type again
+/// changes nothing.
+pub fn register_error_source<E: 'static>(source_of: SourceOf<E>) {
+    let id = std::any::TypeId::of::<E>();
+    let mut all = SOURCES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !all.iter().any(|(t, _)| *t == id) {
+        all.push((id, Box::leak(Box::new(source_of))));
+    }
+}
+
+/// `e` as a `std::error::Error`, if its type was registered.
+fn as_error<E: 'static>(e: &E) -> Option<&(dyn std::error::Error + 'static)> {
+    let id = std::any::TypeId::of::<E>();
+    let all = SOURCES
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let source_of = all
+        .iter()
+        .find(|(t, _)| *t == id)
+        .and_then(|(_, f)| f.downcast_ref::<SourceOf<E>>())
+        .copied();
+    drop(all);
+    source_of.and_then(|f| f(e))
+}
+
+/// `coalesce::Error<E>` is a `std::error::Error` whatever the batch error `E`
+/// is (`sqlx::Error`, `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `String`),
+/// so that `?` carries it into `anyhow::Error` or `Box<dyn Error + Send + Sync>`.
+///
 /// `Display` of [`Error::Batch`] and [`Error::Key`] already includes the batch
-/// error's own message, so `source()` goes on with *that error's* source: a
+/// error's own message, so `source()` goes on with *that error's* source (for
+/// types registered with [`register_error_source`], which `#[coalesce]` does): a
 /// chain printed cause by cause (anyhow's `{:#}`, `tracing`'s error fields) names
 /// each cause once. The batch error itself is [`Error::batch_error`].
-impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+impl<E: fmt::Debug + fmt::Display + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Batch { source, .. } | Error::Key { source, .. } => source.source(),
+            Error::Batch { source, .. } | Error::Key { source, .. } => {
+                as_error::<E>(source).and_then(|e| e.source())
+            }
             _ => None,
         }
     }

@@ -4,7 +4,7 @@
 use std::error::Error as _;
 use std::fmt;
 
-use coalesce_runtime::{Coalescer, Config, Error};
+use coalesce_runtime::{register_error_source, Coalescer, Config, Error};
 
 #[derive(Debug)]
 struct QueryFailed(std::io::Error);
@@ -23,6 +23,9 @@ impl std::error::Error for QueryFailed {
 
 #[tokio::test]
 async fn the_chain_names_each_cause_once() {
+    // The engine API learns how to see the error as a `std::error::Error`
+    // (`#[coalesce]` registers this itself).
+    register_error_source::<QueryFailed>(|e| Some(e));
     let c: Coalescer<u32, u32, QueryFailed> =
         Coalescer::new(Config::new("errors.chain"), |_keys: Vec<u32>| async {
             Err::<Vec<u32>, _>(QueryFailed(std::io::Error::other("connection reset")))

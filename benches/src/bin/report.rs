@@ -348,7 +348,88 @@ fn main() {
         if want("window") {
             window().await;
         }
+        if want("many") {
+            many().await;
+        }
     });
+}
+
+/// `load_many` against the single-key path, per key: 10,000 distinct keys from
+/// one task, through `Coalescer::load_many`, through `join_all` of 10,000
+/// `Coalescer::load` calls (bare, and collected into a map as `load_many`
+/// returns), and the batch fn called directly on chunks of 1,000 (the floor). Median of 21 interleaved rounds.
+async fn many() {
+    use std::collections::HashMap;
+    use std::time::Instant;
+    const KEYS: u64 = 10_000;
+    const ROUNDS: usize = 21;
+    println!("### load_many: 10,000 distinct keys from one task, pure-CPU batch fn, max_batch 1000 (median of {ROUNDS} interleaved rounds)\n");
+    fn batch(keys: Vec<u64>) -> HashMap<u64, u64> {
+        keys.into_iter()
+            .map(|k| (k, coalesce_benches::compute(k)))
+            .collect()
+    }
+    let c = coalesce::Coalescer::new(
+        coalesce::Config::new("report.many").window(WINDOW),
+        |keys: Vec<u64>| async move { batch(keys) },
+    );
+    let (mut many, mut singles, mut mapped, mut direct) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=ROUNDS as u64 {
+        let keys: Vec<u64> = (round * KEYS..(round + 1) * KEYS).collect();
+        let t = Instant::now();
+        let got = c.load_many(keys.clone()).await.expect("load_many");
+        let a = t.elapsed();
+        assert_eq!(got.len(), KEYS as usize);
+        let t = Instant::now();
+        let got = futures::future::join_all(keys.iter().map(|k| c.load(*k))).await;
+        let b = t.elapsed();
+        assert!(got.iter().all(|r| matches!(r, Ok(Some(_)))));
+        let t = Instant::now();
+        let got = futures::future::join_all(keys.iter().map(|k| c.load(*k))).await;
+        let map: HashMap<u64, u64> = keys
+            .iter()
+            .zip(got)
+            .filter_map(|(k, r)| r.ok().flatten().map(|v| (*k, v)))
+            .collect();
+        let m = t.elapsed();
+        assert_eq!(map.len(), KEYS as usize);
+        let t = Instant::now();
+        let mut n = 0;
+        for chunk in keys.chunks(1000) {
+            n += std::hint::black_box(batch(chunk.to_vec())).len();
+        }
+        let d = t.elapsed();
+        assert_eq!(n, KEYS as usize);
+        if round > 0 {
+            many.push(a.as_nanos() as f64 / KEYS as f64);
+            singles.push(b.as_nanos() as f64 / KEYS as f64);
+            mapped.push(m.as_nanos() as f64 / KEYS as f64);
+            direct.push(d.as_nanos() as f64 / KEYS as f64);
+        }
+    }
+    let range = |mut xs: Vec<f64>| {
+        xs.sort_by(|a, b| a.total_cmp(b));
+        (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+    };
+    println!("| path | ns per key, median | min | max |");
+    println!("|---|---:|---:|---:|");
+    for (label, xs) in [
+        ("Coalescer::load_many(keys)", many),
+        ("join_all of Coalescer::load(key)", singles),
+        (
+            "join_all of Coalescer::load(key), collected into a HashMap",
+            mapped,
+        ),
+        (
+            "the batch fn, called directly on chunks of 1,000 (floor)",
+            direct,
+        ),
+    ] {
+        let (m, lo, hi) = range(xs);
+        println!("| {label} | {m:.0} | {lo:.0} | {hi:.0} |");
+    }
+    println!();
 }
 
 /// Window precision: one caller, sequential calls, fixed-window mode. Windows under

@@ -2,7 +2,7 @@
 //! path, all concurrently, so that they join the shared batches like any other
 //! call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,7 +17,7 @@ pub(crate) fn distinct<K: Hash + Eq + Clone>(
 ) -> Result<Vec<K>, UserPanic> {
     catch_unwind(AssertUnwindSafe(|| {
         let keys = keys.into_iter();
-        let mut seen = HashSet::with_capacity(keys.size_hint().0);
+        let mut seen = hashbrown::HashSet::with_capacity(keys.size_hint().0);
         let mut out = Vec::with_capacity(keys.size_hint().0);
         for k in keys {
             if !seen.contains(&k) {
@@ -40,13 +40,11 @@ where
     K: Hash + Eq + Clone,
     Fut: Future<Output = Result<Option<V>, Error<E>>>,
 {
-    let calls = keys.into_iter().map(|k| {
-        let call = one(k.clone());
-        async move { (k, call.await) }
-    });
-    let answers = futures::future::join_all(calls).await;
+    // The calls themselves, unwrapped (a wrapper per call would add its
+    // state to each of them); the keys are matched back by position.
+    let answers = futures::future::join_all(keys.iter().cloned().map(one)).await;
     let mut found = HashMap::with_capacity(answers.len());
-    for (k, answer) in answers {
+    for (k, answer) in keys.into_iter().zip(answers) {
         if let Some(v) = answer? {
             found.insert(k, v);
         }

@@ -462,11 +462,9 @@ where
                     .groups
                     .by_key(self.batch.group_hash, &self.batch.group)
                 {
-                    if g.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &self.batch)) {
-                        g.open = None;
+                    if g.withdraw(&self.batch) {
                         state.gathering -= 1;
                     }
-                    g.queue.retain(|b| !Arc::ptr_eq(b, &self.batch));
                 }
                 if held_lane {
                     lane = inner.release_lane(state, &self.batch.group, self.batch.group_hash);

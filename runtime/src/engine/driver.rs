@@ -273,12 +273,7 @@ impl<M: Mode> Driver<M> {
             return;
         }
         let group = group_of(&mut state.groups, &self.batch);
-        if group
-            .open
-            .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, &self.batch))
-        {
-            group.open = None;
+        if group.close(&self.batch) {
             state.gathering -= 1;
         }
         group.hint = M::live_keys(&st.entries).max(1);
@@ -482,15 +477,9 @@ impl<M: Mode> Drop for Driver<M> {
                     .groups
                     .by_key(self.batch.group_hash, &self.batch.group)
                 {
-                    if group
-                        .open
-                        .as_ref()
-                        .is_some_and(|b| Arc::ptr_eq(b, &self.batch))
-                    {
-                        group.open = None;
+                    if group.withdraw(&self.batch) {
                         state.gathering -= 1;
                     }
-                    group.queue.retain(|b| !Arc::ptr_eq(b, &self.batch));
                 }
             }
             let frozen = match step {

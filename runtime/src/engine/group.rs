@@ -97,6 +97,23 @@ impl<M: Mode> Group<M> {
         }
     }
 
+    /// Closes the group's open batch if it is `batch` (full, leaving or gone):
+    /// true if it was, for the caller to count one fewer gathering batch.
+    pub(crate) fn close(&mut self, batch: &Arc<Batch<M>>) -> bool {
+        let open = self.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, batch));
+        if open {
+            self.open = None;
+        }
+        open
+    }
+
+    /// Takes `batch`, which will not run, out of the group: closed and out of
+    /// the queue. True if it was the open batch (see [`Group::close`]).
+    pub(crate) fn withdraw(&mut self, batch: &Arc<Batch<M>>) -> bool {
+        self.queue.retain(|b| !Arc::ptr_eq(b, batch));
+        self.close(batch)
+    }
+
     pub(crate) fn road(&self, lanes: usize) -> Road {
         Road {
             lanes_used: self.lanes_used,

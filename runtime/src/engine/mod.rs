@@ -238,10 +238,7 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: BatchOutput<K, V, Error = E>,
     {
-        let src = FnSource {
-            f: Some(batch),
-            made: None,
-        };
+        let src = FnSource(Held::new(batch));
         self.inner.call(Identity::Shared, group, key, src)
     }
 
@@ -272,8 +269,7 @@ where
         };
         let src = ObjectSource {
             this,
-            f: Some(batch),
-            made: None,
+            held: Held::new(batch),
         };
         self.inner.call(identity, group, key, src)
     }
@@ -298,8 +294,7 @@ where
     {
         let src = ObjectSource {
             this,
-            f: Some(batch),
-            made: None,
+            held: Held::new(batch),
         };
         self.inner.call(Identity::Shared, group, key, src)
     }
@@ -326,8 +321,7 @@ where
         };
         let src = ObjectSource {
             this,
-            f: Some(batch),
-            made: None,
+            held: Held::new(batch),
         };
         self.inner.call(identity, group, key, src)
     }
@@ -543,8 +537,7 @@ impl<M: Mode> Inner<M> {
         if M::live_keys(&st.entries) >= self.config.max_batch && !st.full {
             st.full = true;
             if let Some(g) = state.groups.by_key(batch.group_hash, &batch.group) {
-                if g.open.as_ref().is_some_and(|b| sync::Arc::ptr_eq(b, batch)) {
-                    g.open = None;
+                if g.close(batch) {
                     state.gathering -= 1;
                 }
             }
@@ -632,11 +625,50 @@ impl Drop for GroupSlot {
 /// waker to wake, and a retired group to drop.
 pub(crate) type Released<M> = (Option<std::task::Waker>, Option<Group<M>>);
 
-/// A batch function passed with the call (`Core::load`).
-struct FnSource<F, G, K, V, E> {
+/// A batch function passed with a call: borrowed by a lone run, moved into a
+/// shared [`Maker`] the first time a batch needs one (then used for both).
+struct Held<F, G, K, V, E> {
     f: Option<F>,
     made: Option<Maker<G, K, V, E>>,
 }
+
+impl<F, G: 'static, K: 'static, V: 'static, E: 'static> Held<F, G, K, V, E> {
+    fn new(f: F) -> Self {
+        Held {
+            f: Some(f),
+            made: None,
+        }
+    }
+
+    /// The shared maker, built from the fn by `build` on first use.
+    fn maker(&mut self, build: impl FnOnce(F) -> Maker<G, K, V, E>) -> Maker<G, K, V, E> {
+        if let Some(made) = &self.made {
+            return made.clone();
+        }
+        let maker = match self.f.take() {
+            Some(f) => build(f),
+            // Unreachable: `made` is set whenever `f` is taken, unless `build`
+            // panicked (user `Clone` of an instance), which failed that call.
+            None => StdArc::new(|_: &G, _: Vec<K>| -> Run<K, V, E> {
+                Box::pin(async { panic!("internal: a batch function was used twice") })
+            }),
+        };
+        self.made = Some(maker.clone());
+        maker
+    }
+}
+
+/// The run of a batch function's future.
+fn run_of<K, V, E, Fut>(fut: Fut) -> Run<K, V, E>
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: BatchOutput<K, V, Error = E>,
+{
+    Box::pin(async move { fut.await.into_delivery() })
+}
+
+/// A batch function passed with the call (`Core::load`).
+struct FnSource<F, G, K, V, E>(Held<F, G, K, V, E>);
 
 impl<F, Fut, G, K, V, E> Source<G, K, V, E> for FnSource<F, G, K, V, E>
 where
@@ -649,29 +681,13 @@ where
     E: 'static,
 {
     fn maker(&mut self) -> Maker<G, K, V, E> {
-        if let Some(made) = &self.made {
-            return made.clone();
-        }
-        let maker: Maker<G, K, V, E> = match self.f.take() {
-            Some(f) => StdArc::new(move |g: &G, keys: Vec<K>| {
-                let fut = f(g, keys);
-                Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
-            }),
-            // Unreachable: `made` is set whenever `f` is taken.
-            None => StdArc::new(|_: &G, _: Vec<K>| -> Run<K, V, E> {
-                Box::pin(async { panic!("internal: a batch function was used twice") })
-            }),
-        };
-        self.made = Some(maker.clone());
-        maker
+        self.0
+            .maker(|f| StdArc::new(move |g: &G, keys: Vec<K>| run_of(f(g, keys))))
     }
 
     fn run_one(&mut self, group: &G, key: K) -> Run<K, V, E> {
-        match &self.f {
-            Some(f) => {
-                let fut = f(group, vec![key]);
-                Box::pin(async move { fut.await.into_delivery() })
-            }
+        match &self.0.f {
+            Some(f) => run_of(f(group, vec![key])),
             None => self.maker()(group, vec![key]),
         }
     }
@@ -680,8 +696,7 @@ where
 /// A batch function over an instance (`Core::load_for`, `Core::load_with`).
 struct ObjectSource<'a, S, F, G, K, V, E> {
     this: &'a S,
-    f: Option<F>,
-    made: Option<Maker<G, K, V, E>>,
+    held: Held<F, G, K, V, E>,
 }
 
 impl<S, F, Fut, G, K, V, E> Source<G, K, V, E> for ObjectSource<'_, S, F, G, K, V, E>
@@ -696,30 +711,17 @@ where
     E: 'static,
 {
     fn maker(&mut self) -> Maker<G, K, V, E> {
-        if let Some(made) = &self.made {
-            return made.clone();
-        }
-        // The batch owns its instance: a clone of the opener's.
-        let this = self.this.clone();
-        let maker: Maker<G, K, V, E> = match self.f.take() {
-            Some(f) => StdArc::new(move |g: &G, keys: Vec<K>| {
-                let fut = f(this.clone(), g, keys);
-                Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
-            }),
-            None => StdArc::new(|_: &G, _: Vec<K>| -> Run<K, V, E> {
-                Box::pin(async { panic!("internal: a batch function was used twice") })
-            }),
-        };
-        self.made = Some(maker.clone());
-        maker
+        let this = self.this;
+        self.held.maker(|f| {
+            // The batch owns its instance: a clone of the opener's.
+            let this = this.clone();
+            StdArc::new(move |g: &G, keys: Vec<K>| run_of(f(this.clone(), g, keys)))
+        })
     }
 
     fn run_one(&mut self, group: &G, key: K) -> Run<K, V, E> {
-        match &self.f {
-            Some(f) => {
-                let fut = f(self.this.clone(), group, vec![key]);
-                Box::pin(async move { fut.await.into_delivery() })
-            }
+        match &self.held.f {
+            Some(f) => run_of(f(self.this.clone(), group, vec![key])),
             None => self.maker()(group, vec![key]),
         }
     }

@@ -168,3 +168,28 @@ async fn a_read_method_follows_the_write_method_it_names() {
     written.unwrap();
     assert_eq!(read.unwrap(), Some(7));
 }
+
+static SLOW_ROWS: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
+
+/// An hour-long window: only a flush sends it.
+#[coalesce(window = "3600s", name = "writes.flush_one")]
+async fn slow_save(items: Vec<(u32, u32)>) {
+    SLOW_ROWS.lock().unwrap().extend(items);
+}
+
+#[tokio::test]
+async fn one_write_fn_is_flushed_by_its_name() {
+    let writers: Vec<_> = (0..3).map(|k| tokio::spawn(slow_save(k, k))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let flushed = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        coalesce::flush("writes.flush_one"),
+    )
+    .await
+    .expect("the flush waited out the window");
+    assert_eq!((flushed.keys, flushed.failed), (3, 0));
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(SLOW_ROWS.lock().unwrap().len(), 3);
+}

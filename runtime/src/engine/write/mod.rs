@@ -717,6 +717,7 @@ where
 
 /// What `flush_all` and `drain_all` reach of a write coalescer.
 trait Flush: Send + Sync {
+    fn name(&self) -> &str;
     fn flush_erased(&self) -> std::pin::Pin<Box<dyn Future<Output = Flushed> + Send + '_>>;
     fn drain_erased(
         &self,
@@ -731,6 +732,9 @@ where
     W: Send + 'static,
     E: Send + Sync + 'static,
 {
+    fn name(&self) -> &str {
+        &self.name
+    }
     fn flush_erased(&self) -> std::pin::Pin<Box<dyn Future<Output = Flushed> + Send + '_>> {
         Box::pin(self.flush())
     }
@@ -766,8 +770,18 @@ fn live_writers() -> Vec<StdArc<dyn Flush>> {
 /// Flushes every write coalescer in the process (see [`WriteCore::flush`]);
 /// returns the sum of their reports.
 pub async fn flush_all() -> Flushed {
+    flush_where(|_| true).await
+}
+
+/// Flushes the write coalescers named `name` (a `#[coalesce]` write fn's, by
+/// its name in metrics: `module::path::fn`, or what `name = "…"` says).
+pub async fn flush(name: &str) -> Flushed {
+    flush_where(|n| n == name).await
+}
+
+async fn flush_where(pick: impl Fn(&str) -> bool) -> Flushed {
     let mut total = Flushed::default();
-    for w in live_writers() {
+    for w in live_writers().into_iter().filter(|w| pick(w.name())) {
         let f = w.flush_erased().await;
         total.keys += f.keys;
         total.failed += f.failed;

@@ -364,8 +364,9 @@
 
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{
-    configure, drain_all, flush, flush_all, metrics, BatchOutput, Coalescer, Config, Configured,
-    Core, Delivery, Dispatch, Drained, Error, Flushed, PerKey, Unsure, WriteCore, WriteOutput,
+    configure, drain, drain_all, flush, flush_all, metrics, BatchOutput, Coalescer, Config,
+    Configured, Core, Delivery, Dispatch, Drained, Error, Flushed, PerKey, Unsure, WriteCore,
+    WriteOutput,
 };
 
 #[doc(hidden)]

@@ -193,3 +193,23 @@ async fn one_write_fn_is_flushed_by_its_name() {
     }
     assert_eq!(SLOW_ROWS.lock().unwrap().len(), 3);
 }
+
+/// A write fn whose batch never ends: `drain(name, deadline)` fails what is
+/// left of it, by its name.
+#[coalesce(window = "1ms", name = "writes.drain_one")]
+async fn stuck_save(items: Vec<(u32, u32)>) {
+    let _ = items;
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn one_write_fn_is_drained_by_its_name() {
+    let writer = tokio::spawn(stuck_save(1, 1));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let drained = coalesce::drain("writes.drain_one", std::time::Duration::from_millis(50)).await;
+    assert_eq!((drained.dropped, drained.unsure), (0, 1), "{drained:?}");
+    assert!(matches!(
+        writer.await.unwrap(),
+        Err(coalesce::Error::MaybeCommitted { .. })
+    ));
+}

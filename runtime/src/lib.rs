@@ -23,7 +23,7 @@ pub use crate::coalescer::Coalescer;
 pub use crate::config::{configure, Config, Configured, Dispatch};
 #[doc(hidden)]
 pub use crate::engine::many::load_each;
-pub use crate::engine::write::{drain_all, flush, flush_all, Drained, Flushed, WriteCore};
+pub use crate::engine::write::{drain, drain_all, flush, flush_all, Drained, Flushed, WriteCore};
 pub use crate::engine::Core;
 pub use crate::error::{register_error_source, Error, SourceOf, Unsure};
 pub use crate::output::{per_key, BatchOutput, Delivery, Entries, PerKey, WriteOutput};

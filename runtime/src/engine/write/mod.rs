@@ -792,7 +792,20 @@ async fn flush_where(pick: impl Fn(&str) -> bool) -> Flushed {
 /// Drains every write coalescer in the process, all against one `deadline`
 /// (see [`WriteCore::drain`]); returns the sum of their reports.
 pub async fn drain_all(deadline: Duration) -> Drained {
-    let writers = live_writers();
+    drain_where(deadline, |_| true).await
+}
+
+/// Drains the write coalescers named `name` (a `#[coalesce]` write fn's, by its
+/// name in metrics), against `deadline` (see [`WriteCore::drain`]).
+pub async fn drain(name: &str, deadline: Duration) -> Drained {
+    drain_where(deadline, |n| n == name).await
+}
+
+async fn drain_where(deadline: Duration, pick: impl Fn(&str) -> bool) -> Drained {
+    let writers: Vec<_> = live_writers()
+        .into_iter()
+        .filter(|w| pick(w.name()))
+        .collect();
     let drains = writers.iter().map(|w| w.drain_erased(deadline));
     let mut total = Drained::default();
     for d in futures::future::join_all(drains).await {

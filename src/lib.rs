@@ -365,8 +365,8 @@
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{
     configure, drain, drain_all, flush, flush_all, metrics, BatchOutput, Coalescer, Config,
-    Configured, Core, Delivery, Dispatch, Drained, Error, Flushed, PerKey, Unsure, WriteCore,
-    WriteOutput,
+    Configured, Core, Delivery, Dispatch, Drained, Error, Flushed, Keyed, PerKey, Unsure,
+    WriteCore, WriteOutput,
 };
 
 #[doc(hidden)]

@@ -2,7 +2,7 @@
 //! kept off the crate root so that it never shows up in "did you mean" hints.
 
 pub use ::coalesce_runtime::{
-    per_key, BatchOutput, Config, Core, Dispatch, Error, PerKey, WriteCore, WriteOutput,
+    per_key, BatchOutput, Config, Core, Dispatch, Error, Keyed, PerKey, WriteCore, WriteOutput,
 };
 pub use ::std::time::Duration;
 
@@ -13,6 +13,24 @@ use ::std::borrow::Cow;
 use ::std::boxed::Box;
 use ::std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use ::std::vec::Vec;
+
+/// The parts of a `Result`, for the error behind an alias (`sqlx::Result<T>`).
+pub trait Fallible {
+    /// `T` of `Result<T, E>`.
+    type Ok;
+    /// `E` of `Result<T, E>`.
+    type Error;
+}
+
+impl<T, E> Fallible for Result<T, E> {
+    type Ok = T;
+    type Error = E;
+}
+
+/// `Result<M, E>` → `Result<Keyed<M>, E>`: a map of any type, inside a `Result`.
+pub fn keyed_result<M, E>(result: Result<M, E>) -> Result<Keyed<M>, E> {
+    result.map(Keyed)
+}
 
 /// A coalescer's name as the expansion knows it.
 #[derive(Clone, Copy)]
@@ -466,7 +484,7 @@ where
     E: Send + Sync + 'static,
     F: Fn(&G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
     slot.core::<(), G, K, V, E>(name, config)
         .load(group, key, batch)
@@ -492,7 +510,7 @@ where
     E: Send + Sync + 'static,
     F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
     slot.core::<S, G, K, V, E>(name, config)
         .load_for(this, group, key, batch)
@@ -518,7 +536,7 @@ where
     E: Send + Sync + 'static,
     F: Fn(Arc<T>, &G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
     slot.core::<T, G, K, V, E>(name, config)
         .load_for_arc(this, group, key, batch)
@@ -545,7 +563,7 @@ where
     E: Send + Sync + 'static,
     F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
     slot.core::<S, G, K, V, E>(name, config)
         .load_with(this, group, key, batch)

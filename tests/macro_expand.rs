@@ -154,8 +154,9 @@ async fn extra_parameters_split_batches() {
     assert_eq!(batches("regional.us"), [vec![2]]);
 }
 
-/// `group` partitions by an expression of the arguments, here of the key.
-#[coalesce(window = "5ms", group = ids % 2)]
+/// `group` partitions by an expression of the single-key fn's arguments, here of
+/// the key (named `id`: the single-key fn names its key in the singular).
+#[coalesce(window = "5ms", group = id % 2)]
 async fn by_parity(ids: Vec<u64>) -> HashMap<u64, u64> {
     record("by_parity", &ids);
     ids.into_iter().map(|id| (id, id)).collect()

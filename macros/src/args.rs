@@ -5,7 +5,7 @@
 //! Parsing goes on after a bad argument, so one compile reports all of them.
 
 use proc_macro2::{Span, TokenStream};
-use syn::parse::{ParseStream, Parser};
+use syn::parse::{Parse as _, ParseStream, Parser};
 use syn::spanned::Spanned as _;
 use syn::{Expr, Lit, LitStr, Token};
 
@@ -26,6 +26,7 @@ mod kw {
     syn::custom_keyword!(dispatch);
     syn::custom_keyword!(merge);
     syn::custom_keyword!(after_writes);
+    syn::custom_keyword!(context);
 }
 
 /// A value together with the span of the tokens it was read from.
@@ -76,6 +77,18 @@ pub struct Args {
     /// `after_writes = path::to::write_fn`: a read waits for the pending
     /// writes of its key through that write fn first.
     pub after_writes: Option<Spanned<Expr>>,
+    /// `context = pool` or `context = (pool, http)`: parameters that do not
+    /// split batches; the batch runs with the opening call's (cloned) values.
+    pub context: Option<Spanned<Vec<syn::Ident>>>,
+}
+
+impl Args {
+    /// Whether `name` is one of the `context` parameters.
+    pub fn is_context(&self, name: &syn::Ident) -> bool {
+        self.context
+            .as_ref()
+            .is_some_and(|context| context.value.iter().any(|c| c == name))
+    }
 }
 
 impl Args {
@@ -134,6 +147,7 @@ impl Args {
         arg!(instance, parse_expr_arg(input)?);
         arg!(merge, parse_expr_arg(input)?);
         arg!(after_writes, parse_expr_arg(input)?);
+        arg!(context, parse_names_arg(input)?);
         arg!(name, parse_name_arg(input)?);
         arg!(dispatch, parse_dispatch_arg(input)?);
         Err(lookahead.error())
@@ -165,6 +179,37 @@ fn parse_expr_arg(input: ParseStream) -> syn::Result<Spanned<Expr>> {
     Ok(Spanned {
         span: expr.span(),
         value: expr,
+    })
+}
+
+/// `= name` or `= (a, b)`: parameter names.
+fn parse_names_arg(input: ParseStream) -> syn::Result<Spanned<Vec<syn::Ident>>> {
+    input.parse::<Token![=]>()?;
+    let span = input.span();
+    let expected = |span: Span| {
+        syn::Error::new(
+            span,
+            "`context` names parameters of the fn: `context = pool` or `context = (pool, http)`",
+        )
+    };
+    if input.peek(syn::token::Paren) {
+        let content;
+        let parens = syn::parenthesized!(content in input);
+        let names = content
+            .parse_terminated(syn::Ident::parse, Token![,])
+            .map_err(|error| expected(error.span()))?;
+        if names.is_empty() {
+            return Err(expected(parens.span.join()));
+        }
+        return Ok(Spanned {
+            value: names.into_iter().collect(),
+            span: parens.span.join(),
+        });
+    }
+    let name = input.parse::<syn::Ident>().map_err(|_| expected(span))?;
+    Ok(Spanned {
+        span: name.span(),
+        value: vec![name],
     })
 }
 

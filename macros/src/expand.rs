@@ -67,7 +67,26 @@ pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
 
     let mut errors = Errors::default();
     let args = errors.check(Args::parse(args));
-    let signature = signature::analyze(&func, &mut errors);
+    let context = args
+        .as_ref()
+        .and_then(|args| args.context.as_ref())
+        .map(|context| context.value.clone())
+        .unwrap_or_default();
+    let signature = signature::analyze(&func, &context, &mut errors);
+    for name in &context {
+        let known = signature.params.iter().enumerate().any(|(index, param)| {
+            Some(index) != signature.key && param.ident.as_ref() == Some(name)
+        });
+        if !known {
+            errors.push(syn::Error::new(
+                name.span(),
+                format!(
+                    "`context` names parameters of the fn other than its keys; there is no \
+                     parameter `{name}`"
+                ),
+            ));
+        }
+    }
     match (errors.finish(), args) {
         (Ok(()), Some(args)) => expand(&func, &args, &signature),
         (Err(error), _) => fallback(&func, &signature, &error),
@@ -78,11 +97,9 @@ pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The single-key fn and the batch fn, for a signature without problems.
 fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
-    let (Some((key_param, key_type)), Some(shape), Some(key)) = (
-        signature.key_param(),
-        &signature.shape,
-        signature.key_param().and_then(|(p, _)| p.ident.as_ref()),
-    ) else {
+    let (Some((key_param, key_type)), Some(shape), Some(key)) =
+        (signature.key_param(), &signature.shape, key_name(signature))
+    else {
         // The analysis reports a missing key, shape or key name as an error.
         let error = syn::Error::new_spanned(&func.sig, "#[coalesce] could not read this signature");
         return fallback(func, signature, &error);
@@ -113,7 +130,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     };
     let key = match &write_names {
         Some((k, _)) => k,
-        None => key,
+        None => &key,
     };
     let private = quote!(::coalesce::__private);
     let value_type = &shape.value;
@@ -138,8 +155,10 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
         lets.push(quote_spanned!(arg.span=> let #var = ::core::clone::Clone::clone(&(#expr));));
         parts.push((quote_spanned!(arg.span=> _), var.to_token_stream()));
     }
-    let mut extra_types = Vec::new();
     let mut extra_positions = Vec::new();
+    // `context` parameters: an owned clone, taken before the call, that the
+    // batch fn gets (by reference if the parameter is one).
+    let mut contexts = Vec::new();
     for (index, param) in signature.params.iter().enumerate() {
         if Some(index) == signature.key {
             continue;
@@ -151,7 +170,28 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
             );
             return fallback(func, signature, &error);
         };
-        extra_types.push(&*param.arg.ty);
+        if args.is_context(ident) {
+            let var = format_ident!("__coalesce_context{}", index, span = Span::mixed_site());
+            let ty = &*param.arg.ty;
+            // `&T` becomes a `T::Owned` (a `PgPool`, a `String` for `&str`)
+            // that the batch fn borrows; an owned `T` is cloned.
+            let (owned, elem) = match ty {
+                Type::Reference(reference) => {
+                    let elem = &*reference.elem;
+                    let owned = quote_spanned!(ty.span()=>
+                        <#elem as ::std::borrow::ToOwned>::to_owned(#ident)
+                    );
+                    (owned, Some(elem.clone()))
+                }
+                _ => (
+                    quote_spanned!(ty.span()=> <#ty as ::core::clone::Clone>::clone(&#ident)),
+                    None,
+                ),
+            };
+            lets.push(quote!(let #var = #owned;));
+            contexts.push((index, var, elem));
+            continue;
+        }
         extra_positions.push((index, parts.len()));
         parts.push((checked(&*param.arg.ty, "Param"), ident.to_token_stream()));
     }
@@ -180,6 +220,23 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     for index in 0..signature.params.len() {
         if Some(index) == signature.key {
             batch_args.push(keys_var.to_token_stream());
+            continue;
+        }
+        if let Some((_, var, elem)) = contexts.iter().find(|(i, _, _)| *i == index) {
+            let clone = format_ident!("__coalesce_extra{}", index, span = Span::mixed_site());
+            match elem {
+                Some(elem) => {
+                    let borrow = quote!(<_ as ::core::borrow::Borrow<#elem>>::borrow);
+                    extra_lets.push(quote! {
+                        let #clone = <#elem as ::std::borrow::ToOwned>::to_owned(#borrow(&#var));
+                    });
+                    batch_args.push(quote!(#borrow(&#clone)));
+                }
+                None => {
+                    extra_lets.push(quote!(let #clone = ::core::clone::Clone::clone(&#var);));
+                    batch_args.push(clone.to_token_stream());
+                }
+            }
             continue;
         }
         let Some((_, part)) = extras.next() else {
@@ -243,11 +300,18 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
         .unwrap_or_else(|| token_range(key_type));
     // A per-key map is handed to the engine as such: an `Err` entry fails only
     // its own key.
+    // Any other map (`IndexMap`, `FxHashMap`, a per-key map of writes) is
+    // read as entries by key.
     let per_key = match (shape.kind, shape.outer_result) {
-        (ShapeKind::Write, _) => None,
         (ShapeKind::PerKey, true) => Some(quote!(#private::per_key)),
         (ShapeKind::PerKey, false) => Some(quote!(#private::PerKey)),
-        _ => None,
+        (ShapeKind::Map, false) => Some(quote!(#private::Keyed)),
+        (ShapeKind::Map, true) => Some(quote!(#private::keyed_result)),
+        (ShapeKind::Write, true) if is_result(&shape.output) => {
+            Some(quote!(#private::keyed_result))
+        }
+        (ShapeKind::Write, true) => Some(quote!(#private::Keyed)),
+        (ShapeKind::Write | ShapeKind::List | ShapeKind::Custom, _) => None,
     };
     let finish = |call: TokenStream| match &per_key {
         Some(adapter) => quote!(#adapter(#call.await)),
@@ -362,7 +426,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
     let result = match shape.kind {
-        ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Write => awaited,
+        ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Write | ShapeKind::Custom => awaited,
         ShapeKind::List => {
             let named = self_type.clone().unwrap_or_else(|| quote!(()));
             let arg = parenthesized(last, quote!(#awaited, #name));
@@ -703,6 +767,9 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
             if let Some(key_type) = &param.key_type {
                 *arg.ty = key_type.clone();
             }
+            if let (Pat::Ident(pat), Some(name)) = (&mut *arg.pat, key_name(signature)) {
+                pat.ident = name;
+            }
         }
         if let Pat::Ident(PatIdent {
             mutability,
@@ -739,7 +806,9 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
     if let Some(shape) = &signature.shape {
         let value = &shape.value;
         let ok = match shape.kind {
-            ShapeKind::Map | ShapeKind::PerKey => quote!(::core::option::Option<#value>),
+            ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Custom => {
+                quote!(::core::option::Option<#value>)
+            }
             ShapeKind::List => value.to_token_stream(),
             ShapeKind::Write => quote!(()),
         };
@@ -757,6 +826,43 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
 
 /// The single-key write fn's parameter names: `key` and `value`, unless another
 /// parameter has one of these names.
+/// The single-key fn's name for the key parameter: the batch fn's plural name
+/// made singular (`ids` → `id`, `user_ids` → `user_id`, `entries` → `entry`), so
+/// that rustdoc shows `get_user(&self, id: i64)`. The name is kept when it does
+/// not read as a plural, or when its singular is a keyword or another parameter.
+pub(crate) fn key_name(signature: &Signature) -> Option<Ident> {
+    let (param, _) = signature.key_param()?;
+    let ident = param.ident.as_ref()?;
+    let plural = ident.unraw().to_string();
+    let singular = if let Some(stem) = plural.strip_suffix("ies").filter(|s| !s.is_empty()) {
+        format!("{stem}y")
+    } else if let Some(stem) = ["sses", "xes", "ches", "shes", "zzes"]
+        .iter()
+        .find_map(|suffix| plural.strip_suffix(suffix).map(|s| (s, suffix)))
+        .map(|(stem, suffix)| format!("{stem}{}", &suffix[..suffix.len() - 2]))
+    {
+        stem
+    } else if let Some(stem) = plural
+        .strip_suffix('s')
+        .filter(|s| !s.is_empty() && !s.ends_with('s') && !s.ends_with('_'))
+    {
+        stem.to_owned()
+    } else {
+        return Some(ident.clone());
+    };
+    let taken = signature
+        .params
+        .iter()
+        .any(|p| p.ident.as_ref().is_some_and(|i| *i == singular));
+    match syn::parse_str::<Ident>(&singular) {
+        Ok(mut name) if !taken && singular != "self" => {
+            name.set_span(ident.span());
+            Some(name)
+        }
+        _ => Some(ident.clone()),
+    }
+}
+
 fn write_param_names(signature: &Signature) -> (Ident, Ident) {
     let taken = |name: &str| {
         signature
@@ -772,6 +878,20 @@ fn write_param_names(signature: &Signature) -> (Ident, Ident) {
         }
     };
     (pick("key"), pick("value"))
+}
+
+/// Whether `ty` is written as a `Result<..>` (or an alias named `Result`).
+fn is_result(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Result"),
+        Type::Group(group) => is_result(&group.elem),
+        Type::Paren(paren) => is_result(&paren.elem),
+        _ => false,
+    }
 }
 
 /// `load_users_batch` for `load_users`, at the span of the user's name.

@@ -77,6 +77,9 @@ pub enum ShapeKind {
     /// `HashMap<K, Result<V, E>>` (or `BTreeMap`): one result per key; an `Err`
     /// fails only the callers of its key.
     PerKey,
+    /// A type of the user's own that implements `BatchOutput<K>`: the value and
+    /// error are its associated types; a caller gets `Option<Value>`.
+    Custom,
     /// A write batch fn: `()`, `Result<(), E>`, `HashMap<K, Result<(), E>>`
     /// (or `BTreeMap`, alone or inside `Result<_, E>`); the value is `W`.
     Write,
@@ -92,7 +95,7 @@ impl Signature {
 
 /// Analyzes `func`, reporting into `errors` everything #[coalesce] cannot turn
 /// into a single-key fn.
-pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
+pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signature {
     let sig = &func.sig;
     let name = &sig.ident;
 
@@ -184,6 +187,7 @@ pub fn analyze(func: &ItemFn, errors: &mut Errors) -> Signature {
     for (index, param) in checked.iter().enumerate() {
         let what = match (&param.ident, Some(index) == key) {
             (_, true) => Role::Key,
+            (Some(ident), false) if context.contains(ident) => Role::Context,
             (Some(ident), false) => Role::Param(ident.to_string()),
             (None, false) => Role::Param("_".to_owned()),
         };
@@ -300,8 +304,10 @@ fn write_output(ty: &Type) -> Option<(Option<Type>, bool, Option<Type>)> {
 }
 
 /// The supported return types, for error messages.
-const SHAPES: &str = "`HashMap<K, V>`, `BTreeMap<K, V>` or `Vec<V>` (one value per key, \
-                      in order), either alone or inside `Result<_, E>`";
+const SHAPES: &str = "a map by key (`HashMap<K, V>`, `BTreeMap<K, V>`, `IndexMap<K, V>`, \
+                      any `…Map<K, V>`), `Vec<V>` (one value per key, in order) or a type \
+                      of your own that implements `coalesce::BatchOutput<K>`, either alone \
+                      or inside `Result<_, E>`";
 
 /// The receivers a coalesced method can have: `&self`, `self: Arc<Self>` and
 /// `self: &Arc<Self>`. Concurrent calls share one batch run, which can neither
@@ -460,8 +466,8 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
         // `sqlx::Result<T>`, `anyhow::Result<T>`): the error is whatever the
         // alias says, named through the `BatchOutput` impl of `Result<T, E>`.
         if let ([ok], Some(key)) = (args.as_slice(), key) {
-            let (kind, value) = collection(ok).ok_or_else(|| unsupported(ok))?;
-            if let Some((value, per_key_error)) = per_key_value(kind, value) {
+            let (kind, value) = read_collection(ok, Some(key)).ok_or_else(|| unsupported(ok))?;
+            if let Some((value, per_key_error)) = per_key_value(kind, &value) {
                 return Ok(Shape {
                     kind: ShapeKind::PerKey,
                     value: value.clone(),
@@ -471,11 +477,11 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
                 });
             }
             let error: Type = syn::parse_quote_spanned! {output.span()=>
-                <#output as ::coalesce::BatchOutput<#key, #value>>::Error
+                <#output as ::coalesce::__private::Fallible>::Error
             };
             return Ok(Shape {
                 kind,
-                value: value.clone(),
+                value,
                 error: Some(error),
                 output: output.clone(),
                 outer_result: true,
@@ -491,8 +497,8 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
                 ),
             ));
         };
-        let (kind, value) = collection(ok).ok_or_else(|| unsupported(ok))?;
-        if let Some((value, _per_key_error)) = per_key_value(kind, value) {
+        let (kind, value) = read_collection(ok, key).ok_or_else(|| unsupported(ok))?;
+        if let Some((value, _per_key_error)) = per_key_value(kind, &value) {
             // The per-key error must be the batch error `E`; rustc checks it.
             return Ok(Shape {
                 kind: ShapeKind::PerKey,
@@ -504,14 +510,14 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
         }
         return Ok(Shape {
             kind,
-            value: value.clone(),
+            value,
             error: Some((*error).clone()),
             output: output.clone(),
             outer_result: true,
         });
     }
-    let (kind, value) = collection(output).ok_or_else(|| unsupported(output))?;
-    if let Some((value, error)) = per_key_value(kind, value) {
+    let (kind, value) = read_collection(output, key).ok_or_else(|| unsupported(output))?;
+    if let Some((value, error)) = per_key_value(kind, &value) {
         return Ok(Shape {
             kind: ShapeKind::PerKey,
             value: value.clone(),
@@ -520,13 +526,71 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
             outer_result: false,
         });
     }
+    // A container of the user's own: its `BatchOutput` impl names the error.
+    let error = (kind == ShapeKind::Custom).then(|| -> Type {
+        syn::parse_quote_spanned! {output.span()=>
+            <#output as ::coalesce::BatchOutput<#key>>::Error
+        }
+    });
     Ok(Shape {
         kind,
-        value: value.clone(),
-        error: None,
+        value,
+        error,
         output: output.clone(),
         outer_result: false,
     })
+}
+
+/// What a batch fn's collection type holds: [`collection`]'s answer, or for a
+/// type of the user's own (a path that is not one of std's scalars, strings,
+/// pointers or sets), `Custom` with the value its `BatchOutput` impl names.
+fn read_collection(ty: &Type, key: Option<&Type>) -> Option<(ShapeKind, Type)> {
+    if let Some((kind, value)) = collection(ty) {
+        return Some((kind, value.clone()));
+    }
+    let key = key?;
+    let Type::Path(TypePath { qself: None, path }) = ungroup(ty) else {
+        return None;
+    };
+    const NOT_CONTAINERS: &[&str] = &[
+        "Option",
+        "String",
+        "str",
+        "Box",
+        "Arc",
+        "Rc",
+        "Cow",
+        "Result",
+        "HashSet",
+        "BTreeSet",
+        "VecDeque",
+        "BinaryHeap",
+        "LinkedList",
+        "bool",
+        "char",
+        "u8",
+        "u16",
+        "u32",
+        "u64",
+        "u128",
+        "usize",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "i128",
+        "isize",
+        "f32",
+        "f64",
+    ];
+    let last = path.segments.last()?;
+    if NOT_CONTAINERS.iter().any(|name| last.ident == name) {
+        return None;
+    }
+    let value: Type = syn::parse_quote_spanned! {ty.span()=>
+        <#ty as ::coalesce::BatchOutput<#key>>::Value
+    };
+    Some((ShapeKind::Custom, value))
 }
 
 /// `(V, E)` when a map's value type is `Result<V, E>`: one result per key.
@@ -588,6 +652,9 @@ enum Role {
     Write,
     Error,
     Param(String),
+    /// A `context` parameter: cloned for the batch, never part of its group;
+    /// it may be a reference.
+    Context,
 }
 
 impl Role {
@@ -598,6 +665,7 @@ impl Role {
             Role::Write => "the written value's type".to_owned(),
             Role::Error => "the error type".to_owned(),
             Role::Param(name) => format!("the type of parameter `{name}`"),
+            Role::Context => "the type of a `context` parameter".to_owned(),
         }
     }
 
@@ -615,7 +683,12 @@ impl Role {
             Role::Error => "every caller of a failed batch shares the error; use an owned type",
             Role::Param(_) => {
                 "#[coalesce] clones it into the key of the batch's group and moves it into \
-                 the batch call; use e.g. `String` or `Arc<T>` instead of a reference"
+                 the batch call; use e.g. `String` or `Arc<T>` instead of a reference, or \
+                 name it in `context = ..` if it must not split batches (a pool, a client)"
+            }
+            Role::Context => {
+                "a `context` parameter may be `&T` (the batch runs with a clone of the `T`), \
+                 but not `&mut T`: one batch serves many callers"
             }
         }
     }
@@ -645,7 +718,11 @@ fn check_type(ty: &Type, role: &Role, errors: &mut Errors) {
             ),
         ));
     }
-    if let Some(tokens) = finder.borrowed {
+    // A `context` reference `&T` is cloned into an owned `T` for the batch.
+    let borrowed = finder
+        .borrowed
+        .filter(|_| !matches!(role, Role::Context) || finder.mutable);
+    if let Some(tokens) = borrowed {
         errors.push(syn::Error::new_spanned(
             tokens,
             format!("{what} must be owned (`'static`): {}", role.why_owned()),
@@ -659,6 +736,7 @@ struct TypeIssues {
     impl_trait: Option<TokenStream>,
     self_type: Option<TokenStream>,
     borrowed: Option<TokenStream>,
+    mutable: bool,
 }
 
 impl<'ast> Visit<'ast> for TypeIssues {
@@ -683,6 +761,7 @@ impl<'ast> Visit<'ast> for TypeIssues {
         if !is_static {
             self.borrowed.get_or_insert(ty.to_token_stream());
         }
+        self.mutable |= ty.mutability.is_some();
         self.visit_type(&ty.elem);
     }
 

@@ -58,7 +58,7 @@ where
     where
         F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         Coalescer {
             core: Core::new(config),

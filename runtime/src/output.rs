@@ -37,55 +37,102 @@ impl<K: 'static, V: 'static> Delivery<K, V, Infallible> {
 /// A value a batch function may return: turned into a [`Delivery`] once per batch.
 ///
 /// Implemented for `HashMap<K, V>` and `BTreeMap<K, V>` (entries by key), `Vec<V>`
-/// (one value per key, same order), [`PerKey`] (one `Result` per key) and
-/// `Result<T, E>` of a map or a `Vec`. Implement it for your own container to return
-/// it from a batch function directly.
-pub trait BatchOutput<K, V> {
+/// (one value per key, same order), [`Keyed`] (any map or iterator of `(K, V)`:
+/// `IndexMap`, `AHashMap`, `FxHashMap`, `hashbrown::HashMap`, …), [`PerKey`] (one
+/// `Result` per key) and `Result<T, E>` of any of these. Implement it for your own
+/// container to return it from a batch function directly; its callers get
+/// `Option<Self::Value>`:
+///
+/// ```
+/// use coalesce_runtime::{BatchOutput, Delivery};
+///
+/// /// Rows as the database returns them: each row carries its key.
+/// pub struct Rows(Vec<(u64, String)>);
+///
+/// impl BatchOutput<u64> for Rows {
+///     type Value = String;
+///     type Error = std::convert::Infallible;
+///     fn into_delivery(self) -> Delivery<u64, String, Self::Error> {
+///         Delivery::Keyed(Box::new(self.0.into_iter().map(|(k, v)| (k, Ok(v)))))
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a batch result for keys of type `{K}`",
+    label = "a batch fn returns a map or a `Vec` of values, or a type implementing `coalesce::BatchOutput<{K}>`",
+    note = "return `HashMap<K, V>` (any `…Map<K, V>`), `Vec<V>` with one value per key, \
+            `HashMap<K, Result<V, E>>`, or `Result<_, E>` of one of these; or implement \
+            `coalesce::BatchOutput<{K}>` for `{Self}`"
+)]
+pub trait BatchOutput<K> {
+    /// The value each caller gets (in an `Option`: a key may be missing).
+    type Value;
     /// The error a failed batch reports to its callers (`Infallible` if none).
     type Error;
     /// Converts the batch result.
-    fn into_delivery(self) -> Delivery<K, V, Self::Error>;
+    fn into_delivery(self) -> Delivery<K, Self::Value, Self::Error>;
 }
 
-impl<K, V, S> BatchOutput<K, V> for HashMap<K, V, S>
+impl<K, V, S> BatchOutput<K> for HashMap<K, V, S>
 where
     K: Send + 'static,
     V: Send + 'static,
     S: BuildHasher,
 {
+    type Value = V;
     type Error = Infallible;
     fn into_delivery(self) -> Delivery<K, V, Infallible> {
-        Delivery::Keyed(Box::new(self.into_iter().map(|(k, v)| (k, Ok(v)))))
+        Keyed(self).into_delivery()
     }
 }
 
-impl<K, V> BatchOutput<K, V> for BTreeMap<K, V>
+impl<K, V> BatchOutput<K> for BTreeMap<K, V>
 where
     K: Send + 'static,
     V: Send + 'static,
 {
+    type Value = V;
     type Error = Infallible;
     fn into_delivery(self) -> Delivery<K, V, Infallible> {
-        Delivery::Keyed(Box::new(self.into_iter().map(|(k, v)| (k, Ok(v)))))
+        Keyed(self).into_delivery()
     }
 }
 
-impl<K, V> BatchOutput<K, V> for Vec<V> {
+/// Entries by key from any map or iterator of `(K, V)` pairs: `IndexMap`,
+/// `AHashMap`, `FxHashMap`, any version of `hashbrown::HashMap`, or a `Vec<(K, V)>`
+/// of rows that carry their key. `#[coalesce]` wraps a returned `…Map<K, V>` in it.
+pub struct Keyed<I>(pub I);
+
+impl<K, V, I> BatchOutput<K> for Keyed<I>
+where
+    I: IntoIterator<Item = (K, V)>,
+    I::IntoIter: Send + 'static,
+{
+    type Value = V;
+    type Error = Infallible;
+    fn into_delivery(self) -> Delivery<K, V, Infallible> {
+        Delivery::Keyed(Box::new(self.0.into_iter().map(|(k, v)| (k, Ok(v)))))
+    }
+}
+
+impl<K, V> BatchOutput<K> for Vec<V> {
+    type Value = V;
     type Error = Infallible;
     fn into_delivery(self) -> Delivery<K, V, Infallible> {
         Delivery::Ordered(self)
     }
 }
 
-impl<K, V, E, T> BatchOutput<K, V> for Result<T, E>
+impl<K, E, T> BatchOutput<K> for Result<T, E>
 where
     K: 'static,
-    V: 'static,
     E: 'static,
-    T: BatchOutput<K, V, Error = Infallible>,
+    T: BatchOutput<K, Error = Infallible>,
+    T::Value: 'static,
 {
+    type Value = T::Value;
     type Error = E;
-    fn into_delivery(self) -> Delivery<K, V, E> {
+    fn into_delivery(self) -> Delivery<K, T::Value, E> {
         match self {
             Ok(out) => out.into_delivery().widen(),
             Err(e) => Delivery::Failed(e),
@@ -98,12 +145,13 @@ where
 /// Wrap a `HashMap<K, Result<V, E>>` (or any iterator of `(K, Result<V, E>)`) in it.
 pub struct PerKey<I>(pub I);
 
-impl<K, V, E, I> BatchOutput<K, V> for PerKey<I>
+impl<K, V, E, I> BatchOutput<K> for PerKey<I>
 where
     I: IntoIterator<Item = (K, Result<V, E>)>,
     I::IntoIter: Send + 'static,
     E: 'static,
 {
+    type Value = V;
     type Error = E;
     fn into_delivery(self) -> Delivery<K, V, E> {
         Delivery::Keyed(Box::new(
@@ -127,7 +175,8 @@ where
     }
 }
 
-impl<K, V, E> BatchOutput<K, V> for Delivery<K, V, E> {
+impl<K, V, E> BatchOutput<K> for Delivery<K, V, E> {
+    type Value = V;
     type Error = E;
     fn into_delivery(self) -> Delivery<K, V, E> {
         self
@@ -225,6 +274,37 @@ where
     fn into_delivery(self) -> Delivery<K, (), E> {
         match self {
             Ok(map) => WriteOutput::<K>::into_delivery(map),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}
+
+/// Per-key results from any map or iterator of `(K, Result<(), E>)`
+/// (`IndexMap`, `FxHashMap`, …): `#[coalesce]` wraps a returned `…Map` in [`Keyed`].
+impl<K, E, I> WriteOutput<K> for Keyed<I>
+where
+    I: IntoIterator<Item = (K, Result<(), E>)>,
+    I::IntoIter: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        Delivery::Keyed(Box::new(
+            self.0.into_iter().map(|(k, r)| (k, r.map_err(Arc::new))),
+        ))
+    }
+}
+
+impl<K, E, I> WriteOutput<K> for Result<Keyed<I>, E>
+where
+    I: IntoIterator<Item = (K, Result<(), E>)>,
+    I::IntoIter: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Error = E;
+    fn into_delivery(self) -> Delivery<K, (), E> {
+        match self {
+            Ok(entries) => WriteOutput::<K>::into_delivery(entries),
             Err(e) => Delivery::Failed(e),
         }
     }

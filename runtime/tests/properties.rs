@@ -143,7 +143,7 @@ fn faulty<O>(
     shape: fn(Vec<u64>) -> O,
 ) -> Coalescer<u64, u64, Injected>
 where
-    O: BatchOutput<u64, u64, Error = Infallible> + Send + 'static,
+    O: BatchOutput<u64, Value = u64, Error = Infallible> + Send + 'static,
 {
     Coalescer::new(config, move |keys: Vec<u64>| {
         batches.lock().unwrap().push(keys.clone());

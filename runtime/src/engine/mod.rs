@@ -236,7 +236,7 @@ where
     where
         F: Fn(&G, Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         let src = FnSource(Held::new(batch));
         self.inner.call(Identity::Shared, group, key, src)
@@ -261,7 +261,7 @@ where
         S: Clone + Send + Sync + 'static,
         F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         let identity = Identity::Object {
             ty: TypeId::of::<S>(),
@@ -290,7 +290,7 @@ where
         S: Clone + Send + Sync + 'static,
         F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         let src = ObjectSource {
             this,
@@ -313,7 +313,7 @@ where
         T: ?Sized + Send + Sync + 'static,
         F: Fn(StdArc<T>, &G, Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         let identity = Identity::Object {
             ty: TypeId::of::<T>(),
@@ -341,7 +341,7 @@ where
         G: Clone,
         F: Fn(&G, Vec<K>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         let keys = many::distinct(keys);
         async move {
@@ -362,7 +362,7 @@ where
         G: Clone,
         F: Fn(&G, Vec<K>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future + Send + 'static,
-        Fut::Output: BatchOutput<K, V, Error = E>,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
         let keys: Vec<K> = keys.into_iter().collect();
         async move {
@@ -662,7 +662,7 @@ impl<F, G: 'static, K: 'static, V: 'static, E: 'static> Held<F, G, K, V, E> {
 fn run_of<K, V, E, Fut>(fut: Fut) -> Run<K, V, E>
 where
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
     Box::pin(async move { fut.await.into_delivery() })
 }
@@ -674,7 +674,7 @@ impl<F, Fut, G, K, V, E> Source<G, K, V, E> for FnSource<F, G, K, V, E>
 where
     F: Fn(&G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
     G: 'static,
     K: 'static,
     V: 'static,
@@ -704,7 +704,7 @@ where
     S: Clone + Send + Sync + 'static,
     F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, V, Error = E>,
+    Fut::Output: BatchOutput<K, Value = V, Error = E>,
     G: 'static,
     K: 'static,
     V: 'static,

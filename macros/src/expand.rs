@@ -52,10 +52,12 @@ use crate::signature::{self, ReceiverKind, ShapeKind, Signature};
 pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
     let func = match syn::parse2::<Item>(item.clone()) {
         Ok(Item::Fn(func)) => func,
+        Ok(Item::Impl(block)) => return crate::block::expand(args, block),
         _ => {
             let mut error = syn::Error::new(
                 Span::call_site(),
-                "#[coalesce] goes on an `async fn` with a body that takes a `Vec<K>` of keys",
+                "#[coalesce] goes on an `async fn` with a body that takes a `Vec<K>` of keys \
+                 (or on an `impl` block, to coalesce the methods marked in it)",
             );
             if let Err(args_error) = Args::parse(args) {
                 error.combine(args_error);
@@ -64,7 +66,41 @@ pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#error #item);
         }
     };
+    function(args, &func, &Site::Unknown)
+}
 
+/// Where the annotated fn stands, as far as the macro can know.
+pub enum Site {
+    /// `#[coalesce]` on the fn itself: a free fn, or a method (told by its
+    /// receiver); an associated fn without `self` cannot be told from a free fn.
+    Unknown,
+    /// Inside an `impl` block marked `#[coalesce]`: the fn is an associated item
+    /// of `self_ty`, and reaches its companions through `Self::`.
+    Impl {
+        /// The impl's self type, for the coalescer's name.
+        self_ty: Box<Type>,
+    },
+}
+
+impl Site {
+    fn in_impl(&self) -> bool {
+        matches!(self, Site::Impl { .. })
+    }
+}
+
+/// `#[coalesce(args)]` on one fn.
+pub fn function(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
+    let func = func.clone();
+    if signature::rewritten_by_async_trait(&func.sig) {
+        // Only the one message: the fn is left as `#[async_trait]` made it.
+        let mut errors = Errors::default();
+        let _ = signature::analyze(&func, &[], &mut errors);
+        let error = errors.finish().err().map(|error| {
+            let first = error.into_iter().next().map(|e| e.to_compile_error());
+            quote!(#first)
+        });
+        return quote!(#error #func);
+    }
     let mut errors = Errors::default();
     let args = errors.check(Args::parse(args));
     let context = args
@@ -88,7 +124,7 @@ pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     match (errors.finish(), args) {
-        (Ok(()), Some(args)) => expand(&func, &args, &signature),
+        (Ok(()), Some(args)) => expand(&func, &args, &signature, site),
         (Err(error), _) => fallback(&func, &signature, &error),
         // `check` records an error whenever it returns `None`.
         (Ok(()), None) => unreachable!(),
@@ -96,7 +132,12 @@ pub fn coalesce(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// The single-key fn and the batch fn, for a signature without problems.
-fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
+fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> TokenStream {
+    // A receiver-less fn inside a marked impl reaches its companions by `Self::`.
+    let qualify = |ident: &Ident| match (&signature.receiver, site.in_impl()) {
+        (None, true) => quote!(Self::#ident),
+        _ => ident.to_token_stream(),
+    };
     let (Some((key_param, key_type)), Some(shape), Some(key)) =
         (signature.key_param(), &signature.shape, key_name(signature))
     else {
@@ -255,13 +296,19 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
 
     let config = config(args);
     let fn_name = func.sig.ident.unraw().to_string();
-    let name = match &args.name {
-        Some(name) => {
+    let name = match (&args.name, site) {
+        (Some(name), _) => {
             let lit = &name.value;
             quote!(#private::Name::Given(#lit))
         }
-        None if signature.receiver.is_some() => quote!(#private::Name::Method(#fn_name)),
-        None => {
+        (None, _) if signature.receiver.is_some() => quote!(#private::Name::Method(#fn_name)),
+        (None, Site::Impl { self_ty }) => {
+            let self_ty = self_ty.to_token_stream().to_string().replace(' ', "");
+            quote!(#private::Name::Path(::core::concat!(
+                ::core::module_path!(), "::", #self_ty, "::", #fn_name
+            )))
+        }
+        (None, Site::Unknown) => {
             quote!(#private::Name::Path(::core::concat!(::core::module_path!(), "::", #fn_name)))
         }
     };
@@ -319,7 +366,8 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     };
     let (function, self_type, this_arg, batch_closure) = match &signature.receiver {
         None => {
-            let run = finish(quote!(#batch_name(#(#batch_args),*)));
+            let batch = qualify(&batch_name);
+            let run = finish(quote!(#batch(#(#batch_args),*)));
             (
                 quote!(load),
                 None,
@@ -396,9 +444,9 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
     };
     let companion = |prefix: &str| {
         let ident = format_ident!("__coalesce_{}_{}", prefix, fn_name);
-        match signature.receiver {
-            Some(_) => quote!(Self::#ident),
-            None => quote!(#ident),
+        match (&signature.receiver, site.in_impl()) {
+            (None, false) => quote!(#ident),
+            _ => quote!(Self::#ident),
         }
     };
     let slot = if is_write {
@@ -527,6 +575,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature) -> TokenStream {
             shape.kind,
             &name,
             self_type.as_ref(),
+            site.in_impl(),
         ))
     };
     quote! {
@@ -554,6 +603,7 @@ fn many_fn(
     kind: ShapeKind,
     name: &TokenStream,
     self_type: Option<&TokenStream>,
+    in_impl: bool,
 ) -> TokenStream {
     let single = &func.sig.ident;
     let unraw = single.unraw();
@@ -598,6 +648,7 @@ fn many_fn(
         -> ::core::result::Result<::std::collections::HashMap<#key_type, #value>, #error>
     };
     let call = match &signature.receiver {
+        None if in_impl => quote!(Self::#single(#(#args),*)),
         None => quote!(#single(#(#args),*)),
         Some((_, ReceiverKind::Arc)) => {
             quote!(::core::clone::Clone::clone(&self).#single(#(#args),*))
@@ -748,6 +799,21 @@ fn fallback(func: &ItemFn, signature: &Signature, error: &syn::Error) -> TokenSt
         }
         #batch
     }
+}
+
+/// The single-key signature of `func` under the attribute arguments `args`
+/// (whose errors the expansion of `func` itself reports).
+pub fn single_key_signature_of(args: &TokenStream, func: &ItemFn) -> syn::Signature {
+    let context = Args::parse(args.clone())
+        .ok()
+        .and_then(|args| args.context)
+        .map(|context| context.value)
+        .unwrap_or_default();
+    let signature = signature::analyze(func, &context, &mut Errors::default());
+    let mut sig = single_key_signature(func, &signature);
+    sig.constness = None;
+    sig.abi = None;
+    sig
 }
 
 /// The single-key fn's signature: `Vec<K>` becomes `K`, the return type becomes

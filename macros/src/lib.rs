@@ -47,6 +47,7 @@
 //! borrowed parameter type, an unknown or malformed argument, `"5 parsecs"`.
 
 mod args;
+mod block;
 mod error;
 mod expand;
 mod signature;

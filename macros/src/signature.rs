@@ -93,6 +93,13 @@ impl Signature {
     }
 }
 
+/// Whether `#[async_trait]` has already turned this `async fn` into a fn that
+/// returns `Pin<Box<dyn Future ..>>`.
+pub fn rewritten_by_async_trait(sig: &syn::Signature) -> bool {
+    let output = sig.output.to_token_stream().to_string();
+    sig.asyncness.is_none() && output.contains("Pin") && output.contains("Future")
+}
+
 /// Analyzes `func`, reporting into `errors` everything #[coalesce] cannot turn
 /// into a single-key fn.
 pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signature {
@@ -100,10 +107,19 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
     let name = &sig.ident;
 
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new_spanned(
-            sig.fn_token,
-            format!("#[coalesce] needs an `async fn`; write `async fn {name}`"),
-        ));
+        // `#[async_trait]` above `#[coalesce]` has already turned the `async fn`
+        // into a fn returning `Pin<Box<dyn Future ..>>`.
+        let message = if rewritten_by_async_trait(sig) {
+            format!(
+                "#[coalesce] sees `{name}` after `#[async_trait]` rewrote it into a fn that \
+                 returns a boxed future; mark the impl block `#[coalesce]` too, above \
+                 `#[async_trait]`: `#[coalesce] #[async_trait] impl Trait for Type {{ \
+                 #[coalesce] async fn {name}(..) }}`"
+            )
+        } else {
+            format!("#[coalesce] needs an `async fn`; write `async fn {name}`")
+        };
+        errors.push(syn::Error::new_spanned(sig.fn_token, message));
     }
     if let Some(constness) = &sig.constness {
         errors.push(syn::Error::new_spanned(

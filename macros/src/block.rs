@@ -1,0 +1,165 @@
+//! `#[coalesce]` on an `impl` block: the methods marked `#[coalesce(..)]` in it
+//! are expanded knowing that they are associated items.
+//!
+//! - In an inherent impl, an associated fn without `self` reaches its batch fn
+//!   and companions through `Self::` (on the fn alone, the macro cannot tell it
+//!   from a free fn).
+//! - In a trait impl, the coalesced methods and their companions (`_batch`,
+//!   `_many`) go to an inherent impl of the same type, and the trait impl gets a
+//!   method that delegates to the coalesced one: a trait can declare only the
+//!   single-key method, so the companions cannot stand in the trait impl.
+//!
+//! ```text
+//! #[coalesce]                       // above #[async_trait], if there is one
+//! impl UserRepo for PgRepo {
+//!     #[coalesce(window = "2ms")]
+//!     async fn get(&self, ids: Vec<i64>) -> Result<HashMap<i64, User>, DbError> { .. }
+//! }
+//! ```
+//!
+//! becomes `impl PgRepo { pub(crate) async fn get(&self, id: i64) -> .. ;
+//! get_batch; get_many }` and `impl UserRepo for PgRepo { async fn get(&self, id:
+//! i64) -> .. { Self::get(self, id).await } }` (an inherent item wins the path
+//! `Self::get`).
+
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, ImplItem, ItemFn, ItemImpl, Meta, Pat, Visibility};
+
+use crate::expand::{self, Site};
+
+/// Whether `attr` is `#[coalesce(..)]` (under any path: `#[coalesce::coalesce]`).
+fn is_coalesce(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|segment| segment.ident == "coalesce")
+}
+
+/// The whole `#[coalesce] impl ..` expansion.
+pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
+    let mut errors = TokenStream::new();
+    if !args.is_empty() {
+        errors.extend(
+            syn::Error::new_spanned(
+                &args,
+                "#[coalesce] on an `impl` block takes no arguments; give them to each method: \
+                 `#[coalesce(window = \"5ms\")] async fn ..`",
+            )
+            .to_compile_error(),
+        );
+    }
+    let site = Site::Impl {
+        self_ty: block.self_ty.clone(),
+    };
+    let is_trait = block.trait_.is_some();
+    let mut kept = Vec::new();
+    let mut inherent = Vec::new();
+    for item in std::mem::take(&mut block.items) {
+        let ImplItem::Fn(method) = item else {
+            kept.push(item.into_token_stream());
+            continue;
+        };
+        let Some(position) = method.attrs.iter().position(is_coalesce) else {
+            kept.push(method.into_token_stream());
+            continue;
+        };
+        let mut attrs = method.attrs.clone();
+        let attr = attrs.remove(position);
+        let args = match &attr.meta {
+            Meta::Path(_) => TokenStream::new(),
+            Meta::List(list) => list.tokens.clone(),
+            Meta::NameValue(_) => {
+                errors.extend(
+                    syn::Error::new_spanned(&attr, "write `#[coalesce(..)]` or `#[coalesce]`")
+                        .to_compile_error(),
+                );
+                TokenStream::new()
+            }
+        };
+        let vis = match (&method.vis, is_trait) {
+            (Visibility::Inherited, true) => syn::parse_quote!(pub(crate)),
+            (vis, _) => vis.clone(),
+        };
+        let func = ItemFn {
+            attrs,
+            vis,
+            sig: method.sig.clone(),
+            block: Box::new(method.block.clone()),
+        };
+        let expanded = expand::function(args.clone(), &func, &site);
+        if is_trait {
+            inherent.push(expanded);
+            kept.push(delegate(&args, &func));
+        } else {
+            kept.push(expanded);
+        }
+    }
+    let ItemImpl {
+        attrs,
+        defaultness,
+        unsafety,
+        generics,
+        trait_,
+        self_ty,
+        ..
+    } = &block;
+    let (impl_generics, _, where_clause) = generics.split_for_impl();
+    let trait_path = trait_
+        .as_ref()
+        .map(|(bang, path, for_token)| quote!(#bang #path #for_token));
+    let cfgs = attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
+    let inherent = is_trait.then(|| {
+        quote! {
+            #(#cfgs)*
+            impl #impl_generics #self_ty #where_clause {
+                #(#inherent)*
+            }
+        }
+    });
+    quote! {
+        #errors
+        #(#attrs)*
+        #defaultness #unsafety impl #impl_generics #trait_path #self_ty #where_clause {
+            #(#kept)*
+        }
+        #inherent
+    }
+}
+
+/// The trait's method: the single-key signature, calling the coalesced method
+/// of the inherent impl.
+fn delegate(args: &TokenStream, func: &ItemFn) -> TokenStream {
+    let mut sig = expand::single_key_signature_of(args, func);
+    let name = &sig.ident;
+    let mut call_args = Vec::new();
+    for input in &mut sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => call_args.push(receiver.self_token.to_token_stream()),
+            FnArg::Typed(arg) => match &*arg.pat {
+                Pat::Ident(pat) => call_args.push(pat.ident.to_token_stream()),
+                // The analysis reports a pattern parameter on the fn itself.
+                other => {
+                    let error = syn::Error::new(
+                        other.span(),
+                        "#[coalesce] needs a plain parameter name here",
+                    );
+                    return error.to_compile_error();
+                }
+            },
+        }
+    }
+    let docs = func.attrs.iter().filter(|attr| {
+        ["doc", "cfg", "allow"]
+            .iter()
+            .any(|name| attr.path().is_ident(name))
+    });
+    quote! {
+        #(#docs)*
+        #[allow(clippy::missing_errors_doc)]
+        #sig {
+            Self::#name(#(#call_args),*).await
+        }
+    }
+}

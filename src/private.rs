@@ -32,6 +32,40 @@ pub fn keyed_result<M, E>(result: Result<M, E>) -> Result<Keyed<M>, E> {
     result.map(Keyed)
 }
 
+/// The per-key error `Self` of `Result<HashMap<K, Result<V, Self>>, E>`, which
+/// converts into the batch error `E`; named as `<E2 as KeyError<E>>::Checked`
+/// at the user's tokens, so that a missing conversion is reported there.
+#[diagnostic::on_unimplemented(
+    message = "the per-key error `{Self}` does not convert into the batch error `{E}`",
+    label = "callers get `coalesce::Error<{E}>`, so this error must become a `{E}`",
+    note = "implement `From<{Self}> for {E}`, or use one error type for both"
+)]
+pub trait KeyError<E> {
+    /// `Self`.
+    type Checked;
+}
+
+impl<E2: Into<E>, E> KeyError<E> for E2 {
+    type Checked = E2;
+}
+
+/// [`per_key`] for a batch fn whose per-key error `E2` converts into its batch
+/// error `E`.
+pub fn per_key_into<K, V, E, E2, I>(result: Result<I, E>) -> ::coalesce_runtime::Delivery<K, V, E>
+where
+    I: IntoIterator<Item = (K, Result<V, E2>)>,
+    I::IntoIter: Send + 'static,
+    E2: Into<E> + 'static,
+    E: 'static,
+{
+    match result {
+        Ok(entries) => per_key(Ok(entries
+            .into_iter()
+            .map(|(key, result)| (key, result.map_err(Into::into))))),
+        Err(error) => ::coalesce_runtime::Delivery::Failed(error),
+    }
+}
+
 /// A coalescer's name as the expansion knows it.
 #[derive(Clone, Copy)]
 pub enum Name {

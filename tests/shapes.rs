@@ -146,3 +146,36 @@ async fn per_key_write_results_in_other_maps() {
     good.unwrap();
     assert!(matches!(bad, Err(coalesce::Error::Key { source: e, .. }) if *e == "empty"));
 }
+
+#[derive(Debug, PartialEq)]
+struct RowError(u64);
+
+#[derive(Debug, PartialEq)]
+enum DbError {
+    Row(u64),
+}
+
+impl From<RowError> for DbError {
+    fn from(error: RowError) -> Self {
+        DbError::Row(error.0)
+    }
+}
+
+/// A per-key error of its own type, converted into the batch error.
+#[coalesce]
+async fn checked_rows(ids: Vec<u64>) -> Result<HashMap<u64, Result<String, RowError>>, DbError> {
+    Ok(ids
+        .into_iter()
+        .map(|id| match id {
+            0 => (id, Err(RowError(id))),
+            _ => (id, Ok(id.to_string())),
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn a_per_key_error_converts_into_the_batch_error() {
+    let (zero, one) = tokio::join!(checked_rows(0), checked_rows(1));
+    assert!(matches!(zero, Err(coalesce::Error::Key { source, .. }) if *source == DbError::Row(0)));
+    assert_eq!(one.unwrap().as_deref(), Some("1"));
+}

@@ -350,7 +350,18 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
     // Any other map (`IndexMap`, `FxHashMap`, a per-key map of writes) is
     // read as entries by key.
     let per_key = match (shape.kind, shape.outer_result) {
-        (ShapeKind::PerKey, true) => Some(quote!(#private::per_key)),
+        (ShapeKind::PerKey, true) => match (&shape.key_error, &shape.error) {
+            (Some(key_error), Some(error)) => {
+                let (first, last) = token_range(key_error);
+                let open = quote_spanned!(first=> <);
+                let rest = quote_spanned!(last=> >::Checked);
+                let trait_ident = Ident::new("KeyError", first);
+                let checked =
+                    quote!(#open #key_error as ::coalesce::__private::#trait_ident<#error> #rest);
+                Some(quote!(#private::per_key_into::<_, _, _, #checked, _>))
+            }
+            _ => Some(quote!(#private::per_key)),
+        },
         (ShapeKind::PerKey, false) => Some(quote!(#private::PerKey)),
         (ShapeKind::Map, false) => Some(quote!(#private::Keyed)),
         (ShapeKind::Map, true) => Some(quote!(#private::keyed_result)),

@@ -65,6 +65,8 @@ pub struct Shape {
     pub output: Type,
     /// The return type is a `Result<_, E>` around the collection.
     pub outer_result: bool,
+    /// `E2` of `Result<HashMap<K, Result<V, E2>>, E>`: converted into `E`.
+    pub key_error: Option<Type>,
 }
 
 /// The two ways a batch fn can hand back values.
@@ -93,6 +95,45 @@ impl Signature {
     }
 }
 
+/// A type as the user would write it: `HashMap<u64, u64>`, not `HashMap < u64, u64 >`.
+fn type_text(ty: &Type) -> String {
+    ty.to_token_stream()
+        .to_string()
+        .replace(" < ", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace("& ", "&")
+}
+
+/// `T` of a return type `impl Future<Output = T>`.
+fn future_output(output: &ReturnType) -> Option<&Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::ImplTrait(bounds) = ungroup(ty) else {
+        return None;
+    };
+    bounds.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let last = bound.path.segments.last()?;
+        if last.ident != "Future" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|arg| match arg {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Output" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
+}
+
 /// Whether `#[async_trait]` has already turned this `async fn` into a fn that
 /// returns `Pin<Box<dyn Future ..>>`.
 pub fn rewritten_by_async_trait(sig: &syn::Signature) -> bool {
@@ -109,7 +150,13 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
     if sig.asyncness.is_none() {
         // `#[async_trait]` above `#[coalesce]` has already turned the `async fn`
         // into a fn returning `Pin<Box<dyn Future ..>>`.
-        let message = if rewritten_by_async_trait(sig) {
+        let message = if let Some(output) = future_output(&sig.output) {
+            format!(
+                "#[coalesce] needs an `async fn`; write `async fn {name}(..) -> {}` and move \
+                 the body of its `async` block into it",
+                type_text(output)
+            )
+        } else if rewritten_by_async_trait(sig) {
             format!(
                 "#[coalesce] sees `{name}` after `#[async_trait]` rewrote it into a fn that \
                  returns a boxed future; mark the impl block `#[coalesce]` too, above \
@@ -243,6 +290,7 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
             error,
             output: output.unwrap_or_else(|| syn::parse_quote!(())),
             outer_result: per_key,
+            key_error: None,
         });
         return Signature {
             receiver,
@@ -263,6 +311,12 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
         }
         ReturnType::Type(_, ty) => {
             let key_type = key.and_then(|k| params[k].key_type.as_ref());
+            // `fn f(..) -> impl Future<Output = T>` is reported above; its `T`
+            // is the shape the user meant.
+            let ty = match (sig.asyncness, future_output(&sig.output)) {
+                (None, Some(output)) => output,
+                _ => &**ty,
+            };
             errors.check(analyze_output(ty, key_type))
         }
     };
@@ -379,6 +433,18 @@ fn analyze_param(arg: &syn::PatType, errors: &mut Errors) -> Param {
             None
         }
     };
+    if let Some(cfg) = arg
+        .attrs
+        .iter()
+        .find(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr"))
+    {
+        errors.push(syn::Error::new_spanned(
+            cfg,
+            "#[coalesce] cannot take a parameter under `#[cfg]`: the single-key fn, the batch \
+             call and the batch's group would each need it or not; write the fn twice, each \
+             under its own `#[cfg]`, or keep the parameter and ignore it where it is unused",
+        ));
+    }
     Param {
         key_type: vec_element(&arg.ty).cloned(),
         arg: arg.clone(),
@@ -490,6 +556,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
                     error: Some(per_key_error.clone()),
                     output: output.clone(),
                     outer_result: true,
+                    key_error: None,
                 });
             }
             let error: Type = syn::parse_quote_spanned! {output.span()=>
@@ -501,6 +568,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
                 error: Some(error),
                 output: output.clone(),
                 outer_result: true,
+                key_error: None,
             });
         }
         let [ok, error] = args.as_slice() else {
@@ -514,14 +582,15 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
             ));
         };
         let (kind, value) = read_collection(ok, key).ok_or_else(|| unsupported(ok))?;
-        if let Some((value, _per_key_error)) = per_key_value(kind, &value) {
-            // The per-key error must be the batch error `E`; rustc checks it.
+        if let Some((value, key_error)) = per_key_value(kind, &value) {
+            // The per-key error converts into the batch error `E`.
             return Ok(Shape {
                 kind: ShapeKind::PerKey,
                 value: value.clone(),
                 error: Some((*error).clone()),
                 output: output.clone(),
                 outer_result: true,
+                key_error: Some(key_error.clone()),
             });
         }
         return Ok(Shape {
@@ -530,6 +599,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
             error: Some((*error).clone()),
             output: output.clone(),
             outer_result: true,
+            key_error: None,
         });
     }
     let (kind, value) = read_collection(output, key).ok_or_else(|| unsupported(output))?;
@@ -540,6 +610,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
             error: Some(error.clone()),
             output: output.clone(),
             outer_result: false,
+            key_error: None,
         });
     }
     // A container of the user's own: its `BatchOutput` impl names the error.
@@ -554,6 +625,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
         error,
         output: output.clone(),
         outer_result: false,
+        key_error: None,
     })
 }
 

@@ -365,7 +365,7 @@
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{
     configure, drain, drain_all, flush, flush_all, metrics, BatchOutput, Coalescer, Config,
-    Configured, Core, Delivery, Dispatch, Drained, Error, Flushed, Keyed, PerKey, Unsure,
+    Configured, Core, Delivery, Dispatch, Drained, Error, Flushed, Keyed, PerKey, Scope, Unsure,
     WriteCore, WriteOutput,
 };
 

@@ -6,6 +6,7 @@ pub use ::coalesce_runtime::{
 };
 pub use ::std::time::Duration;
 
+use ::coalesce_runtime::scope::{self, Scope};
 use ::core::any::{Any, TypeId};
 use ::core::future::Future;
 use ::core::hash::Hash;
@@ -110,6 +111,9 @@ pub struct Slot {
 type Settler<K> =
     Box<dyn Fn(&K) -> ::core::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// A scope's settler for a write fn, set when the fn first runs in the scope.
+type SettlerCell<K> = Mutex<Option<Settler<K>>>;
+
 impl Slot {
     /// An empty slot, for the initializer of the `static`.
     #[allow(clippy::new_without_default)]
@@ -127,7 +131,7 @@ impl Slot {
         &'static self,
         name: Name,
         config: fn(Config) -> Config,
-    ) -> &'static Core<G, K, V, E>
+    ) -> CoreRef<Core<G, K, V, E>>
     where
         S: ?Sized + 'static,
         G: Hash + Eq + Send + Sync + 'static,
@@ -136,17 +140,47 @@ impl Slot {
         E: Send + Sync + 'static,
     {
         let id = TypeId::of::<(fn() -> *const S, Core<G, K, V, E>)>();
-        let any = self.entry(id, || {
-            Box::leak(Box::new(Core::<G, K, V, E>::new(config(Config::new(
-                name.resolve::<S>(),
-            )))))
-        });
+        let make = || Core::<G, K, V, E>::new(config(Config::new(name.resolve::<S>())));
+        if let Some(scope) = scope::current() {
+            return CoreRef::Scoped(scope.core(self.address(), id, || {
+                Core::new(Scope::config_for(
+                    &scope,
+                    config(Config::new(name.resolve::<S>())),
+                ))
+            }));
+        }
+        let any = self.entry(id, || Box::leak(Box::new(make())));
         match any.downcast_ref() {
-            Some(core) => core,
+            Some(core) => CoreRef::Static(core),
             // Every entry is stored under the `TypeId` of its own type.
             None => {
                 unreachable!("a coalesce slot holds a core of another type under this type's id")
             }
+        }
+    }
+
+    /// This slot's address: its identity in a [`Scope`].
+    fn address(&'static self) -> usize {
+        self as *const Slot as usize
+    }
+}
+
+/// A coalescer: the program's, in its `static` slot, or the current
+/// [`Scope`]'s.
+pub enum CoreRef<C: 'static> {
+    /// The slot's, for the program's lifetime.
+    Static(&'static C),
+    /// The scope's, for as long as the scope (or a call in it) lives.
+    Scoped(Arc<C>),
+}
+
+impl<C: 'static> ::core::ops::Deref for CoreRef<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        match self {
+            CoreRef::Static(core) => core,
+            CoreRef::Scoped(core) => core,
         }
     }
 }
@@ -186,7 +220,7 @@ impl Slot {
         name: Name,
         config: fn(Config) -> Config,
         build: Build<W>,
-    ) -> &'static WriteCore<G, K, W, E>
+    ) -> CoreRef<WriteCore<G, K, W, E>>
     where
         S: ?Sized + 'static,
         G: Hash + Eq + Send + Sync + 'static,
@@ -195,27 +229,48 @@ impl Slot {
         E: Send + Sync + 'static,
     {
         let id = TypeId::of::<(fn() -> *const S, WriteCore<G, K, W, E>)>();
+        let settler_id = TypeId::of::<(fn() -> *const S, K)>();
+        let make = |config: Config| match build {
+            Build::Plain => WriteCore::new(config),
+            Build::Merge(merge) => {
+                let merge = merge();
+                WriteCore::with_merge(config, move |a: &mut W, b| merge(a, b))
+            }
+            Build::Isolate(copy) => WriteCore::isolating_by(config, copy),
+        };
+        if let Some(scope) = scope::current() {
+            let core = scope.core(self.address(), id, || {
+                make(Scope::config_for(
+                    &scope,
+                    config(Config::new(name.resolve::<S>())),
+                ))
+            });
+            // What `after_writes` waits on, inside the scope.
+            let cell = scope.extra(self.address(), settler_id, SettlerCell::<K>::default);
+            let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+            if cell.is_none() {
+                let weak = Arc::downgrade(&core);
+                *cell = Some(Box::new(move |key: &K| match weak.upgrade() {
+                    Some(core) => Box::pin(core.settled(key)),
+                    None => Box::pin(::core::future::ready(())),
+                }));
+            }
+            drop(cell);
+            return CoreRef::Scoped(core);
+        }
         let any = self.entry(id, || {
             let config = config(Config::new(name.resolve::<S>()));
-            let core = match build {
-                Build::Plain => WriteCore::new(config),
-                Build::Merge(merge) => {
-                    let merge = merge();
-                    WriteCore::with_merge(config, move |a: &mut W, b| merge(a, b))
-                }
-                Build::Isolate(copy) => WriteCore::isolating_by(config, copy),
-            };
-            let core: &'static WriteCore<G, K, W, E> = Box::leak(Box::new(core));
+            let core: &'static WriteCore<G, K, W, E> = Box::leak(Box::new(make(config)));
             let settler: Settler<K> = Box::new(move |key: &K| Box::pin(core.settled(key)));
             let settler: &'static Settler<K> = Box::leak(Box::new(settler));
             self.settlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((TypeId::of::<(fn() -> *const S, K)>(), settler));
+                .push((settler_id, settler));
             core
         });
         match any.downcast_ref() {
-            Some(core) => core,
+            Some(core) => CoreRef::Static(core),
             None => {
                 unreachable!("a coalesce slot holds a core of another type under this type's id")
             }
@@ -233,14 +288,21 @@ where
     K: 'static,
 {
     let id = TypeId::of::<(fn() -> *const S, K)>();
-    let settler = slot
-        .settlers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .find(|(t, _)| *t == id)
-        .and_then(|(_, s)| s.downcast_ref::<Settler<K>>());
-    let wait = settler.map(|settler| settler(key));
+    let wait = match scope::current() {
+        Some(scope) => {
+            let cell = scope.extra(slot.address(), id, SettlerCell::<K>::default);
+            let cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+            cell.as_ref().map(|settler| settler(key))
+        }
+        None => slot
+            .settlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, s)| s.downcast_ref::<Settler<K>>())
+            .map(|settler| settler(key)),
+    };
     async move {
         if let Some(wait) = wait {
             wait.await;
@@ -316,8 +378,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<(), G, K, W, E>(name, config, build)
-        .save(group, key, value, batch)
+    let core = slot.write_core::<(), G, K, W, E>(name, config, build);
+    async move { core.save(group, key, value, batch).await }
 }
 
 /// The body of a `#[coalesce]` write method on `&self`.
@@ -344,8 +406,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<S, G, K, W, E>(name, config, build)
-        .save_for(this, group, key, value, batch)
+    let core = slot.write_core::<S, G, K, W, E>(name, config, build);
+    async move { core.save_for(this, group, key, value, batch).await }
 }
 
 /// The body of a `#[coalesce]` write method on `self: Arc<Self>` or `self: &Arc<Self>`.
@@ -372,8 +434,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<T, G, K, W, E>(name, config, build)
-        .save_for_arc(this, group, key, value, batch)
+    let core = slot.write_core::<T, G, K, W, E>(name, config, build);
+    async move { core.save_for_arc(this, group, key, value, batch).await }
 }
 
 /// The body of a `#[coalesce(instance = …)]` write method.
@@ -400,8 +462,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: WriteOutput<K, Error = E>,
 {
-    slot.write_core::<S, G, K, W, E>(name, config, build)
-        .save_with(this, group, key, value, batch)
+    let core = slot.write_core::<S, G, K, W, E>(name, config, build);
+    async move { core.save_with(this, group, key, value, batch).await }
 }
 
 /// What a coalesced method's `Self` must be: each batch runs with a clone of
@@ -520,8 +582,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
-    slot.core::<(), G, K, V, E>(name, config)
-        .load(group, key, batch)
+    let core = slot.core::<(), G, K, V, E>(name, config);
+    async move { core.load(group, key, batch).await }
 }
 
 /// The body of a `#[coalesce]` method on `&self`: calls through the same object
@@ -546,8 +608,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
-    slot.core::<S, G, K, V, E>(name, config)
-        .load_for(this, group, key, batch)
+    let core = slot.core::<S, G, K, V, E>(name, config);
+    async move { core.load_for(this, group, key, batch).await }
 }
 
 /// The body of a `#[coalesce]` method on `self: Arc<Self>` or `self: &Arc<Self>`:
@@ -572,8 +634,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
-    slot.core::<T, G, K, V, E>(name, config)
-        .load_for_arc(this, group, key, batch)
+    let core = slot.core::<T, G, K, V, E>(name, config);
+    async move { core.load_for_arc(this, group, key, batch).await }
 }
 
 /// The body of a `#[coalesce(instance = …)]` method: calls with equal instance
@@ -599,8 +661,8 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: BatchOutput<K, Value = V, Error = E>,
 {
-    slot.core::<S, G, K, V, E>(name, config)
-        .load_with(this, group, key, batch)
+    let core = slot.core::<S, G, K, V, E>(name, config);
+    async move { core.load_with(this, group, key, batch).await }
 }
 
 /// The body of `<fn>_many`: each distinct key through the single-key fn,

@@ -42,6 +42,9 @@ pub struct Config {
     pub(crate) timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
     pub(crate) isolate: u32,
+    /// The [`Scope`](crate::Scope) this coalescer belongs to: its settings apply
+    /// last, and the coalescer is neither listed nor exported.
+    pub(crate) scope: Option<std::sync::Arc<crate::scope::ScopeInner>>,
 }
 
 impl Config {
@@ -62,6 +65,7 @@ impl Config {
             timeout: None,
             dispatch: Dispatch::Window,
             isolate: 0,
+            scope: None,
         }
     }
 
@@ -225,12 +229,14 @@ pub enum Configured {
 }
 
 impl Config {
-    /// This configuration after the run-time adjustment registered for its name, if any.
+    /// This configuration after the run-time adjustment registered for its name,
+    /// if any, and then its scope's.
     pub(crate) fn adjusted(self) -> Config {
         let overrides = OVERRIDES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match overrides.iter().find(|(n, _)| *n == self.name()) {
+        let scope = self.scope.clone();
+        let config = match overrides.iter().find(|(n, _)| *n == self.name()) {
             Some((_, adjust)) => {
                 let name = self.name.clone();
                 let mut c = adjust(self);
@@ -238,6 +244,27 @@ impl Config {
                 c
             }
             None => self,
+        };
+        drop(overrides);
+        match scope {
+            Some(scope) => {
+                let mut config = scope.adjust(config);
+                config.scope = Some(scope);
+                config
+            }
+            None => config,
         }
+    }
+
+    /// This configuration for a coalescer of `scope`.
+    pub(crate) fn scoped(mut self, scope: std::sync::Arc<crate::scope::ScopeInner>) -> Config {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// Whether the coalescer is listed in the registry and exported (it is not
+    /// when it belongs to a [`Scope`](crate::Scope)).
+    pub(crate) fn listed(&self) -> bool {
+        self.scope.is_none()
     }
 }

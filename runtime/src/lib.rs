@@ -17,6 +17,8 @@ mod isolate;
 pub mod metrics;
 mod output;
 mod recorder;
+#[doc(hidden)]
+pub mod scope;
 mod timer;
 
 pub use crate::coalescer::Coalescer;
@@ -27,6 +29,7 @@ pub use crate::engine::write::{drain, drain_all, flush, flush_all, Drained, Flus
 pub use crate::engine::Core;
 pub use crate::error::{register_error_source, Error, SourceOf, Unsure};
 pub use crate::output::{per_key, BatchOutput, Delivery, Entries, Keyed, PerKey, WriteOutput};
+pub use crate::scope::Scope;
 
 /// Loom models only: waits for the driver threads the engine started.
 #[cfg(loom)]

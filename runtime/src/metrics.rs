@@ -191,12 +191,20 @@ pub(crate) struct Metrics {
     slot: usize,
     /// Creation order, for listing.
     seq: u64,
+    /// In the registry (not a [`Scope`](crate::Scope)'s).
+    listed: bool,
 }
 
 impl Metrics {
     /// Creates the counters of a coalescer named `name` and lists them in the
     /// registry (O(1): a free slot is reused, nothing is scanned).
-    pub(crate) fn register(name: Arc<str>, settings: Settings) -> Arc<Metrics> {
+    ///
+    /// A coalescer that is not `listed` (a [`Scope`](crate::Scope)'s) gets
+    /// counters of its own that no listing shows.
+    pub(crate) fn register(name: Arc<str>, settings: Settings, listed: bool) -> Arc<Metrics> {
+        if !listed {
+            return Arc::new(Metrics::unlisted(name, settings));
+        }
         let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = match reg.free.pop() {
             Some(slot) => slot,
@@ -212,8 +220,23 @@ impl Metrics {
             *count += 1;
             *count - 1
         };
-        let m = Arc::new(Metrics {
-            name: name.clone(),
+        let m = Arc::new(Metrics::with(name.clone(), settings, slot, seq, true));
+        reg.entries[slot] = Some(Arc::downgrade(&m));
+        drop(reg);
+        if same > 0 {
+            duplicate_name(&name, same + 1);
+        }
+        m
+    }
+
+    /// The counters of a coalescer in no registry.
+    fn unlisted(name: Arc<str>, settings: Settings) -> Metrics {
+        Metrics::with(name, settings, usize::MAX, 0, false)
+    }
+
+    fn with(name: Arc<str>, settings: Settings, slot: usize, seq: u64, listed: bool) -> Metrics {
+        Metrics {
+            name,
             settings,
             calls: AtomicU64::new(0),
             keys: AtomicU64::new(0),
@@ -247,13 +270,8 @@ impl Metrics {
             ack_ns: Histogram::new(),
             slot,
             seq,
-        });
-        reg.entries[slot] = Some(Arc::downgrade(&m));
-        drop(reg);
-        if same > 0 {
-            duplicate_name(&name, same + 1);
+            listed,
         }
-        m
     }
 
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
@@ -267,12 +285,15 @@ impl Metrics {
             p99: Duration::from_nanos(s.p99),
         };
         let solo = self.solo.load(Relaxed);
-        let same_name = REGISTRY
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .names
-            .get(&self.name)
-            .map_or(0, |n| n.saturating_sub(1));
+        let same_name = match self.listed {
+            true => REGISTRY
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .names
+                .get(&self.name)
+                .map_or(0, |n| n.saturating_sub(1)),
+            false => 0,
+        };
         MetricsSnapshot {
             name: self.name.to_string(),
             settings: self.settings.clone(),
@@ -312,6 +333,9 @@ impl Metrics {
 
 impl Drop for Metrics {
     fn drop(&mut self) {
+        if !self.listed {
+            return;
+        }
         let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
         if reg.entries.get(self.slot).is_some_and(Option::is_some) {
             reg.entries[self.slot] = None;

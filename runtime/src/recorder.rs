@@ -83,6 +83,30 @@ struct Export {
     ack: metrics::Histogram,
 }
 
+#[cfg(feature = "metrics")]
+impl Export {
+    /// Handles that record nothing: a [`Scope`](crate::Scope)'s coalescer.
+    fn noop() -> Self {
+        use metrics::{Counter, Gauge, Histogram};
+        Export {
+            calls: Counter::noop(),
+            keys: Counter::noop(),
+            dedup_hits: Counter::noop(),
+            batches: Counter::noop(),
+            batch_size: Histogram::noop(),
+            wait: Histogram::noop(),
+            run: Histogram::noop(),
+            errors: std::array::from_fn(|_| Counter::noop()),
+            overloaded: Counter::noop(),
+            cancelled: Counter::noop(),
+            in_flight: Gauge::noop(),
+            pending: Gauge::noop(),
+            withdrawn: Counter::noop(),
+            ack: Histogram::noop(),
+        }
+    }
+}
+
 /// The `kind` labels of `coalesce_errors_total`.
 #[cfg(feature = "metrics")]
 const ERROR_KINDS: [&str; 8] = [
@@ -114,9 +138,13 @@ fn kind_of<E>(err: &Error<E>) -> Option<usize> {
 
 impl Recorder {
     /// A recorder for the coalescer `name`, registered in the metrics registry.
-    pub(crate) fn new(name: Arc<str>, settings: crate::metrics::Settings) -> Self {
+    /// A coalescer that is not `listed` (a [`Scope`](crate::Scope)'s) is neither
+    /// in the registry nor exported.
+    pub(crate) fn new(name: Arc<str>, settings: crate::metrics::Settings, listed: bool) -> Self {
         #[cfg(feature = "metrics")]
-        let x = {
+        let x = if !listed {
+            Export::noop()
+        } else {
             let f = name.to_string();
             Export {
                 calls: metrics::counter!("coalesce_calls_total", "function" => f.clone()),
@@ -138,7 +166,7 @@ impl Recorder {
             }
         };
         Recorder {
-            m: Metrics::register(name.clone(), settings),
+            m: Metrics::register(name.clone(), settings, listed),
             #[cfg(feature = "tracing")]
             name,
             #[cfg(feature = "metrics")]

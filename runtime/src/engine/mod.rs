@@ -153,7 +153,10 @@ impl<M: Mode> Inner<M> {
     /// adjustment registered with [`configure`](crate::configure) for the
     /// config's name applies.
     pub(crate) fn new(config: Config, settings: M::Settings) -> Self {
-        let config = config.adjusted();
+        let mut config = config.adjusted();
+        // A scope's coalescer keeps no handle on its scope (which holds it).
+        let listed = config.listed();
+        config.scope = None;
         let name: StdArc<str> = StdArc::from(config.name());
         let lanes = match config.dispatch {
             Dispatch::Window => config.max_in_flight,
@@ -161,7 +164,7 @@ impl<M: Mode> Inner<M> {
         };
         Inner {
             id: NEXT_ID.fetch_add(1, Relaxed),
-            rec: Recorder::new(name.clone(), crate::metrics::Settings::of(&config)),
+            rec: Recorder::new(name.clone(), crate::metrics::Settings::of(&config), listed),
             name,
             lanes,
             config,

@@ -1,0 +1,117 @@
+//! Test isolation with `coalesce::Scope`: each test observes its own batches,
+//! whatever runs beside it, and runs a fn with settings of its own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use coalesce::{coalesce, Scope};
+
+#[coalesce(window = "5ms", name = "isolation.load")]
+async fn load(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id * 10)).collect()
+}
+
+#[coalesce(window = "5ms", name = "isolation.only_in_scopes")]
+async fn only_in_scopes(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+#[tokio::test]
+async fn a_scope_counts_its_own_batches_while_others_call_the_same_fn() {
+    // Traffic from outside the scope, on the same fn, all the while.
+    let noise = tokio::spawn(async {
+        for round in 0..20u64 {
+            let _ = tokio::join!(load(round), load(round + 100));
+        }
+    });
+    let scope = Scope::new();
+    let values = scope
+        .run(async {
+            let (a, b, c) = tokio::join!(load(1), load(2), load(3));
+            [a.unwrap(), b.unwrap(), c.unwrap()]
+        })
+        .await;
+    assert_eq!(values, [Some(10), Some(20), Some(30)]);
+    noise.await.unwrap();
+    let mine = scope
+        .metrics("isolation.load")
+        .expect("the scope made a coalescer");
+    assert_eq!((mine.calls, mine.keys, mine.batches), (3, 3, 1));
+    // The process-wide coalescer saw the noise only.
+    let global = coalesce::metrics::get("isolation.load").expect("the noise made one");
+    assert_eq!(global.calls, 40);
+}
+
+#[tokio::test]
+async fn two_scopes_run_one_fn_with_settings_of_their_own() {
+    let one_per_batch = Scope::new().configure("isolation.only_in_scopes", |c| c.max_batch(1));
+    let long_window = Scope::new().configure("isolation.only_in_scopes", |c| {
+        c.window(Duration::from_millis(20))
+    });
+    let three = || async {
+        let (a, b, c) = tokio::join!(only_in_scopes(1), only_in_scopes(2), only_in_scopes(3));
+        (a.unwrap(), b.unwrap(), c.unwrap())
+    };
+    let (x, y) = tokio::join!(one_per_batch.run(three()), long_window.run(three()));
+    assert_eq!(x, (Some(1), Some(2), Some(3)));
+    assert_eq!(y, x);
+    let first = one_per_batch.metrics("isolation.only_in_scopes").unwrap();
+    let second = long_window.metrics("isolation.only_in_scopes").unwrap();
+    assert_eq!((first.settings.max_batch, first.batches), (1, 3));
+    assert_eq!(second.settings.window, Duration::from_millis(20));
+    assert_eq!(second.batches, 1);
+    // Neither is listed process-wide, nor counted there.
+    assert!(coalesce::metrics::get("isolation.only_in_scopes").is_none());
+}
+
+#[tokio::test]
+async fn a_task_spawned_in_the_scope_runs_in_it_when_wrapped() {
+    let scope = Scope::new();
+    let inner = scope.clone();
+    scope
+        .run(async move {
+            let spawned = tokio::spawn(inner.run(async { load(7).await.unwrap() }));
+            let here = load(8).await.unwrap();
+            assert_eq!((spawned.await.unwrap(), here), (Some(70), Some(80)));
+        })
+        .await;
+    assert_eq!(scope.metrics("isolation.load").unwrap().calls, 2);
+}
+
+static WRITES: std::sync::Mutex<Vec<(u64, String)>> = std::sync::Mutex::new(Vec::new());
+
+#[coalesce(window = "5ms", name = "isolation.save")]
+async fn save(items: Vec<(u64, String)>) {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    WRITES.lock().unwrap().extend(items);
+}
+
+#[coalesce(window = "1ms", after_writes = save, name = "isolation.read")]
+async fn read(ids: Vec<u64>) -> HashMap<u64, String> {
+    let writes = WRITES.lock().unwrap();
+    ids.into_iter()
+        .filter_map(|id| writes.iter().rev().find(|(k, _)| *k == id).cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_and_reads_after_them_stay_in_the_scope() {
+    let scope = Scope::new();
+    scope
+        .run(async {
+            let (saved, value) = tokio::join!(save(5, "five".into()), async {
+                tokio::task::yield_now().await;
+                read(5).await
+            });
+            saved.unwrap();
+            assert_eq!(
+                value.unwrap().as_deref(),
+                Some("five"),
+                "the read waited for the write"
+            );
+        })
+        .await;
+    let writes = scope.metrics("isolation.save").unwrap();
+    assert_eq!((writes.calls, writes.batches), (1, 1));
+    assert!(coalesce::metrics::get("isolation.save").is_none());
+}

@@ -100,3 +100,51 @@ async fn a_batch_span_records_its_fields_and_follows_from_its_callers() {
         "linked from every caller's span"
     );
 }
+
+/// `#[tracing::instrument]` above `#[coalesce]` sees the batch fn: one span per
+/// batch run, with the batch's keys.
+#[tracing::instrument(name = "above", skip_all, fields(keys = ids.len()))]
+#[coalesce(window = "1ms", name = "tests.tracing.above")]
+async fn above(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|k| (k, k + 1)).collect()
+}
+
+/// `#[tracing::instrument]` below `#[coalesce]` sees the single-key fn: one
+/// span per call, with its key.
+#[coalesce(window = "1ms", name = "tests.tracing.below")]
+#[tracing::instrument(name = "below")]
+async fn below(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|k| (k, k + 2)).collect()
+}
+
+#[tokio::test]
+async fn instrument_above_traces_batches_and_below_traces_calls() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (a, b, c) = tokio::join!(above(1), above(2), above(3));
+    assert_eq!(
+        (a.unwrap(), b.unwrap(), c.unwrap()),
+        (Some(2), Some(3), Some(4))
+    );
+    let (d, e, f) = tokio::join!(below(1), below(2), below(3));
+    assert_eq!(
+        (d.unwrap(), e.unwrap(), f.unwrap()),
+        (Some(3), Some(4), Some(5))
+    );
+
+    let spans = capture.0.lock().unwrap();
+    let named = |name: &str| -> Vec<Captured> {
+        spans.values().filter(|c| c.name == name).cloned().collect()
+    };
+    let above = named("above");
+    assert_eq!(above.len(), 1, "one span for the one batch: {above:?}");
+    assert_eq!(above[0].fields["keys"], "3");
+    let mut below: Vec<String> = named("below")
+        .iter()
+        .map(|c| c.fields["id"].clone())
+        .collect();
+    below.sort();
+    assert_eq!(below, ["1", "2", "3"], "one span per call, with its key");
+}

@@ -15,7 +15,8 @@ use crate::output::BatchOutput;
 /// written by hand.
 ///
 /// ```
-/// use coalesce_runtime::{Coalescer, Config};
+/// # use coalesce_runtime as coalesce;
+/// use coalesce::{Coalescer, Config};
 /// use std::collections::HashMap;
 /// use std::time::Duration;
 ///

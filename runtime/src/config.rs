@@ -182,9 +182,10 @@ static OVERRIDES: std::sync::Mutex<Vec<(String, Adjust)>> = std::sync::Mutex::ne
 /// actually runs with are in its metrics ([`MetricsSnapshot::settings`](crate::metrics::MetricsSnapshot::settings)).
 ///
 /// ```
+/// # use coalesce_runtime as coalesce;
 /// use std::time::Duration;
-/// let done = coalesce_runtime::configure("users.load", |c| c.window(Duration::from_millis(2)).max_batch(200));
-/// assert_eq!(done, coalesce_runtime::Configured::BeforeCreation);
+/// let done = coalesce::configure("users.load", |c| c.window(Duration::from_millis(2)).max_batch(200));
+/// assert_eq!(done, coalesce::Configured::BeforeCreation);
 /// ```
 pub fn configure(
     name: &str,

@@ -44,7 +44,8 @@ impl<K: 'static, V: 'static> Delivery<K, V, Infallible> {
 /// `Option<Self::Value>`:
 ///
 /// ```
-/// use coalesce_runtime::{BatchOutput, Delivery};
+/// # use coalesce_runtime as coalesce;
+/// use coalesce::{BatchOutput, Delivery};
 ///
 /// /// Rows as the database returns them: each row carries its key.
 /// pub struct Rows(Vec<(u64, String)>);

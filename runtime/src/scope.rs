@@ -138,10 +138,11 @@ pub fn current() -> Option<Arc<ScopeInner>> {
 /// settings.
 ///
 /// ```
-/// # async fn load_user(id: u64) -> Result<Option<String>, coalesce_runtime::Error> { Ok(None) }
+/// # use coalesce_runtime as coalesce;
+/// # async fn load_user(id: u64) -> Result<Option<String>, coalesce::Error> { Ok(None) }
 /// # async fn test() {
 /// use std::time::Duration;
-/// use coalesce_runtime::Scope;
+/// use coalesce::Scope;
 ///
 /// let scope = Scope::new().configure("my_app::load_user", |c| c.window(Duration::from_millis(50)));
 /// scope

@@ -102,7 +102,8 @@ pub(crate) trait Source<G, K, V, E> {
 /// `#[coalesce]` expands to a `static` `Core`.
 ///
 /// ```
-/// use coalesce_runtime::{Config, Core};
+/// # use coalesce_runtime as coalesce;
+/// use coalesce::{Config, Core};
 /// use std::collections::HashMap;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

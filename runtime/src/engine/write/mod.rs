@@ -48,7 +48,8 @@ use crate::output::WriteOutput;
 /// retried.
 ///
 /// ```
-/// use coalesce_runtime::{Config, WriteCore};
+/// # use coalesce_runtime as coalesce;
+/// use coalesce::{Config, WriteCore};
 /// use std::sync::{Arc, Mutex};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

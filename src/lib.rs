@@ -174,6 +174,63 @@
 //! # }
 //! ```
 //!
+//! Parameters named in `context = ..` do not split batches: a pool, a client. They
+//! may be references; the batch runs with a clone of the value of the call that
+//! opened it.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//!
+//! #[derive(Clone)]
+//! struct Pool { base: u64 }
+//!
+//! #[coalesce(window = "1ms", context = pool)]
+//! async fn balance(accounts: Vec<u64>, pool: &Pool) -> HashMap<u64, u64> {
+//!     accounts.into_iter().map(|a| (a, pool.base + a)).collect()
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let (one, other) = (Pool { base: 100 }, Pool { base: 100 });
+//! let (a, b) = tokio::join!(balance(1, &one), balance(2, &other)); // one batch
+//! assert_eq!((a.unwrap(), b.unwrap()), (Some(101), Some(102)));
+//! # }
+//! ```
+//!
+//! # Trait impls
+//!
+//! Mark the `impl` block `#[coalesce]` as well (above `#[async_trait]`, if used):
+//! the trait impl gets the single-key method, which calls the coalesced method of an
+//! inherent impl, where its companions (`_batch`, `_many`) live too. An associated
+//! fn without `self` in a marked inherent impl works the same way.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//!
+//! trait Names {
+//!     async fn name(&self, id: u32) -> Result<Option<String>, coalesce::Error>;
+//! }
+//!
+//! #[derive(Clone)]
+//! struct Directory;
+//!
+//! #[coalesce]
+//! impl Names for Directory {
+//!     #[coalesce(window = "1ms")]
+//!     async fn name(&self, ids: Vec<u32>) -> HashMap<u32, String> {
+//!         ids.into_iter().map(|id| (id, format!("n{id}"))).collect()
+//!     }
+//! }
+//!
+//! async fn greet(names: &impl Names) -> String {
+//!     names.name(7).await.unwrap().unwrap()
+//! }
+//! # #[tokio::main] async fn main() {
+//! assert_eq!(greet(&Directory).await, "n7");
+//! # }
+//! ```
+//!
 //! # Many keys at once
 //!
 //! Every coalesced read fn also gets `<name>_many(keys, ..)`: each distinct key joins
@@ -255,6 +312,9 @@
 //! | `isolate = N` | off | bisect a failed batch down to N levels (see above) |
 //! | `group = <expr>` | none | extra partition, evaluated per call |
 //! | `instance = <expr>` | the object | what makes two instances of a method's type one (see above) |
+//! | `context = pool` | none | parameters that do not split batches (see above) |
+//! | `after_writes = path` | none | a read waits for the pending writes to its key (see [Writes](#writes)) |
+//! | `merge = path` | last write wins | how writes to one key fold (see [Writes](#writes)) |
 //! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
 //! | `dispatch = "adaptive"` | `"window"` | see [Choosing a window](#choosing-a-window) |
 //!
@@ -342,6 +402,30 @@
 //! timed by one process-wide thread, precise to some tens of microseconds; under a
 //! paused Tokio clock (`start_paused` tests) it still follows that clock. Adaptive
 //! dispatch needs no timer at all for a call that finds a free lane.
+//!
+//! # Tests
+//!
+//! A [`Scope`] gives the calls made inside [`Scope::run`] coalescers of their own,
+//! with settings of the test's own: a test counts its batches while others call the
+//! same fn.
+//!
+//! ```
+//! use coalesce::{coalesce, Scope};
+//! use std::collections::HashMap;
+//!
+//! #[coalesce(name = "docs.scoped")]
+//! async fn squares(keys: Vec<u64>) -> HashMap<u64, u64> {
+//!     keys.into_iter().map(|k| (k, k * k)).collect()
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let scope = Scope::new().configure("docs.scoped", |c| c.max_batch(1));
+//! let (a, b) = scope.run(async { tokio::join!(squares(2), squares(3)) }).await;
+//! assert_eq!((a.unwrap(), b.unwrap()), (Some(4), Some(9)));
+//! assert_eq!(scope.metrics("docs.scoped").unwrap().batches, 2);
+//! assert!(coalesce::metrics::get("docs.scoped").is_none());
+//! # }
+//! ```
 //!
 //! # Metrics
 //!

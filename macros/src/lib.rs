@@ -13,7 +13,7 @@
 //! }
 //!
 //! // becomes
-//! pub async fn load_users(ids: u64) -> Result<Option<User>, coalesce::Error<DbError>>;
+//! pub async fn load_users(id: u64) -> Result<Option<User>, coalesce::Error<DbError>>;
 //! pub async fn load_users_batch(ids: Vec<u64>) -> Result<HashMap<u64, User>, DbError>;
 //! ```
 //!
@@ -21,11 +21,18 @@
 //! deduplicated and handed to one call of `load_users_batch`, and each caller
 //! gets its own entry. The batch fn keeps the original body, visibility and docs.
 //!
-//! The batch fn may return `HashMap<K, V>` or `BTreeMap<K, V>` (a missing key
-//! gives `Ok(None)`) or `Vec<V>` with one value per key in order (gives `Ok(V)`),
-//! each alone or inside `Result<_, E>`. Other parameters are kept; only calls
-//! with equal values for them share a batch. Methods take `&self`, and calls
-//! through different instances never share a batch.
+//! The batch fn may return a map by key — `HashMap<K, V>`, `BTreeMap<K, V>`,
+//! `IndexMap`, any `…Map<K, V>` (a missing key gives `Ok(None)`) — or `Vec<V>`
+//! with one value per key in order (gives `Ok(V)`), or a type of its own that
+//! implements `coalesce::BatchOutput<K>`, each alone or inside `Result<_, E>`.
+//! The single-key fn names its key in the singular (`ids` → `id`). Other
+//! parameters are kept; only calls with equal values for them share a batch,
+//! except those named in `context = ..` (a pool, a client). Methods take `&self`
+//! (or `self: Arc<Self>`), and calls through different instances never share a
+//! batch unless `instance = ..` says they do. In a trait impl, or for an
+//! associated fn without `self`, mark the `impl` block `#[coalesce]` too (above
+//! `#[async_trait]`): the trait gets the single-key method, and the coalesced
+//! method with its companions goes to an inherent impl.
 //!
 //! A batch fn over `(key, value)` pairs that returns `()`, `Result<(), E>` or a
 //! result per key is a *write* fn: `save(key, value)` resolves after the batch
@@ -38,6 +45,8 @@
 //! use the parameters and `self`), `instance = <expr>` (what makes two instances
 //! of a method's type one), `merge = path` (write fns), `after_writes = path`
 //! (a read that waits for a write fn's pending writes to its key),
+//! `context = pool` or `context = (pool, http)` (parameters that do not split
+//! batches; the batch runs with the opening call's clone),
 //! `name = "users.load"` (for metrics; the default is `module::path::fn_name`, or
 //! `<type of Self>::fn_name` for a method) and `dispatch = "window" | "adaptive"`.
 //! Every read fn also gets `<name>_many(keys, ..)`.

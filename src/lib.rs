@@ -313,6 +313,7 @@
 //! | `group = <expr>` | none | extra partition, evaluated per call |
 //! | `instance = <expr>` | the object | what makes two instances of a method's type one (see above) |
 //! | `context = pool` | none | parameters that do not split batches (see above) |
+//! | `crate = "path"` | `::coalesce` | where the expansion finds this crate, when a crate re-exports the attribute |
 //! | `after_writes = path` | none | a read waits for the pending writes to its key (see [Writes](#writes)) |
 //! | `merge = path` | last write wins | how writes to one key fold (see [Writes](#writes)) |
 //! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
@@ -432,10 +433,18 @@
 //! Every coalescer registers under its name: [`metrics::snapshot`] lists all of them
 //! with calls, distinct keys, dedup hits, batches, the batch-size distribution, wait
 //! and run time kept apart, errors by kind, overload rejections, cancellations, and
-//! the in-flight and pending gauges. With the default `metrics` feature they are also
-//! reported through the `metrics` crate facade (label `function`), and with the
-//! default `tracing` feature every batch runs in a `coalesce.batch` span that follows
-//! from its callers' spans.
+//! the in-flight and pending gauges. With the `metrics` feature (off by default) they
+//! are also reported through the `metrics` crate facade (label `function`, with units
+//! and HELP text), and with the default `tracing` feature every batch runs in a
+//! `coalesce.batch` span at `DEBUG`, with `coalesce.*` fields and OpenTelemetry's
+//! `otel.status_code` and `error.type`, that follows from its callers' spans.
+//!
+//! # Features
+//!
+//! - `tracing` (default): one span per batch, linked from its callers' spans.
+//! - `metrics`: every coalescer reported through the [`metrics`](https://docs.rs/metrics)
+//!   facade. A library built on `coalesce` should leave both to the application:
+//!   `default-features = false`.
 //!
 //! # Guarantees
 //!

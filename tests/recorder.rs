@@ -88,7 +88,7 @@ async fn exported_gauges_follow_cancelled_calls() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(gauge("coalesce_pending"), Some(10.0));
+    assert_eq!(gauge("coalesce_pending_calls"), Some(10.0));
     // Five callers leave before dispatch.
     for t in &tasks[..5] {
         t.abort();
@@ -96,28 +96,28 @@ async fn exported_gauges_follow_cancelled_calls() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(c.metrics().pending, 5);
     assert_eq!(
-        gauge("coalesce_pending"),
+        gauge("coalesce_pending_calls"),
         Some(5.0),
         "the export follows cancellations"
     );
     // The batch runs for the other five.
     tokio::time::sleep(Duration::from_millis(55)).await;
-    assert_eq!(gauge("coalesce_in_flight"), Some(1.0));
+    assert_eq!(gauge("coalesce_in_flight_batches"), Some(1.0));
     for t in tasks.into_iter().skip(5) {
         assert!(t.await.unwrap().is_ok());
     }
-    assert_eq!(gauge("coalesce_pending"), Some(0.0));
-    assert_eq!(gauge("coalesce_in_flight"), Some(0.0));
+    assert_eq!(gauge("coalesce_pending_calls"), Some(0.0));
+    assert_eq!(gauge("coalesce_in_flight_batches"), Some(0.0));
     // Every caller of a batch leaves: abandoned, and the gauge says so.
     let lone = {
         let c = c.clone();
         tokio::spawn(async move { c.load(99).await })
     };
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(gauge("coalesce_pending"), Some(1.0));
+    assert_eq!(gauge("coalesce_pending_calls"), Some(1.0));
     lone.abort();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(gauge("coalesce_pending"), Some(0.0));
+    assert_eq!(gauge("coalesce_pending_calls"), Some(0.0));
     let m = c.metrics();
     assert_eq!(
         (m.pending, m.in_flight, m.cancelled_calls),

@@ -87,11 +87,16 @@ async fn a_batch_span_records_its_fields_and_follows_from_its_callers() {
         .collect();
     assert_eq!(batches.len(), 1, "one batch span: {batches:?}");
     let b = batches[0];
-    assert_eq!(b.fields["function"], "tests.tracing.squares");
-    assert_eq!(b.fields["batch_size"], "5");
-    assert_eq!(b.fields["calls"], "5");
-    assert_eq!(b.fields["outcome"], "ok");
-    assert!(b.fields.contains_key("wait_us") && b.fields.contains_key("run_us"));
+    assert_eq!(b.fields["coalesce.function"], "tests.tracing.squares");
+    assert_eq!(b.fields["coalesce.batch.size"], "5");
+    assert_eq!(b.fields["coalesce.batch.calls"], "5");
+    assert_eq!(b.fields["coalesce.batch.outcome"], "ok");
+    assert_eq!(b.fields["otel.status_code"], "OK");
+    assert!(!b.fields.contains_key("error.type"));
+    assert!(
+        b.fields.contains_key("coalesce.batch.wait_us")
+            && b.fields.contains_key("coalesce.batch.run_us")
+    );
     let mut follows = b.follows.clone();
     follows.sort();
     assert_eq!(

@@ -80,6 +80,9 @@ pub struct Args {
     /// `context = pool` or `context = (pool, http)`: parameters that do not
     /// split batches; the batch runs with the opening call's (cloned) values.
     pub context: Option<Spanned<Vec<syn::Ident>>>,
+    /// `crate = "path::to::coalesce"`: where the expansion finds the `coalesce`
+    /// crate, for a crate that re-exports the attribute.
+    pub krate: Option<Spanned<syn::Path>>,
 }
 
 impl Args {
@@ -148,6 +151,12 @@ impl Args {
         arg!(merge, parse_expr_arg(input)?);
         arg!(after_writes, parse_expr_arg(input)?);
         arg!(context, parse_names_arg(input)?);
+        if lookahead.peek(Token![crate]) {
+            let key = input.parse::<Token![crate]>()?;
+            let value = parse_crate_arg(input)?;
+            set(&mut args.krate, value, key.span, "crate", errors);
+            return Ok(());
+        }
         arg!(name, parse_name_arg(input)?);
         arg!(dispatch, parse_dispatch_arg(input)?);
         Err(lookahead.error())
@@ -179,6 +188,21 @@ fn parse_expr_arg(input: ParseStream) -> syn::Result<Spanned<Expr>> {
     Ok(Spanned {
         span: expr.span(),
         value: expr,
+    })
+}
+
+/// `= "path::to::coalesce"`: a path, written as a string (serde's and tokio's
+/// convention).
+fn parse_crate_arg(input: ParseStream) -> syn::Result<Spanned<syn::Path>> {
+    let expected = "`crate` takes the path of the `coalesce` crate as a string, e.g. \
+                    `crate = \"my_framework::coalesce\"`";
+    let lit = parse_str_arg(input, || expected.to_owned())?;
+    let path = lit
+        .parse::<syn::Path>()
+        .map_err(|_| syn::Error::new(lit.span(), expected))?;
+    Ok(Spanned {
+        value: path,
+        span: lit.span(),
     })
 }
 

@@ -90,6 +90,81 @@ impl Site {
 
 /// `#[coalesce(args)]` on one fn.
 pub fn function(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
+    let krate = crate_path(&args);
+    with_crate(krate.as_ref(), function_at(args, func, site))
+}
+
+/// `crate = "path"`, if the arguments give it (their errors are reported by
+/// the expansion).
+pub fn crate_path(args: &TokenStream) -> Option<syn::Path> {
+    Args::parse(args.clone())
+        .ok()
+        .and_then(|args| args.krate)
+        .map(|krate| krate.value)
+}
+
+/// The expansion with every `::coalesce` path made `krate` (`crate = "…"`, for
+/// a crate that re-exports the attribute).
+pub fn with_crate(krate: Option<&syn::Path>, tokens: TokenStream) -> TokenStream {
+    match krate {
+        Some(krate) => rewrite_crate(tokens, krate),
+        None => tokens,
+    }
+}
+
+fn rewrite_crate(tokens: TokenStream, krate: &syn::Path) -> TokenStream {
+    use proc_macro2::TokenTree;
+    let trees: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut out = TokenStream::new();
+    let mut i = 0;
+    while i < trees.len() {
+        // `::coalesce` where a path starts: not after a name or a `>`
+        // (`a::coalesce` is someone else's), but after a keyword (`as
+        // ::coalesce::…`), a `:` or an opening.
+        const KEYWORDS: &[&str] = &[
+            "as", "dyn", "impl", "for", "in", "where", "mut", "ref", "return", "move", "let",
+            "const", "static", "type", "use", "pub", "break", "else", "if", "match",
+        ];
+        let starts_path = match i.checked_sub(1).map(|j| &trees[j]) {
+            Some(TokenTree::Ident(prev)) => KEYWORDS.iter().any(|k| prev == k),
+            Some(TokenTree::Punct(prev)) => prev.as_char() != '>',
+            _ => true,
+        };
+        if let (
+            true,
+            Some(TokenTree::Punct(a)),
+            Some(TokenTree::Punct(b)),
+            Some(TokenTree::Ident(name)),
+        ) = (
+            starts_path,
+            trees.get(i),
+            trees.get(i + 1),
+            trees.get(i + 2),
+        ) {
+            if a.as_char() == ':' && b.as_char() == ':' && name == "coalesce" {
+                let mut path = krate.clone();
+                if let Some(last) = path.segments.last_mut() {
+                    last.ident.set_span(name.span());
+                }
+                out.extend(path.into_token_stream());
+                i += 3;
+                continue;
+            }
+        }
+        match &trees[i] {
+            TokenTree::Group(group) => {
+                let mut inner = Group::new(group.delimiter(), rewrite_crate(group.stream(), krate));
+                inner.set_span(group.span());
+                out.extend([TokenTree::Group(inner)]);
+            }
+            other => out.extend([other.clone()]),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn function_at(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
     let func = func.clone();
     if signature::rewritten_by_async_trait(&func.sig) {
         // Only the one message: the fn is left as `#[async_trait]` made it.
@@ -1013,4 +1088,32 @@ fn batch_fn(func: &ItemFn) -> ItemFn {
         .attrs
         .push(syn::parse_quote!(#[allow(clippy::unused_async)]));
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    /// `crate = "…"` leaves no path through `::coalesce` in the expansion.
+    #[test]
+    fn a_crate_argument_replaces_every_coalesce_path() {
+        let expanded = super::coalesce(
+            quote!(window = "1ms", crate = "::framework::engine"),
+            quote! {
+                async fn load(ids: Vec<u64>) -> Result<std::collections::HashMap<u64, u64>, String> {
+                    Ok(ids.into_iter().map(|id| (id, id)).collect())
+                }
+            },
+        )
+        .to_string();
+        assert!(!expanded.contains(":: coalesce ::"), "{expanded}");
+        assert!(
+            expanded.contains(":: framework :: engine :: __private"),
+            "{expanded}"
+        );
+        assert!(
+            expanded.contains(":: framework :: engine :: Error"),
+            "{expanded}"
+        );
+    }
 }

@@ -46,7 +46,8 @@
 //! of a method's type one), `merge = path` (write fns), `after_writes = path`
 //! (a read that waits for a write fn's pending writes to its key),
 //! `context = pool` or `context = (pool, http)` (parameters that do not split
-//! batches; the batch runs with the opening call's clone),
+//! batches; the batch runs with the opening call's clone), `crate = "path"` (where
+//! to find the `coalesce` crate when the attribute is re-exported),
 //! `name = "users.load"` (for metrics; the default is `module::path::fn_name`, or
 //! `<type of Self>::fn_name` for a method) and `dispatch = "window" | "adaptive"`.
 //! Every read fn also gets `<name>_many(keys, ..)`.

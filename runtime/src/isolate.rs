@@ -28,7 +28,7 @@ where
                 drop(e);
                 let mut left = keys;
                 let right = left.split_off(left.len() / 2);
-                let (a, b) = futures::future::join(
+                let (a, b) = futures_util::future::join(
                     run(factory.clone(), left.clone(), depth - 1),
                     run(factory, right.clone(), depth - 1),
                 )

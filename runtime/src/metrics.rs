@@ -122,6 +122,7 @@ impl Histogram {
 /// Percentiles are read from log-linear buckets and are exact to within 12.5%; the
 /// count, sum, min and max are exact.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Summary {
     /// How many values were recorded.
     pub count: u64,
@@ -425,6 +426,7 @@ pub(crate) fn registry_len() -> usize {
 
 /// A distribution of durations.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct DurationSummary {
     /// How many were recorded.
     pub count: u64,

@@ -10,6 +10,9 @@ pub type Entries<K, V, E> = Box<dyn Iterator<Item = (K, Result<V, Arc<E>>)> + Se
 
 /// A batch function's result in the form the engine hands out: per key, not as one
 /// shared map, so each caller reads (or takes) only its own entry.
+///
+/// More forms may come (a stream of entries): a `match` on it needs a `_` arm.
+#[non_exhaustive]
 pub enum Delivery<K, V, E> {
     /// Entries by key, in any order. Keys the batch never asked for are ignored
     /// (and counted); keys with no entry resolve to `None`. An `Err` fails only the

@@ -12,7 +12,7 @@
 //! `coalesce_wait_seconds` and `coalesce_run_seconds` (histograms),
 //! `coalesce_errors_total{kind = batch|key|panic|timeout|shape|shutdown}`,
 //! `coalesce_overloaded_total`, `coalesce_cancelled_total`, and the gauges
-//! `coalesce_in_flight` and `coalesce_pending`.
+//! `coalesce_in_flight_batches` and `coalesce_pending_calls`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -107,6 +107,81 @@ impl Export {
     }
 }
 
+/// The HELP text and unit of every exported metric, given to the recorder
+/// installed now (each coalescer made describes them again: a recorder installed
+/// later still gets them).
+#[cfg(feature = "metrics")]
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "coalesce_calls_total",
+        Unit::Count,
+        "Calls of a coalesced fn."
+    );
+    describe_counter!(
+        "coalesce_keys_total",
+        Unit::Count,
+        "Distinct keys sent to the batch fn (net writes for a write fn)."
+    );
+    describe_counter!(
+        "coalesce_dedup_hits_total",
+        Unit::Count,
+        "Calls that shared a key with another call of their batch (writes absorbed)."
+    );
+    describe_counter!("coalesce_batches_total", Unit::Count, "Batch fn calls.");
+    describe_histogram!(
+        "coalesce_batch_size",
+        Unit::Count,
+        "Distinct keys per batch."
+    );
+    describe_histogram!(
+        "coalesce_wait_seconds",
+        Unit::Seconds,
+        "Time from a batch's first call to its dispatch."
+    );
+    describe_histogram!(
+        "coalesce_run_seconds",
+        Unit::Seconds,
+        "Run time of the batch fn."
+    );
+    describe_counter!(
+        "coalesce_errors_total",
+        Unit::Count,
+        "Calls failed, by kind: batch (the batch fn's error), key (a per-key error), \
+         panic, timeout, shape (a Vec of the wrong length), shutdown, maybe_committed, drained."
+    );
+    describe_counter!(
+        "coalesce_overloaded_total",
+        Unit::Count,
+        "Calls refused at max_pending or max_pending_per_group."
+    );
+    describe_counter!(
+        "coalesce_cancelled_total",
+        Unit::Count,
+        "Calls dropped by their caller before their answer."
+    );
+    describe_gauge!(
+        "coalesce_in_flight_batches",
+        Unit::Count,
+        "Batches running now."
+    );
+    describe_gauge!(
+        "coalesce_pending_calls",
+        Unit::Count,
+        "Calls waiting for their batch now."
+    );
+    describe_counter!(
+        "coalesce_withdrawn_writes_total",
+        Unit::Count,
+        "Writes whose writer left before the acknowledgement (they commit anyway)."
+    );
+    describe_histogram!(
+        "coalesce_ack_seconds",
+        Unit::Seconds,
+        "Time from a write's acceptance to its acknowledgement."
+    );
+}
+
 /// The `kind` labels of `coalesce_errors_total`.
 #[cfg(feature = "metrics")]
 const ERROR_KINDS: [&str; 8] = [
@@ -145,6 +220,7 @@ impl Recorder {
         let x = if !listed {
             Export::noop()
         } else {
+            describe();
             let f = name.to_string();
             Export {
                 calls: metrics::counter!("coalesce_calls_total", "function" => f.clone()),
@@ -159,8 +235,8 @@ impl Recorder {
                 }),
                 overloaded: metrics::counter!("coalesce_overloaded_total", "function" => f.clone()),
                 cancelled: metrics::counter!("coalesce_cancelled_total", "function" => f.clone()),
-                in_flight: metrics::gauge!("coalesce_in_flight", "function" => f.clone()),
-                pending: metrics::gauge!("coalesce_pending", "function" => f.clone()),
+                in_flight: metrics::gauge!("coalesce_in_flight_batches", "function" => f.clone()),
+                pending: metrics::gauge!("coalesce_pending_calls", "function" => f.clone()),
                 withdrawn: metrics::counter!("coalesce_withdrawn_writes_total", "function" => f.clone()),
                 ack: metrics::histogram!("coalesce_ack_seconds", "function" => f),
             }
@@ -344,15 +420,7 @@ impl Recorder {
         }
         #[cfg(feature = "tracing")]
         {
-            let span = tracing::info_span!(
-                "coalesce.batch",
-                function = &*self.name,
-                batch_size = keys,
-                calls = calls,
-                wait_us = wait.as_micros() as u64,
-                run_us = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-            );
+            let span = batch_span(&self.name, keys as u64, calls, wait.as_micros() as u64);
             if !span.is_disabled() {
                 for id in callers.into_iter().flatten() {
                     span.follows_from(id);
@@ -377,8 +445,15 @@ impl Recorder {
         add(&self.m.unrequested_entries, unrequested);
         #[cfg(feature = "tracing")]
         if !span.is_disabled() {
-            span.record("run_us", run.as_micros() as u64);
-            span.record("outcome", outcome);
+            span.record("coalesce.batch.run_us", run.as_micros() as u64);
+            span.record("coalesce.batch.outcome", outcome);
+            // OpenTelemetry's conventions, for `tracing-opentelemetry`.
+            if outcome == "ok" {
+                span.record("otel.status_code", "OK");
+            } else {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", outcome);
+            }
         }
     }
 
@@ -434,15 +509,7 @@ impl Recorder {
             if !tracing::dispatcher::has_been_set() {
                 return tracing::Span::none();
             }
-            let span = tracing::info_span!(
-                "coalesce.batch",
-                function = &*self.name,
-                batch_size = 1usize,
-                calls = 1u64,
-                wait_us = 0u64,
-                run_us = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-            );
+            let span = batch_span(&self.name, 1, 1, 0);
             if !span.is_disabled() {
                 if let Some(id) = caller_span() {
                     span.follows_from(id);
@@ -451,6 +518,24 @@ impl Recorder {
             span
         }
     }
+}
+
+/// The span of one batch: at `DEBUG` (a library's spans are detail, not the
+/// application's own story), its fields namespaced `coalesce.*`, with
+/// OpenTelemetry's `otel.status_code` and `error.type` recorded when it ends.
+#[cfg(feature = "tracing")]
+fn batch_span(function: &str, size: u64, calls: u64, wait_us: u64) -> tracing::Span {
+    tracing::debug_span!(
+        "coalesce.batch",
+        coalesce.function = function,
+        coalesce.batch.size = size,
+        coalesce.batch.calls = calls,
+        coalesce.batch.wait_us = wait_us,
+        coalesce.batch.run_us = tracing::field::Empty,
+        coalesce.batch.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// Runs the batch future inside its span; a future whose span is disabled (no

@@ -579,7 +579,7 @@ mod tests {
     fn dropping_unfired_sleeps_keeps_the_heap_bounded() {
         // Create, register and drop one at a time, on the shared timer (other
         // tests' live sleeps share its heap, hence the slack in the bound).
-        let waker = futures::task::noop_waker_ref();
+        let waker = futures_util::task::noop_waker_ref();
         let mut most = 0;
         for _ in 0..100_000 {
             let mut sleep = PreciseSleep::until(far());

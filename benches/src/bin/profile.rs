@@ -1,6 +1,6 @@
 //! Runs one contender's workload in a loop, for a profiler to sample (`perf record`).
 //!
-//! Usage: `cargo run --release -p coalesce-benches --bin profile -- CONTENDER WORKLOAD [MAX_BATCH] [SECONDS]`
+//! Usage: `cargo run --profile profiling -p coalesce-benches --bin profile -- CONTENDER WORKLOAD [MAX_BATCH] [SECONDS]`
 //! where CONTENDER is a label of the tables (`direct`, `coalesce-adaptive`, ...) and
 //! WORKLOAD is `burst` (10,000 concurrent calls, pure CPU), `roundtrip` (the same with
 //! a 2 ms round trip per batch), `idle` (one caller, sequential calls) or `load`

@@ -42,7 +42,7 @@ where
 {
     // The calls themselves, unwrapped (a wrapper per call would add its
     // state to each of them); the keys are matched back by position.
-    let answers = futures::future::join_all(keys.iter().cloned().map(one)).await;
+    let answers = futures_util::future::join_all(keys.iter().cloned().map(one)).await;
     let mut found = HashMap::with_capacity(answers.len());
     for (k, answer) in keys.into_iter().zip(answers) {
         if let Some(v) = answer? {

@@ -779,10 +779,10 @@ mod tests {
         let calls =
             (0..100_000u64).map(|g| core.load(g, g, |_, keys: Vec<u64>| async move { keys }));
         let peak = {
-            let all = futures::future::join_all(calls);
+            let all = futures_util::future::join_all(calls);
             tokio::pin!(all);
             // Admit every call (each opens its own group), then look.
-            assert!(futures::poll!(all.as_mut()).is_pending());
+            assert!(futures_util::poll!(all.as_mut()).is_pending());
             let peak = lock(&core.inner().state).groups.capacity();
             for (g, r) in all.await.into_iter().enumerate() {
                 assert_eq!(r.unwrap(), Some(g as u64));

@@ -809,7 +809,7 @@ async fn drain_where(deadline: Duration, pick: impl Fn(&str) -> bool) -> Drained
         .collect();
     let drains = writers.iter().map(|w| w.drain_erased(deadline));
     let mut total = Drained::default();
-    for d in futures::future::join_all(drains).await {
+    for d in futures_util::future::join_all(drains).await {
         total.settled += d.settled;
         total.dropped += d.dropped;
         total.unsure += d.unsure;

@@ -107,7 +107,7 @@ where
         let right = left.split_off(left.len() / 2);
         let keys = |part: &[(K, W)]| part.iter().map(|(k, _)| k.clone()).collect::<Vec<K>>();
         let (left_keys, right_keys) = (keys(&left), keys(&right));
-        let (a, b) = futures::future::join(
+        let (a, b) = futures_util::future::join(
             bisect(maker.clone(), group.clone(), left, depth - 1, copy),
             bisect(maker, group, right, depth - 1, copy),
         )

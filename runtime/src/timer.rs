@@ -220,7 +220,7 @@ impl Timer {
         let mut st = lock(&self.state);
         let seq = st.seq;
         st.seq = st.seq.wrapping_add(1);
-        let earlier = st.heap.peek().map_or(true, |q| deadline < q.deadline);
+        let earlier = st.heap.peek().is_none_or(|q| deadline < q.deadline);
         st.heap.push(Queued {
             deadline,
             seq,

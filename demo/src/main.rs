@@ -34,10 +34,10 @@
 //! Run it with:
 //!
 //! ```text
-//! cargo run --release --example demo
-//! cargo run --release --example demo -- --burst 2000 --window 500us --max-batch 200
-//! cargo run --release --example demo -- --writes 20000 --naive-writes 20000 --hot-users 100
-//! cargo run --release --example demo -- --help
+//! cargo run --release -p coalesce-demo
+//! cargo run --release -p coalesce-demo -- --burst 2000 --window 500us --max-batch 200
+//! cargo run --release -p coalesce-demo -- --writes 20000 --naive-writes 20000 --hot-users 100
+//! cargo run --release -p coalesce-demo -- --help
 //! ```
 //!
 //! The database is a file in the system temp directory, removed at the end. The

@@ -1,6 +1,5 @@
 //! One `coalesce.batch` span per batch, with its fields recorded and linked from the
 //! spans of the calls it carried (`follows_from`).
-#![cfg(feature = "tracing")]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -445,6 +445,9 @@
 //! - `metrics`: every coalescer reported through the [`metrics`](https://docs.rs/metrics)
 //!   facade. A library built on `coalesce` should leave both to the application:
 //!   `default-features = false`.
+//! - `tower`: [`Coalescer`] is a `tower::Service<K>` whose `poll_ready` is pending
+//!   while `max_pending` calls wait (woken when one is answered), so tower's
+//!   `load_shed`, `timeout`, retry and rate-limit layers compose around it.
 //!
 //! # Guarantees
 //!

@@ -44,6 +44,22 @@ where
     batch: Maker<(), K, V, E>,
 }
 
+/// A clone is another handle on the same coalescer: calls through either share
+/// batches, settings and metrics.
+impl<K, V, E> Clone for Coalescer<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn clone(&self) -> Self {
+        Coalescer {
+            core: self.core.clone(),
+            batch: self.batch.clone(),
+        }
+    }
+}
+
 impl<K, V, E> Coalescer<K, V, E>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -94,6 +110,18 @@ where
             })?;
             crate::engine::many::by_key(keys, |k| self.load(k)).await
         }
+    }
+
+    /// Fewer than `max_pending` calls wait now: a call would be admitted.
+    #[cfg(feature = "tower")]
+    pub(crate) fn has_room(&self) -> bool {
+        self.core.has_room()
+    }
+
+    /// Wakes `waker` when a call is answered or leaves.
+    #[cfg(feature = "tower")]
+    pub(crate) fn wake_on_change(&self, waker: &std::task::Waker) {
+        self.core.wake_on_change(waker);
     }
 
     /// Sends every batch gathering now without waiting out its window (for a

@@ -19,6 +19,8 @@ mod output;
 mod recorder;
 #[doc(hidden)]
 pub mod scope;
+#[cfg(feature = "tower")]
+mod service;
 mod timer;
 
 pub use crate::coalescer::Coalescer;

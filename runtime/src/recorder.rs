@@ -59,6 +59,9 @@ pub(crate) fn caller_span() -> CallerSpan {
 /// Records one coalescer's events.
 pub(crate) struct Recorder {
     m: Arc<Metrics>,
+    /// `tower::Service::poll_ready` callers waiting for room under `max_pending`.
+    #[cfg(feature = "tower")]
+    ready: ReadyWaiters,
     #[cfg(feature = "tracing")]
     name: Arc<str>,
     #[cfg(feature = "metrics")]
@@ -81,6 +84,45 @@ struct Export {
     pending: metrics::Gauge,
     withdrawn: metrics::Counter,
     ack: metrics::Histogram,
+}
+
+/// Wakers of `poll_ready` callers; one relaxed load per gauge change when none.
+#[cfg(feature = "tower")]
+#[derive(Default)]
+struct ReadyWaiters {
+    any: std::sync::atomic::AtomicBool,
+    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
+}
+
+#[cfg(feature = "tower")]
+impl ReadyWaiters {
+    fn add(&self, waker: &std::task::Waker) {
+        let mut wakers = self
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.any.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn wake(&self) {
+        if !self.any.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let wakers = {
+            let mut wakers = self
+                .wakers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.any.store(false, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 #[cfg(feature = "metrics")]
@@ -243,6 +285,8 @@ impl Recorder {
         };
         Recorder {
             m: Metrics::register(name.clone(), settings, listed),
+            #[cfg(feature = "tower")]
+            ready: ReadyWaiters::default(),
             #[cfg(feature = "tracing")]
             name,
             #[cfg(feature = "metrics")]
@@ -259,11 +303,25 @@ impl Recorder {
     pub(crate) fn gauges(&self, in_flight: usize, pending: usize) {
         self.m.in_flight.store(in_flight as u64, Relaxed);
         self.m.pending.store(pending as u64, Relaxed);
+        #[cfg(feature = "tower")]
+        self.ready.wake();
         #[cfg(feature = "metrics")]
         {
             self.x.in_flight.set(in_flight as f64);
             self.x.pending.set(pending as f64);
         }
+    }
+
+    /// Calls waiting now (the gauge).
+    #[cfg(feature = "tower")]
+    pub(crate) fn pending_now(&self) -> u64 {
+        self.m.pending.load(Relaxed)
+    }
+
+    /// Wakes `waker` at the next change of the gauges (a call answered or left).
+    #[cfg(feature = "tower")]
+    pub(crate) fn wake_on_change(&self, waker: &std::task::Waker) {
+        self.ready.add(waker);
     }
 
     /// The number of groups, after a change.

@@ -197,6 +197,22 @@ pub(crate) struct State<M: Mode> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A clone is another handle on the same coalescer: calls through either share
+/// batches, settings and metrics.
+impl<G, K, V, E> Clone for Core<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn clone(&self) -> Self {
+        Core {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
 impl<G, K, V, E> Core<G, K, V, E>
 where
     G: Hash + Eq + Send + Sync + 'static,
@@ -217,6 +233,18 @@ where
     /// The configuration this coalescer runs with (after [`configure`](crate::configure)).
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Fewer than `max_pending` calls wait now.
+    #[cfg(feature = "tower")]
+    pub(crate) fn has_room(&self) -> bool {
+        (self.inner.rec.pending_now() as usize) < self.inner.config.max_pending
+    }
+
+    /// Wakes `waker` when a call is answered or leaves.
+    #[cfg(feature = "tower")]
+    pub(crate) fn wake_on_change(&self, waker: &std::task::Waker) {
+        self.inner.rec.wake_on_change(waker);
     }
 
     /// This coalescer's metrics, read now.

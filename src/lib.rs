@@ -448,6 +448,9 @@
 //! - `tower`: [`Coalescer`] is a `tower::Service<K>` whose `poll_ready` is pending
 //!   while `max_pending` calls wait (woken when one is answered), so tower's
 //!   `load_shed`, `timeout`, retry and rate-limit layers compose around it.
+//! - `async-graphql`: [`Coalescer`] is an async-graphql `Loader`: each request's
+//!   `DataLoader` hands its keys to one shared coalescer, whose batches serve every
+//!   request in flight (async-graphql's `boxed-trait` feature is not supported).
 //!
 //! # Guarantees
 //!

@@ -13,6 +13,8 @@ mod coalescer;
 mod config;
 mod engine;
 mod error;
+#[cfg(feature = "async-graphql")]
+mod graphql;
 mod isolate;
 pub mod metrics;
 mod output;

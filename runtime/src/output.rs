@@ -235,9 +235,7 @@ where
 {
     type Error = E;
     fn into_delivery(self) -> Delivery<K, (), E> {
-        Delivery::Keyed(Box::new(
-            self.into_iter().map(|(k, r)| (k, r.map_err(Arc::new))),
-        ))
+        WriteOutput::<K>::into_delivery(Keyed(self))
     }
 }
 
@@ -248,9 +246,7 @@ where
 {
     type Error = E;
     fn into_delivery(self) -> Delivery<K, (), E> {
-        Delivery::Keyed(Box::new(
-            self.into_iter().map(|(k, r)| (k, r.map_err(Arc::new))),
-        ))
+        WriteOutput::<K>::into_delivery(Keyed(self))
     }
 }
 

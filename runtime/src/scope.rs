@@ -22,8 +22,6 @@ type Adjust = Box<dyn Fn(Config) -> Config + Send + Sync>;
 
 /// A coalescer made inside a scope, as the scope keeps it.
 pub trait Scoped: Send + Sync + 'static {
-    /// Its name.
-    fn scoped_name(&self) -> &str;
     /// Its metrics, read now.
     fn scoped_metrics(&self) -> MetricsSnapshot;
 }
@@ -217,16 +215,7 @@ impl Scope {
     /// The metrics of this scope's coalescer named `name`, if a call in the
     /// scope made one (the first made, if several share the name).
     pub fn metrics(&self, name: &str) -> Option<MetricsSnapshot> {
-        let entries = self
-            .inner
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        entries
-            .iter()
-            .filter_map(|entry| entry.scoped.as_ref())
-            .find(|core| core.scoped_name() == name)
-            .map(|core| core.scoped_metrics())
+        self.snapshot().into_iter().find(|m| m.name == name)
     }
 
     /// The metrics of every coalescer made in this scope, in the order made.
@@ -273,10 +262,6 @@ where
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
 {
-    fn scoped_name(&self) -> &str {
-        self.config().name()
-    }
-
     fn scoped_metrics(&self) -> MetricsSnapshot {
         self.metrics()
     }
@@ -289,10 +274,6 @@ where
     W: Send + 'static,
     E: Send + Sync + 'static,
 {
-    fn scoped_name(&self) -> &str {
-        self.config().name()
-    }
-
     fn scoped_metrics(&self) -> MetricsSnapshot {
         self.metrics()
     }

@@ -91,8 +91,7 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
         let expanded = expand::function(args.clone(), &func, &site);
         if is_trait {
             inherent.push(expanded);
-            let krate = expand::crate_path(&args);
-            kept.push(expand::with_crate(krate.as_ref(), delegate(&args, &func)));
+            kept.push(delegate(&args, &func));
         } else {
             kept.push(expanded);
         }

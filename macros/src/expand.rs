@@ -89,93 +89,28 @@ impl Site {
 }
 
 /// `#[coalesce(args)]` on one fn.
-pub fn function(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
-    let krate = crate_path(&args);
-    with_crate(krate.as_ref(), function_at(args, func, site))
-}
-
-/// `crate = "path"`, if the arguments give it (their errors are reported by
-/// the expansion).
-pub fn crate_path(args: &TokenStream) -> Option<syn::Path> {
+/// `crate = "path"` from the arguments, or `::coalesce` (the arguments' errors are
+/// reported by the expansion).
+pub fn crate_path(args: &TokenStream) -> syn::Path {
     Args::parse(args.clone())
         .ok()
         .and_then(|args| args.krate)
-        .map(|krate| krate.value)
+        .map_or_else(|| syn::parse_quote!(::coalesce), |krate| krate.value)
 }
 
-/// The expansion with every `::coalesce` path made `krate` (`crate = "…"`, for
-/// a crate that re-exports the attribute).
-pub fn with_crate(krate: Option<&syn::Path>, tokens: TokenStream) -> TokenStream {
-    match krate {
-        Some(krate) => rewrite_crate(tokens, krate),
-        None => tokens,
-    }
-}
-
-fn rewrite_crate(tokens: TokenStream, krate: &syn::Path) -> TokenStream {
-    use proc_macro2::TokenTree;
-    let trees: Vec<TokenTree> = tokens.into_iter().collect();
-    let mut out = TokenStream::new();
-    let mut i = 0;
-    while i < trees.len() {
-        // `::coalesce` where a path starts: not after a name or a `>`
-        // (`a::coalesce` is someone else's), but after a keyword (`as
-        // ::coalesce::…`), a `:` or an opening.
-        const KEYWORDS: &[&str] = &[
-            "as", "dyn", "impl", "for", "in", "where", "mut", "ref", "return", "move", "let",
-            "const", "static", "type", "use", "pub", "break", "else", "if", "match",
-        ];
-        let starts_path = match i.checked_sub(1).map(|j| &trees[j]) {
-            Some(TokenTree::Ident(prev)) => KEYWORDS.iter().any(|k| prev == k),
-            Some(TokenTree::Punct(prev)) => prev.as_char() != '>',
-            _ => true,
-        };
-        if let (
-            true,
-            Some(TokenTree::Punct(a)),
-            Some(TokenTree::Punct(b)),
-            Some(TokenTree::Ident(name)),
-        ) = (
-            starts_path,
-            trees.get(i),
-            trees.get(i + 1),
-            trees.get(i + 2),
-        ) {
-            if a.as_char() == ':' && b.as_char() == ':' && name == "coalesce" {
-                let mut path = krate.clone();
-                if let Some(last) = path.segments.last_mut() {
-                    last.ident.set_span(name.span());
-                }
-                out.extend(path.into_token_stream());
-                i += 3;
-                continue;
-            }
-        }
-        match &trees[i] {
-            TokenTree::Group(group) => {
-                let mut inner = Group::new(group.delimiter(), rewrite_crate(group.stream(), krate));
-                inner.set_span(group.span());
-                out.extend([TokenTree::Group(inner)]);
-            }
-            other => out.extend([other.clone()]),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn function_at(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
+pub fn function(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
     let func = func.clone();
     if signature::rewritten_by_async_trait(&func.sig) {
         // Only the one message: the fn is left as `#[async_trait]` made it.
         let mut errors = Errors::default();
-        let _ = signature::analyze(&func, &[], &mut errors);
+        let _ = signature::analyze(&func, &[], &crate_path(&args), &mut errors);
         let error = errors.finish().err().map(|error| {
             let first = error.into_iter().next().map(|e| e.to_compile_error());
             quote!(#first)
         });
         return quote!(#error #func);
     }
+    let krate = crate_path(&args);
     let mut errors = Errors::default();
     let args = errors.check(Args::parse(args));
     let context = args
@@ -183,7 +118,7 @@ fn function_at(args: TokenStream, func: &ItemFn, site: &Site) -> TokenStream {
         .and_then(|args| args.context.as_ref())
         .map(|context| context.value.clone())
         .unwrap_or_default();
-    let signature = signature::analyze(&func, &context, &mut errors);
+    let signature = signature::analyze(&func, &context, &krate, &mut errors);
     for name in &context {
         let known = signature.params.iter().enumerate().any(|(index, param)| {
             Some(index) != signature.key && param.ident.as_ref() == Some(name)
@@ -248,7 +183,8 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         Some((k, _)) => k,
         None => &key,
     };
-    let private = quote!(::coalesce::__private);
+    let krate = &signature.krate;
+    let private = quote!(#krate::__private);
     let value_type = &shape.value;
     let error_type = match &shape.error {
         Some(error) => error.to_token_stream(),
@@ -309,7 +245,10 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             continue;
         }
         extra_positions.push((index, parts.len()));
-        parts.push((checked(&*param.arg.ty, "Param"), ident.to_token_stream()));
+        parts.push((
+            checked(&*param.arg.ty, "Param", krate),
+            ident.to_token_stream(),
+        ));
     }
     // A parameter type that is not `Hash + Eq + ...` is reported on the group
     // type argument: one parameter alone is the group (no 1-tuple, whose error
@@ -369,7 +308,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         batch_args.push(var.to_token_stream());
     }
 
-    let config = config(args);
+    let config = config(args, krate);
     let fn_name = func.sig.ident.unraw().to_string();
     let name = match (&args.name, site) {
         (Some(name), _) => {
@@ -398,10 +337,14 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
     // trait (`<K as Key>::Checked`), spanned at the user's tokens: an unmet
     // bound is reported once, on that type, and the unresolved projection
     // silences every follow-on report (in generated code, at call sites).
-    let key_arg = checked(key_type, "Key");
-    let value_arg = checked(value_type, if is_write { "Written" } else { "Value" });
+    let key_arg = checked(key_type, "Key", krate);
+    let value_arg = checked(
+        value_type,
+        if is_write { "Written" } else { "Value" },
+        krate,
+    );
     let error_arg = match &shape.error {
-        Some(error) => checked(error, "BatchError"),
+        Some(error) => checked(error, "BatchError", krate),
         None => error_type.clone(),
     };
     let type_args = quote!(#group_type, #key_arg, #value_arg, #error_arg);
@@ -431,8 +374,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
                 let open = quote_spanned!(first=> <);
                 let rest = quote_spanned!(last=> >::Checked);
                 let trait_ident = Ident::new("KeyError", first);
-                let checked =
-                    quote!(#open #key_error as ::coalesce::__private::#trait_ident<#error> #rest);
+                let checked = quote!(#open #key_error as #private::#trait_ident<#error> #rest);
                 Some(quote!(#private::per_key_into::<_, _, _, #checked, _>))
             }
             _ => Some(quote!(#private::per_key)),
@@ -476,9 +418,9 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
                     async move { #run }
                 }
             };
-            let instance =
-                quote_spanned!(span=> <Self as ::coalesce::__private::Instance>::Checked);
-            let shared = quote_spanned!(span=> <Self as ::coalesce::__private::Shared>::Checked);
+            let at_self = signature::path_at(krate, span);
+            let instance = quote_spanned!(span=> <Self as #at_self::__private::Instance>::Checked);
+            let shared = quote_spanned!(span=> <Self as #at_self::__private::Shared>::Checked);
             let (function, self_type, this_arg) = match (kind, args.instance.is_some()) {
                 (ReceiverKind::Ref, false) => (quote!(load_for), instance, quote!(#this)),
                 (ReceiverKind::Ref, true) => (quote!(load_with), instance, quote!(#this)),
@@ -555,7 +497,8 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             #batch_closure,
         },
     );
-    let load = quote_spanned!(first=> ::coalesce::__private::#function::<#self_arg #type_args, _, _> #call_args);
+    let at_first = signature::path_at(krate, first);
+    let load = quote_spanned!(first=> #at_first::__private::#function::<#self_arg #type_args, _, _> #call_args);
     let dot = syn::Token![.](first);
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
@@ -564,7 +507,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         ShapeKind::List => {
             let named = self_type.clone().unwrap_or_else(|| quote!(()));
             let arg = parenthesized(last, quote!(#awaited, #name));
-            quote_spanned!(first=> ::coalesce::__private::required::<#named, _, _> #arg)
+            quote_spanned!(first=> #at_first::__private::required::<#named, _, _> #arg)
         }
     };
 
@@ -726,9 +669,10 @@ fn many_fn(
     let Some(keys) = keys else {
         return TokenStream::new();
     };
+    let krate = &signature.krate;
     let error = match error {
-        Some(error) => quote!(::coalesce::Error<#error>),
-        None => quote!(::coalesce::Error),
+        Some(error) => quote!(#krate::Error<#error>),
+        None => quote!(#krate::Error),
     };
     sig.output = syn::parse_quote! {
         -> ::core::result::Result<::std::collections::HashMap<#key_type, #value>, #error>
@@ -746,14 +690,16 @@ fn many_fn(
         _ => quote!(many),
     };
     let named = self_type.cloned().unwrap_or_else(|| quote!(()));
-    let key_arg = checked(key_type, "Key");
+    let krate = &signature.krate;
+    let key_arg = checked(key_type, "Key", krate);
     // Spanned like the single-key fn's call: an unmet bound on the key type is
     // reported once, on the user's tokens (see `expand`).
     let (first, last) = token_range(key_type);
     let call_args = parenthesized(last, quote!(#name, #keys, |#k| #call));
     let dot = syn::Token![.](first);
     let await_kw = Ident::new("await", last);
-    let invoke = quote_spanned!(first=> ::coalesce::__private::#helper::<#named, #key_arg, _, _, _> #call_args #dot #await_kw);
+    let at_first = signature::path_at(krate, first);
+    let invoke = quote_spanned!(first=> #at_first::__private::#helper::<#named, #key_arg, _, _, _> #call_args #dot #await_kw);
     let link = if signature.receiver.is_some() {
         format!("Self::{unraw}")
     } else {
@@ -807,12 +753,12 @@ fn token_range(tokens: impl ToTokens) -> (Span, Span) {
 
 /// `<ty as ::coalesce::__private::Trait>::Checked`, spanning the user's type
 /// (see the use in `expand`).
-fn checked(ty: &dyn ToTokens, trait_name: &str) -> TokenStream {
+fn checked(ty: &dyn ToTokens, trait_name: &str, krate: &syn::Path) -> TokenStream {
     let (first, last) = token_range(ty);
     let trait_ident = Ident::new(trait_name, first);
     let open = quote_spanned!(first=> <);
     let rest = quote_spanned!(last=> >::Checked);
-    quote!(#open #ty as ::coalesce::__private::#trait_ident #rest)
+    quote!(#open #ty as #krate::__private::#trait_ident #rest)
 }
 
 /// `(tokens)`, with the parentheses at `span`.
@@ -824,8 +770,8 @@ fn parenthesized(span: Span, tokens: TokenStream) -> TokenStream {
 
 /// The closure that sets, on the coalescer's default `Config`, the arguments the
 /// user wrote; the rest keep the runtime's defaults.
-fn config(args: &Args) -> TokenStream {
-    let private = quote!(::coalesce::__private);
+fn config(args: &Args, krate: &syn::Path) -> TokenStream {
+    let private = quote!(#krate::__private);
     let base = Ident::new("__coalesce_config", Span::mixed_site());
     let mut config = base.to_token_stream();
     if let Some(window) = &args.window {
@@ -895,7 +841,7 @@ pub fn single_key_signature_of(args: &TokenStream, func: &ItemFn) -> syn::Signat
         .and_then(|args| args.context)
         .map(|context| context.value)
         .unwrap_or_default();
-    let signature = signature::analyze(func, &context, &mut Errors::default());
+    let signature = signature::analyze(func, &context, &crate_path(args), &mut Errors::default());
     let mut sig = single_key_signature(func, &signature);
     sig.constness = None;
     sig.abi = None;
@@ -964,9 +910,10 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
             ShapeKind::List => value.to_token_stream(),
             ShapeKind::Write => quote!(()),
         };
+        let krate = &signature.krate;
         let error = match &shape.error {
-            Some(error) => quote!(::coalesce::Error<#error>),
-            None => quote!(::coalesce::Error),
+            Some(error) => quote!(#krate::Error<#error>),
+            None => quote!(#krate::Error),
         };
         let output: Type = syn::parse_quote_spanned! {shape.output.span()=>
             ::core::result::Result<#ok, #error>

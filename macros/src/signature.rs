@@ -30,6 +30,8 @@ pub struct Signature {
     /// For a write batch fn (`items: Vec<(K, W)>` returning `()`, `Result<(),
     /// E>` or per-key results): `(K, W)`.
     pub write: Option<(Type, Type)>,
+    /// Where the expansion finds the `coalesce` crate.
+    pub krate: syn::Path,
 }
 
 /// How a method receives its instance.
@@ -95,6 +97,19 @@ impl Signature {
     }
 }
 
+/// `krate`'s tokens, all at `span` (so that a path the expansion writes at a
+/// user's token stays there, whichever crate path it names).
+pub fn path_at(krate: &syn::Path, span: proc_macro2::Span) -> TokenStream {
+    krate
+        .to_token_stream()
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
 /// A type as the user would write it: `HashMap<u64, u64>`, not `HashMap < u64, u64 >`.
 fn type_text(ty: &Type) -> String {
     ty.to_token_stream()
@@ -143,7 +158,14 @@ pub fn rewritten_by_async_trait(sig: &syn::Signature) -> bool {
 
 /// Analyzes `func`, reporting into `errors` everything #[coalesce] cannot turn
 /// into a single-key fn.
-pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signature {
+/// `krate` is where the expansion finds the `coalesce` crate (`::coalesce`, or
+/// the `crate = "…"` argument).
+pub fn analyze(
+    func: &ItemFn,
+    context: &[Ident],
+    krate: &syn::Path,
+    errors: &mut Errors,
+) -> Signature {
     let sig = &func.sig;
     let name = &sig.ident;
 
@@ -275,9 +297,12 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
             matches!(&error, Some(Type::Path(p)) if p.path.is_ident("__coalesce_alias_error"));
         if is_alias {
             error = match (&write, &output) {
-                (Some((k, _)), Some(out)) => Some(syn::parse_quote_spanned! {out.span()=>
-                    <#out as ::coalesce::WriteOutput<#k>>::Error
-                }),
+                (Some((k, _)), Some(out)) => {
+                    let krate = path_at(krate, out.span());
+                    Some(syn::parse_quote_spanned! {out.span()=>
+                        <#out as #krate::WriteOutput<#k>>::Error
+                    })
+                }
                 _ => None,
             };
         }
@@ -298,6 +323,7 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
             key,
             shape,
             write,
+            krate: krate.clone(),
         };
     }
 
@@ -317,7 +343,7 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
                 (None, Some(output)) => output,
                 _ => &**ty,
             };
-            errors.check(analyze_output(ty, key_type))
+            errors.check(analyze_output(ty, key_type, krate))
         }
     };
     if let Some(shape) = &shape {
@@ -333,6 +359,7 @@ pub fn analyze(func: &ItemFn, context: &[Ident], errors: &mut Errors) -> Signatu
         key,
         shape,
         write: None,
+        krate: krate.clone(),
     }
 }
 
@@ -536,7 +563,7 @@ fn ungroup(mut ty: &Type) -> &Type {
 }
 
 /// Reads the return type as one of the supported shapes.
-fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
+fn analyze_output(output: &Type, key: Option<&Type>, krate: &syn::Path) -> syn::Result<Shape> {
     let unsupported = |ty: &Type| {
         syn::Error::new_spanned(
             ty,
@@ -548,7 +575,8 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
         // `sqlx::Result<T>`, `anyhow::Result<T>`): the error is whatever the
         // alias says, named through the `BatchOutput` impl of `Result<T, E>`.
         if let ([ok], Some(key)) = (args.as_slice(), key) {
-            let (kind, value) = read_collection(ok, Some(key)).ok_or_else(|| unsupported(ok))?;
+            let (kind, value) =
+                read_collection(ok, Some(key), krate).ok_or_else(|| unsupported(ok))?;
             if let Some((value, per_key_error)) = per_key_value(kind, &value) {
                 return Ok(Shape {
                     kind: ShapeKind::PerKey,
@@ -559,8 +587,9 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
                     key_error: None,
                 });
             }
+            let krate = path_at(krate, output.span());
             let error: Type = syn::parse_quote_spanned! {output.span()=>
-                <#output as ::coalesce::__private::Fallible>::Error
+                <#output as #krate::__private::Fallible>::Error
             };
             return Ok(Shape {
                 kind,
@@ -581,7 +610,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
                 ),
             ));
         };
-        let (kind, value) = read_collection(ok, key).ok_or_else(|| unsupported(ok))?;
+        let (kind, value) = read_collection(ok, key, krate).ok_or_else(|| unsupported(ok))?;
         if let Some((value, key_error)) = per_key_value(kind, &value) {
             // The per-key error converts into the batch error `E`.
             return Ok(Shape {
@@ -602,7 +631,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
             key_error: None,
         });
     }
-    let (kind, value) = read_collection(output, key).ok_or_else(|| unsupported(output))?;
+    let (kind, value) = read_collection(output, key, krate).ok_or_else(|| unsupported(output))?;
     if let Some((value, error)) = per_key_value(kind, &value) {
         return Ok(Shape {
             kind: ShapeKind::PerKey,
@@ -615,8 +644,9 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
     }
     // A container of the user's own: its `BatchOutput` impl names the error.
     let error = (kind == ShapeKind::Custom).then(|| -> Type {
+        let krate = path_at(krate, output.span());
         syn::parse_quote_spanned! {output.span()=>
-            <#output as ::coalesce::BatchOutput<#key>>::Error
+            <#output as #krate::BatchOutput<#key>>::Error
         }
     });
     Ok(Shape {
@@ -632,7 +662,7 @@ fn analyze_output(output: &Type, key: Option<&Type>) -> syn::Result<Shape> {
 /// What a batch fn's collection type holds: [`collection`]'s answer, or for a
 /// type of the user's own (a path that is not one of std's scalars, strings,
 /// pointers or sets), `Custom` with the value its `BatchOutput` impl names.
-fn read_collection(ty: &Type, key: Option<&Type>) -> Option<(ShapeKind, Type)> {
+fn read_collection(ty: &Type, key: Option<&Type>, krate: &syn::Path) -> Option<(ShapeKind, Type)> {
     if let Some((kind, value)) = collection(ty) {
         return Some((kind, value.clone()));
     }
@@ -675,8 +705,9 @@ fn read_collection(ty: &Type, key: Option<&Type>) -> Option<(ShapeKind, Type)> {
     if NOT_CONTAINERS.iter().any(|name| last.ident == name) {
         return None;
     }
+    let krate = path_at(krate, ty.span());
     let value: Type = syn::parse_quote_spanned! {ty.span()=>
-        <#ty as ::coalesce::BatchOutput<#key>>::Value
+        <#ty as #krate::BatchOutput<#key>>::Value
     };
     Some((ShapeKind::Custom, value))
 }

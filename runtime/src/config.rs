@@ -42,6 +42,7 @@ pub struct Config {
     pub(crate) timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
     pub(crate) isolate: u32,
+    pub(crate) join_running: bool,
     /// The [`Scope`](crate::Scope) this coalescer belongs to: its settings apply
     /// last, and the coalescer is neither listed nor exported.
     pub(crate) scope: Option<std::sync::Arc<crate::scope::ScopeInner>>,
@@ -65,6 +66,7 @@ impl Config {
             timeout: None,
             dispatch: Dispatch::Window,
             isolate: 0,
+            join_running: true,
             scope: None,
         }
     }
@@ -146,6 +148,20 @@ impl Config {
     #[must_use]
     pub fn isolate(mut self, depth: u32) -> Self {
         self.isolate = depth;
+        self
+    }
+
+    /// Whether a call for a key that a batch of its group is fetching right now
+    /// (running, or a lone call's run) waits for that run's answer instead of
+    /// fetching the key again (Go's `singleflight`). On by default. Turn it off
+    /// for a function whose callers must see a write made after the running
+    /// batch started: each call then fetches in a batch that starts after it
+    /// was made. A key in a batch that is full but has not started is joined
+    /// either way (that batch starts after the call, so it sees every write the
+    /// caller made before it).
+    #[must_use]
+    pub fn join_running(mut self, join: bool) -> Self {
+        self.join_running = join;
         self
     }
 

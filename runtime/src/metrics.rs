@@ -172,6 +172,7 @@ pub(crate) struct Metrics {
     pub(crate) unrequested_entries: AtomicU64,
     pub(crate) split_batches: AtomicU64,
     pub(crate) reentrant_batches: AtomicU64,
+    pub(crate) joined_running: AtomicU64,
     pub(crate) lost_batches: AtomicU64,
     pub(crate) shutdown_errors: AtomicU64,
     pub(crate) withdrawn: AtomicU64,
@@ -256,6 +257,7 @@ impl Metrics {
             unrequested_entries: AtomicU64::new(0),
             split_batches: AtomicU64::new(0),
             reentrant_batches: AtomicU64::new(0),
+            joined_running: AtomicU64::new(0),
             lost_batches: AtomicU64::new(0),
             shutdown_errors: AtomicU64::new(0),
             withdrawn: AtomicU64::new(0),
@@ -316,6 +318,7 @@ impl Metrics {
             unrequested_entries: self.unrequested_entries.load(Relaxed),
             split_batches: self.split_batches.load(Relaxed),
             reentrant_batches: self.reentrant_batches.load(Relaxed),
+            joined_running: self.joined_running.load(Relaxed),
             lost_batches: self.lost_batches.load(Relaxed),
             shutdown_errors: self.shutdown_errors.load(Relaxed),
             withdrawn_writes: self.withdrawn.load(Relaxed),
@@ -465,6 +468,9 @@ pub struct Settings {
     pub dispatch: &'static str,
     /// Levels of bisection of a failed batch (0: off).
     pub isolate: u32,
+    /// Whether calls join a running batch fetching their key
+    /// ([`Config::join_running`](crate::Config::join_running)).
+    pub join_running: bool,
 }
 
 impl Settings {
@@ -482,6 +488,7 @@ impl Settings {
                 crate::config::Dispatch::Adaptive => "adaptive",
             },
             isolate: c.isolate,
+            join_running: c.join_running,
         }
     }
 }
@@ -508,8 +515,13 @@ pub struct MetricsSnapshot {
     pub calls: u64,
     /// Distinct keys sent to the batch function, summed over batches.
     pub keys: u64,
-    /// Calls that shared a key already waiting in the same batch.
+    /// Calls that shared a key already in a batch: waiting in the same
+    /// batch, or being fetched by a running one (`joined_running`).
     pub dedup_hits: u64,
+    /// Of `dedup_hits`, the calls that joined a batch (or a lone call) already
+    /// running for their key, instead of fetching it again
+    /// ([`Config::join_running`](crate::Config::join_running)).
+    pub joined_running: u64,
     /// Batch function executions.
     pub batches: u64,
     /// Calls failed because their batch returned an error.
@@ -603,8 +615,14 @@ impl fmt::Display for MetricsSnapshot {
         }
         writeln!(
             f,
-            "  calls {}  keys {}  dedup hits {}  batches {}  in flight {}  pending {}",
-            self.calls, self.keys, self.dedup_hits, self.batches, self.in_flight, self.pending
+            "  calls {}  keys {}  dedup hits {} (joined running {})  batches {}  in flight {}  pending {}",
+            self.calls,
+            self.keys,
+            self.dedup_hits,
+            self.joined_running,
+            self.batches,
+            self.in_flight,
+            self.pending
         )?;
         writeln!(
             f,

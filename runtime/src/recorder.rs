@@ -367,6 +367,19 @@ impl Recorder {
         self.m.split_batches.fetch_add(1, Relaxed);
     }
 
+    /// A call joined a run already fetching its key: a call, and a duplicate.
+    pub(crate) fn joined_running(&self) {
+        let m = &self.m;
+        m.calls.fetch_add(1, Relaxed);
+        m.dedup_hits.fetch_add(1, Relaxed);
+        m.joined_running.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            self.x.calls.increment(1);
+            self.x.dedup_hits.increment(1);
+        }
+    }
+
     /// A batch became re-entrant (exempt from `max_in_flight`).
     pub(crate) fn reentrant(&self) {
         self.m.reentrant_batches.fetch_add(1, Relaxed);

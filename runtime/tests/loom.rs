@@ -8,7 +8,8 @@
 //! hand-off from a finishing batch to a queued one (`max_in_flight`); a lone
 //! call's lane, and its promotion to a task of its own when a batch queues for
 //! it; and a queued batch abandoned by its only caller while a lane is handed to
-//! it. For writes: a write racing the batch of its key (enqueue vs dispatch),
+//! it; a call joining a running batch or a lone run of its key (`join_running`),
+//! racing that run's end, its other caller leaving, or leaving itself. For writes: a write racing the batch of its key (enqueue vs dispatch),
 //! a key's second write held back while its first runs and released when it
 //! commits (the per-key watermark), and a writer that leaves after its write
 //! was accepted. What they do not: timers (windows are zero, no timeout) and a runtime
@@ -156,6 +157,69 @@ fn a_lone_call_holding_the_lane_is_promoted_or_finishes() {
         let mine = block_on(c.load((), 2, times_ten));
         assert_eq!(mine.unwrap(), Some(20));
         assert_eq!(t.join().unwrap().unwrap(), Some(10));
+        assert_idle(&c);
+    });
+}
+
+/// Adaptive: two calls for one key. The second joins the first's lone run
+/// (attached, the run promoted to a task) or a batch of its own, or shares a
+/// batch; each gets the value, and the lane comes back.
+#[test]
+fn a_call_joins_a_lone_run_of_its_key_or_fetches_it() {
+    model(|| {
+        let c = core(Config::new("loom").dispatch(Dispatch::Adaptive));
+        let c2 = c.clone();
+        let t = thread::spawn(move || block_on(c2.load((), 5, times_ten)));
+        let mine = block_on(c.load((), 5, times_ten));
+        assert_eq!(mine.unwrap(), Some(50));
+        assert_eq!(t.join().unwrap().unwrap(), Some(50));
+        assert_idle(&c);
+        let m = c.metrics();
+        assert_eq!(m.calls, m.keys + m.dedup_hits, "{m}");
+    });
+}
+
+/// Adaptive: a call that may have joined a lone run leaves after one poll,
+/// racing the run's end and its answer; the lone caller is answered, and
+/// nothing stays pending.
+#[test]
+fn a_joiner_leaving_races_the_answer() {
+    model(|| {
+        let c = core(Config::new("loom").dispatch(Dispatch::Adaptive));
+        let c2 = c.clone();
+        let t = thread::spawn(move || {
+            let mut fut = Box::pin(c2.load((), 5, times_ten));
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = fut.as_mut().poll(&mut cx);
+            drop(fut);
+        });
+        let mine = block_on(c.load((), 5, times_ten));
+        assert_eq!(mine.unwrap(), Some(50));
+        t.join().unwrap();
+        assert_idle(&c);
+    });
+}
+
+/// Window mode: a call joins a running batch of its key while that batch's
+/// only caller leaves; the joiner is answered either way (the batch goes on
+/// for it, or it fetches in a batch of its own).
+#[test]
+fn a_join_races_the_last_caller_leaving_a_running_batch() {
+    model(|| {
+        let c = core(Config::new("loom").max_batch(8));
+        let c2 = c.clone();
+        let t = thread::spawn(move || {
+            let mut fut = Box::pin(c2.load((), 5, times_ten));
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = fut.as_mut().poll(&mut cx);
+            thread::yield_now();
+            drop(fut);
+        });
+        let mine = block_on(c.load((), 5, times_ten));
+        assert_eq!(mine.unwrap(), Some(50));
+        t.join().unwrap();
         assert_idle(&c);
     });
 }

@@ -26,6 +26,7 @@ use super::clock::Clock;
 use super::deliver::{catching, drop_quietly};
 use super::driver::Driver;
 use super::group::{GroupKey, Identity};
+use super::join::{self, Joined, Joiner};
 use super::policy::{self, Arrival};
 use super::read::Read;
 use super::solo::{Ended, Solo, SoloCell, SoloGroup};
@@ -55,6 +56,12 @@ where
     E: Send + Sync + 'static,
 {
     Alone(Solo<G, K>),
+    /// Attached to a lone call's run of an equal key (see `join`).
+    Attached {
+        joiner: StdArc<Joiner<K, V, E>>,
+        cell: StdArc<SoloCell<K, V, E>>,
+        group: StdArc<GroupKey<G>>,
+    },
     Joined {
         batch: Arc<Batch<Read<G, K, V, E>>>,
         ticket: u32,
@@ -96,11 +103,49 @@ where
         let mut target = Target::New(target);
         let mut key = key;
         let mut requeues = 0;
+        // Whether the call may wait on a lone call's run: not after that run
+        // turned out to fetch another key of the same hash.
+        let mut join_solo = true;
         loop {
             // The call's place in its group's bound, held until it ends (or
             // is enqueued again).
-            let (admitted, _group_slot) = self.admit(target, group_hash, key_hash, key)?;
+            let (admitted, _group_slot) =
+                self.admit(target, group_hash, key_hash, key, join_solo)?;
             let (batch, ticket, opened) = match admitted {
+                Admitted::Attached {
+                    joiner,
+                    cell,
+                    group,
+                } => {
+                    // The run must not depend on its first caller being polled.
+                    self.promote(vec![cell], &group, group_hash);
+                    let mut attached = Attached {
+                        inner: self,
+                        joiner: &joiner,
+                        done: false,
+                    };
+                    match attached.wait().await {
+                        Joined::Answered(result) => {
+                            if let Err(e) = &result {
+                                self.rec.failed(e);
+                            }
+                            return result;
+                        }
+                        Joined::Retry => {
+                            drop(attached);
+                            key = catching(|| joiner.key.clone()).map_err(|message| {
+                                Error::Panicked {
+                                    name: self.name.clone(),
+                                    message: format!("`Clone` of the key panicked: {message}")
+                                        .into(),
+                                }
+                            })?;
+                            target = Target::Known(group);
+                            join_solo = false;
+                            continue;
+                        }
+                    }
+                }
                 Admitted::Alone(solo) => match self.run_alone(solo, &mut src).await {
                     Ended::Done(result) => return result,
                     Ended::Lost(k, group) => {
@@ -193,7 +238,8 @@ where
         target: Target<G>,
         group_hash: u64,
         key_hash: u64,
-        key: K,
+        mut key: K,
+        join_solo: bool,
     ) -> Admission<G, K, V, E> {
         let config = &self.config;
         let (reentrant, ancestry) = reentry::here(self.id);
@@ -223,6 +269,74 @@ where
                 return Err(e);
             }
         };
+        // Work already on its way: a batch of the group that holds the key
+        // (full and not yet started, or running).
+        if !group.extra.0.is_empty() {
+            // A call made inside a batch never waits for a run: that run may be
+            // waiting for the call's own batch.
+            let join_running = config.join_running && ancestry.is_empty();
+            match in_flight_slot(&group.extra, key_hash, &key, join_running) {
+                Err(p) => {
+                    drop(guard);
+                    drop(spare);
+                    return Err(self.user_panic("`Eq` of the key", p));
+                }
+                Ok(Some((batch, slot, running))) => {
+                    let mut st = lock(&batch.st);
+                    st.entries.add_waiter(slot);
+                    let ticket = st.entries.add_ticket(slot, caller_span());
+                    let kick = if running {
+                        None
+                    } else {
+                        st.dedup_hits += 1;
+                        self.joined(state, &batch, &mut st, reentrant, &ancestry)
+                    };
+                    drop(st);
+                    state.pending += 1;
+                    let gauges = (state.in_flight, state.pending);
+                    drop(guard);
+                    if running {
+                        self.rec.joined_running();
+                    }
+                    self.rec.gauges(gauges.0, gauges.1);
+                    drop(spare);
+                    drop_quietly(key);
+                    if let Some(w) = kick {
+                        w.wake();
+                    }
+                    let joined = Admitted::Joined {
+                        batch,
+                        ticket,
+                        opened: false,
+                    };
+                    return Ok((joined, group_slot));
+                }
+                Ok(None) => {}
+            }
+        }
+        // A lone call fetching a key of the same hash: wait for its run (its
+        // key's `Eq` is checked when it ends).
+        if join_solo && config.join_running && ancestry.is_empty() {
+            for cell in &group.solos {
+                match join::attach(&cell.joint, key_hash, key) {
+                    Ok(joiner) => {
+                        let attached = Admitted::Attached {
+                            joiner,
+                            cell: cell.clone(),
+                            group: group.key.clone(),
+                        };
+                        state.pending += 1;
+                        let gauges = (state.in_flight, state.pending);
+                        drop(guard);
+                        self.rec.joined_running();
+                        self.rec.gauges(gauges.0, gauges.1);
+                        drop(spare);
+                        return Ok((attached, group_slot));
+                    }
+                    Err(k) => key = k,
+                }
+            }
+        }
         let (batch, opened) = match &group.open {
             Some(b) => (b.clone(), false),
             None => match policy::arrival(
@@ -256,6 +370,7 @@ where
                         group_hash,
                         cell: StdArc::as_ptr(&cell) as usize,
                         key,
+                        key_hash,
                         ancestry,
                     };
                     group.solos.push(cell);
@@ -338,6 +453,61 @@ where
     }
 }
 
+/// A caller attached to a lone call's run; dropping it before the answer is a
+/// cancellation.
+struct Attached<'a, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    inner: &'a StdArc<Inner<Read<G, K, V, E>>>,
+    joiner: &'a Joiner<K, V, E>,
+    done: bool,
+}
+
+impl<G, K, V, E> Attached<'_, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    async fn wait(&mut self) -> Joined<V, E> {
+        let joined = self.joiner.wait().await;
+        self.done = true;
+        self.count_out();
+        joined
+    }
+
+    /// The call is no longer pending.
+    fn count_out(&self) {
+        let mut state = lock(&self.inner.state);
+        state.pending -= 1;
+        let gauges = (state.in_flight, state.pending);
+        drop(state);
+        self.inner.rec.gauges(gauges.0, gauges.1);
+    }
+}
+
+impl<G, K, V, E> Drop for Attached<'_, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if !self.done {
+            let unread = self.joiner.leave();
+            self.count_out();
+            self.inner.rec.cancelled_call();
+            drop_quietly(unread);
+        }
+    }
+}
+
 /// A caller registered in a batch.
 struct Waiting<'a, G, K, V, E>
 where
@@ -398,6 +568,37 @@ where
         })
         .await
     }
+}
+
+/// The batch (and slot) of `in_flight` that a call for `key` joins: one not yet
+/// started that holds the key, or, if `running` is allowed, one running with it.
+/// Returns whether that batch runs.
+#[allow(clippy::type_complexity)]
+fn in_flight_slot<G, K, V, E>(
+    in_flight: &super::read::InFlight<G, K, V, E>,
+    hash: u64,
+    key: &K,
+    running: bool,
+) -> Result<Option<(Arc<Batch<Read<G, K, V, E>>>, u32, bool)>, UserPanic>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    for batch in &in_flight.0 {
+        let st = lock(&batch.st);
+        let runs = match st.phase {
+            Phase::Gathering | Phase::Queued | Phase::Leaving => false,
+            Phase::Running if running => true,
+            _ => continue,
+        };
+        if let Some(slot) = st.entries.find(hash, key)? {
+            drop(st);
+            return Ok(Some((batch.clone(), slot, runs)));
+        }
+    }
+    Ok(None)
 }
 
 /// A clone of the key in `slot` of a lost batch (its keys were put back).
@@ -471,6 +672,12 @@ where
                 }
                 inner.rec.abandoned_batch(admitted, abandoned_keys);
             } else {
+                if let Some(g) = state
+                    .groups
+                    .by_key(self.batch.group_hash, &self.batch.group)
+                {
+                    g.forget(&self.batch);
+                }
                 inner.rec.cancelled_batch();
             }
         } else {

@@ -97,9 +97,15 @@ impl<M: Mode> Group<M> {
         }
     }
 
-    /// Closes the group's open batch if it is `batch` (full, leaving or gone):
-    /// true if it was, for the caller to count one fewer gathering batch.
+    /// Closes the group's open batch if it is `batch` (full or leaving): true
+    /// if it was, for the caller to count one fewer gathering batch. The batch
+    /// may still take calls for its keys until it is over (see [`Mode::keep`]).
     pub(crate) fn close(&mut self, batch: &Arc<Batch<M>>) -> bool {
+        M::keep(&mut self.extra, batch);
+        self.unopen(batch)
+    }
+
+    fn unopen(&mut self, batch: &Arc<Batch<M>>) -> bool {
         let open = self.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, batch));
         if open {
             self.open = None;
@@ -111,7 +117,13 @@ impl<M: Mode> Group<M> {
     /// the queue. True if it was the open batch (see [`Group::close`]).
     pub(crate) fn withdraw(&mut self, batch: &Arc<Batch<M>>) -> bool {
         self.queue.retain(|b| !Arc::ptr_eq(b, batch));
-        self.close(batch)
+        M::forget(&mut self.extra, batch);
+        self.unopen(batch)
+    }
+
+    /// `batch` is over: it takes no more calls.
+    pub(crate) fn forget(&mut self, batch: &Batch<M>) {
+        M::forget(&mut self.extra, batch);
     }
 
     pub(crate) fn road(&self, lanes: usize) -> Road {

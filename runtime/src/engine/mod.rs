@@ -42,6 +42,7 @@ pub(crate) mod clock;
 pub(crate) mod deliver;
 pub(crate) mod driver;
 pub(crate) mod group;
+pub(crate) mod join;
 pub(crate) mod many;
 pub(crate) mod mode;
 pub(crate) mod policy;

@@ -96,6 +96,13 @@ pub(crate) trait Mode: Sized + Send + Sync + 'static {
         true
     }
 
+    /// `batch` left the group's `open` slot (full, or leaving) but may still
+    /// take calls for its keys (reads: see `read::InFlight`).
+    fn keep(_extra: &mut Self::GroupExtra, _batch: &Arc<Batch<Self>>) {}
+
+    /// `batch` takes no more calls (done, abandoned, lost).
+    fn forget(_extra: &mut Self::GroupExtra, _batch: &Batch<Self>) {}
+
     /// The driver was dropped before the batch was over (its runtime shut
     /// down): under both locks, ends the batch's callers' wait. `frozen` is
     /// what the driver held if the batch was running.

@@ -41,7 +41,9 @@ type Types<G, K, V, E> = fn() -> (G, K, V, E);
 
 /// What a read batch's driver holds while it runs.
 pub(crate) struct ReadFrozen<K> {
-    keys: Frozen<K>,
+    /// Shared with the batch ([`Entries::running`]): calls for these keys join
+    /// the run while it lasts.
+    keys: StdArc<Frozen<K>>,
     /// Slots whose key's `Clone` panicked: their callers fail alone.
     failed: Vec<(u32, String)>,
 }
@@ -57,7 +59,7 @@ where
     type E = E;
     type Entries = Entries<K, V, E>;
     type Solo = SoloCell<K, V, E>;
-    type GroupExtra = ();
+    type GroupExtra = InFlight<G, K, V, E>;
     type Settings = ();
     type Shared = ();
     type Maker = Maker<G, K, V, E>;
@@ -71,6 +73,20 @@ where
 
     fn live_keys(entries: &Self::Entries) -> usize {
         entries.live_keys
+    }
+
+    fn idle(extra: &Self::GroupExtra) -> bool {
+        extra.0.is_empty()
+    }
+
+    fn keep(extra: &mut Self::GroupExtra, batch: &Arc<Batch<Self>>) {
+        if !extra.0.iter().any(|b| Arc::ptr_eq(b, batch)) {
+            extra.0.push(batch.clone());
+        }
+    }
+
+    fn forget(extra: &mut Self::GroupExtra, batch: &Batch<Self>) {
+        extra.0.retain(|b| !std::ptr::eq(&**b, batch));
     }
 
     fn freeze(inner: &Inner<Self>, st: &mut BatchState<Self>, _: &mut Group<Self>) -> Freeze<Self> {
@@ -106,7 +122,7 @@ where
         let ReadFrozen { keys, failed } = frozen;
         let mut settled: Settled<Vec<_>, E> = deliver::settle(
             outcome,
-            &keys,
+            &*keys,
             &inner.hasher,
             &inner.name,
             inner.config.timeout,
@@ -158,6 +174,11 @@ where
         let mut guard = lock(&inner.state);
         let state = &mut *guard;
         let mut st = lock(&batch.st);
+        // The run is over: no call joins it any more.
+        let shared_keys = st.entries.running.take();
+        if let Some(g) = state.groups.by_key(batch.group_hash, &batch.group) {
+            g.forget(batch);
+        }
         let (wakers, failed) = if matches!(st.phase, Phase::Running) {
             let mut copies = copies.into_iter().peekable();
             for (i, (slot, value)) in settled.values.drain(..).enumerate() {
@@ -181,7 +202,7 @@ where
         drop(st);
         drop(guard);
         let unrequested = settled.unrequested;
-        drop_quietly((keys, settled));
+        drop_quietly((keys, shared_keys, settled));
         Completed {
             label,
             ran: true,
@@ -194,7 +215,7 @@ where
 
     fn lose(
         _: &Inner<Self>,
-        _: &Batch<Self>,
+        batch: &Batch<Self>,
         st: &mut BatchState<Self>,
         frozen: Option<Self::Frozen>,
         state: &mut State<Self>,
@@ -202,6 +223,9 @@ where
         let uncounted_calls = if frozen.is_none() { st.admitted } else { 0 };
         if let Some(frozen) = frozen {
             st.entries.restore(frozen.keys);
+        }
+        if let Some(g) = state.groups.by_key(batch.group_hash, &batch.group) {
+            g.forget(batch);
         }
         state.pending -= st.entries.callers;
         Lost {
@@ -216,6 +240,31 @@ where
         batch: &Arc<Batch<Self>>,
     ) {
         inner.promote(solos, &batch.group, batch.group_hash);
+    }
+}
+
+/// A read batch, shared.
+pub(crate) type ReadBatch<G, K, V, E> = Arc<Batch<Read<G, K, V, E>>>;
+
+/// A group's batches that left its `open` slot but still take calls for the
+/// keys they hold: full ones not yet started (any call) and running ones
+/// (calls outside every batch, when `join_running` is on).
+pub(crate) struct InFlight<G, K, V, E>(pub(crate) Vec<ReadBatch<G, K, V, E>>)
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static;
+
+impl<G, K, V, E> Default for InFlight<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn default() -> Self {
+        InFlight(Vec::new())
     }
 }
 
@@ -244,6 +293,9 @@ pub(crate) struct Ticket {
 pub(crate) struct Entries<K, V, E> {
     /// Keys by slot. Moved out to the driver while the batch runs ([`Frozen`]).
     keys: Vec<K>,
+    /// The keys while the batch runs, shared with its driver: a call for one
+    /// of them joins the run (see [`Entries::find`]).
+    pub(crate) running: Option<StdArc<Frozen<K>>>,
     /// The hash of each key, so that the index never calls user `Hash` again.
     hashes: Vec<u64>,
     /// Key -> slot.
@@ -263,6 +315,7 @@ impl<K, V, E> Entries<K, V, E> {
     fn with_capacity(capacity: usize) -> Self {
         Entries {
             keys: Vec::with_capacity(capacity),
+            running: None,
             hashes: Vec::with_capacity(capacity),
             index: HashTable::with_capacity(capacity),
             slots: Vec::with_capacity(capacity),
@@ -381,15 +434,23 @@ impl<K, V, E> Entries<K, V, E> {
         self.keys.len()
     }
 
-    /// The key of `slot`, while the batch holds its keys (not running).
+    /// The key of `slot`: held by the batch, or shared with its run.
     pub(crate) fn key(&self, slot: u32) -> Option<&K> {
-        self.keys.get(slot as usize)
+        match &self.running {
+            Some(frozen) => frozen.keys.get(slot as usize),
+            None => self.keys.get(slot as usize),
+        }
+    }
+
+    /// Adds a caller to the waiters of `slot`, found by [`Entries::find`].
+    pub(crate) fn add_waiter(&mut self, slot: u32) {
+        self.slots[slot as usize].waiters += 1;
     }
 
     /// Moves the keys out for the run: the driver matches entries to slots with
     /// them, outside the lock. `order` lists the slots with waiters, in the
     /// order their keys are given to the batch function.
-    pub(crate) fn freeze(&mut self) -> Frozen<K> {
+    pub(crate) fn freeze(&mut self) -> StdArc<Frozen<K>> {
         let order = if self.live_keys == self.keys.len() {
             None
         } else {
@@ -402,19 +463,20 @@ impl<K, V, E> Entries<K, V, E> {
                     .collect(),
             )
         };
-        Frozen {
+        let frozen = StdArc::new(Frozen {
             keys: std::mem::take(&mut self.keys),
-            hashes: std::mem::take(&mut self.hashes),
             index: std::mem::take(&mut self.index),
             order,
-        }
+        });
+        self.hashes = Vec::new();
+        self.running = Some(frozen.clone());
+        frozen
     }
 
-    /// Puts frozen keys back (the run was lost): callers enqueue them again.
-    pub(crate) fn restore(&mut self, frozen: Frozen<K>) {
-        self.keys = frozen.keys;
-        self.hashes = frozen.hashes;
-        self.index = frozen.index;
+    /// Gives frozen keys back to the batch (the run was lost): its callers
+    /// read their keys there, to enqueue them again.
+    pub(crate) fn restore(&mut self, frozen: StdArc<Frozen<K>>) {
+        self.running = Some(frozen);
     }
 }
 
@@ -497,10 +559,32 @@ impl<K: Hash + Eq, V, E> Entries<K, V, E> {
     }
 }
 
+impl<K: Eq, V, E> Entries<K, V, E> {
+    /// The slot of `key` (hash `hash`) that a call may join: a key with live
+    /// callers in a batch not yet started, or any key of a running one. `Eq`
+    /// is user code: a panic in it is returned, nothing changed.
+    pub(crate) fn find(&self, hash: u64, key: &K) -> Result<Option<u32>, UserPanic> {
+        let found = catch_unwind(AssertUnwindSafe(|| match &self.running {
+            Some(frozen) => frozen
+                .index
+                .iter_hash(hash)
+                .copied()
+                .filter(|&i| frozen.was_dispatched(i))
+                .find(|&i| frozen.keys[i as usize] == *key),
+            None => self
+                .index
+                .find(hash, |&i| self.keys[i as usize] == *key)
+                .copied()
+                .filter(|&i| self.slots[i as usize].waiters > 0),
+        }))
+        .map_err(|p| UserPanic(panic_message(&*p)))?;
+        Ok(found)
+    }
+}
+
 /// A running batch's keys, owned by its driver.
 pub(crate) struct Frozen<K> {
     keys: Vec<K>,
-    hashes: Vec<u64>,
     index: HashTable<u32>,
     /// Slots dispatched, in order; `None`: every slot, in slot order.
     order: Option<Vec<u32>>,
@@ -535,6 +619,14 @@ impl<K> Frozen<K> {
     /// How many keys the batch function is given.
     pub(crate) fn dispatched(&self) -> usize {
         self.order.as_ref().map_or(self.keys.len(), Vec::len)
+    }
+
+    /// Whether the key of `slot` was given to the batch function (a key every
+    /// caller of which left before the run was not).
+    pub(crate) fn was_dispatched(&self, slot: u32) -> bool {
+        self.order
+            .as_ref()
+            .is_none_or(|o| o.binary_search(&slot).is_ok())
     }
 
     /// The slot of the key at position `pos` of the batch function's keys.

@@ -37,6 +37,7 @@ use std::hash::Hash;
 use super::clock::{Clock, Sleep};
 use super::deliver::{self, catching, drop_quietly, Lookup, Outcome};
 use super::group::GroupKey;
+use super::join::{self, Joint};
 use super::read::Read;
 use super::reentry;
 use super::sync::{lock, try_lock, AtomicBool, Mutex};
@@ -47,6 +48,8 @@ use crate::output::Delivery;
 /// What a lone call and its group share.
 pub(crate) struct SoloCell<K, V, E> {
     st: Mutex<Cell<K, V, E>>,
+    /// Calls for the same key that wait on this run (see `join`).
+    pub(crate) joint: Mutex<Joint<K, V, E>>,
     /// A batch waits for this lane: the run must not depend on its caller.
     promote: AtomicBool,
 }
@@ -64,8 +67,13 @@ struct Cell<K, V, E> {
 enum State<K, V, E> {
     Starting,
     Inline(Run<K, V, E>),
-    Promoted { task: Option<Waker> },
+    Promoted {
+        task: Option<Waker>,
+    },
     Finished(Outcome<Delivery<K, V, E>>),
+    /// Finished and settled already, by a promoted run that answered the
+    /// calls that joined it.
+    Settled(OneSettled<V, E>),
     Cancelled,
     Lost,
 }
@@ -85,6 +93,7 @@ impl<K, V, E> SoloCell<K, V, E> {
                 deadline: None,
                 ancestry: Vec::new(),
             }),
+            joint: Mutex::new(Joint::new()),
             promote: AtomicBool::new(false),
         }
     }
@@ -118,6 +127,7 @@ pub(crate) struct Solo<G, K> {
     /// the caller takes an `Arc` of it only if its run is not done at once.
     pub(crate) cell: usize,
     pub(crate) key: K,
+    pub(crate) key_hash: u64,
     /// The batches (by coalescer) the caller was inside when it was admitted:
     /// kept for a promoted run, which is polled outside the caller's frames.
     pub(crate) ancestry: Vec<u64>,
@@ -188,7 +198,7 @@ where
         let outcome = match built {
             Err(message) => {
                 owner.finish_inline();
-                Some(Outcome::Panicked(message))
+                Some(Ran::Outcome(Outcome::Panicked(message)))
             }
             Ok(run) => {
                 let deadline = self.config.timeout.map(|t| started + t);
@@ -221,20 +231,46 @@ where
         };
         owner.ended = true;
         let left = owner.left;
+        let cell = owner.cell.take();
         drop(owner);
         if !left {
             self.leave_alone(false);
         }
-        let one = OneKey { key: &solo.key };
-        let settled: deliver::Settled<Option<_>, E> =
-            deliver::settle(outcome, &one, &self.hasher, &self.name, self.config.timeout);
+        let one = match outcome {
+            Ran::Outcome(outcome) => {
+                let one = self.settle_one(outcome, &solo.key);
+                // The run ended in the caller's own poll: it answers the calls
+                // that joined it.
+                if let Some(cell) = &cell {
+                    let (joiners, key) = join::close(&cell.joint);
+                    join::answer(joiners, &solo.key, &one.result, &self.name);
+                    drop_quietly(key);
+                }
+                one
+            }
+            Ran::Settled(one) => one,
+        };
+        drop(cell);
         self.rec.batch_finished(
             &span,
             started.elapsed(),
-            deliver::label(settled.failure.as_ref()),
-            usize::from(settled.failure.is_some()),
-            settled.unrequested,
+            one.label,
+            one.failed,
+            one.unrequested,
         );
+        if let Err(e) = &one.result {
+            self.rec.failed(e);
+        }
+        Ended::Done(one.result)
+    }
+
+    /// The entry of a lone call's one key in its run's outcome.
+    fn settle_one(&self, outcome: Outcome<Delivery<K, V, E>>, key: &K) -> OneSettled<V, E> {
+        let one = OneKey { key };
+        let settled: deliver::Settled<Option<_>, E> =
+            deliver::settle(outcome, &one, &self.hasher, &self.name, self.config.timeout);
+        let label = deliver::label(settled.failure.as_ref());
+        let failed = usize::from(settled.failure.is_some());
         let result = match settled.failure {
             Some(failure) => Err(failure),
             None => match settled.values {
@@ -242,10 +278,12 @@ where
                 None => Ok(None),
             },
         };
-        if let Err(e) = &result {
-            self.rec.failed(e);
+        OneSettled {
+            result,
+            label,
+            failed,
+            unrequested: settled.unrequested,
         }
-        Ended::Done(result)
     }
 
     /// Moves the lone calls' runs into tasks of their own (a batch waits for
@@ -320,7 +358,7 @@ where
         mut run: Run<K, V, E>,
         deadline: Option<Instant>,
         timer: &mut Option<Sleep>,
-    ) -> Poll<Option<Outcome<Delivery<K, V, E>>>> {
+    ) -> Poll<Option<Ran<K, V, E>>> {
         let polled = {
             let _frame = reentry::enter(self.inner.id, &self.solo.ancestry);
             catching(|| run.as_mut().poll(cx))
@@ -340,6 +378,12 @@ where
                     // its lane. A cell of its own still runs it (unpromotable).
                     .unwrap_or_else(|| StdArc::new(SoloCell::new()));
                 let cell = &*self.cell.insert(cell);
+                if self.inner.config.join_running {
+                    // Other calls for this key may now wait for this run.
+                    if let Ok(key) = catching(|| s.key.clone()) {
+                        join::open(&cell.joint, s.key_hash, key);
+                    }
+                }
                 let mut st = lock(&cell.st);
                 st.deadline = deadline;
                 st.ancestry.clone_from(&self.solo.ancestry);
@@ -364,7 +408,7 @@ where
         };
         drop_quietly(run);
         self.finish_inline();
-        Poll::Ready(Some(outcome))
+        Poll::Ready(Some(Ran::Outcome(outcome)))
     }
 
     /// Polls the run while it is inline; waits for it once promoted. `None`: the
@@ -373,11 +417,11 @@ where
         &mut self,
         cx: &mut Context<'_>,
         timer: &mut Option<Sleep>,
-    ) -> Poll<Option<Outcome<Delivery<K, V, E>>>> {
+    ) -> Poll<Option<Ran<K, V, E>>> {
         let Some(cell) = &self.cell else {
-            return Poll::Ready(Some(Outcome::Panicked(
+            return Poll::Ready(Some(Ran::Outcome(Outcome::Panicked(
                 "internal: a lone call's run went missing".to_owned(),
-            )));
+            ))));
         };
         let mut st = lock(&cell.st);
         match &mut st.state {
@@ -423,24 +467,26 @@ where
                 drop(st);
                 drop_quietly(run);
                 self.finish_inline();
-                Poll::Ready(Some(outcome))
+                Poll::Ready(Some(Ran::Outcome(outcome)))
             }
             State::Promoted { .. } => {
                 keep_waker(&mut st.owner, cx);
                 Poll::Pending
             }
-            State::Finished(_) => {
-                let State::Finished(outcome) = std::mem::replace(&mut st.state, State::Cancelled)
-                else {
-                    return Poll::Pending;
-                };
-                Poll::Ready(Some(outcome))
+            State::Finished(_) | State::Settled(_) => {
+                match std::mem::replace(&mut st.state, State::Cancelled) {
+                    State::Finished(outcome) => Poll::Ready(Some(Ran::Outcome(outcome))),
+                    State::Settled(one) => Poll::Ready(Some(Ran::Settled(one))),
+                    _ => Poll::Pending,
+                }
             }
             State::Lost => Poll::Ready(None),
             // The caller polls only before it has ended, and only it cancels.
-            State::Starting | State::Cancelled => Poll::Ready(Some(Outcome::Panicked(
-                "internal: a lone call polled in a state it cannot be in".to_owned(),
-            ))),
+            State::Starting | State::Cancelled => {
+                Poll::Ready(Some(Ran::Outcome(Outcome::Panicked(
+                    "internal: a lone call polled in a state it cannot be in".to_owned(),
+                ))))
+            }
         }
     }
 
@@ -497,8 +543,14 @@ where
         };
         let stopped = match &previous {
             State::Starting | State::Inline(_) => {
-                // The run is the caller's: give its lane back here.
+                // The run is the caller's: give its lane back here. Calls that
+                // joined it enqueue their keys again.
                 self.release_solo_lane(solo.group_addr, solo.group_hash, solo.cell, false);
+                if let Some(cell) = cell {
+                    let (joiners, key) = join::close(&cell.joint);
+                    join::retry(joiners);
+                    drop_quietly(key);
+                }
                 true
             }
             State::Promoted { task } => {
@@ -508,7 +560,7 @@ where
                 }
                 true
             }
-            State::Finished(_) | State::Cancelled | State::Lost => false,
+            State::Finished(_) | State::Settled(_) | State::Cancelled | State::Lost => false,
         };
         if stopped {
             self.rec.cancelled_batch();
@@ -559,7 +611,9 @@ where
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => *task = Some(cx.waker().clone()),
                 },
-                // The caller left: stop the run.
+                // The caller left: the run goes on for the calls that joined
+                // it; with none, it stops.
+                State::Cancelled if join::has_joiners(&this.cell.joint) => {}
                 _ => {
                     drop(st);
                     this.end(None);
@@ -603,16 +657,38 @@ where
         self.ended = true;
         let run = self.run.take();
         drop_quietly(run);
+        // The calls that joined the run are answered here, whether or not its
+        // first caller is polled (or still there).
+        let (joiners, key) = join::close(&self.cell.joint);
+        let mut outcome = outcome;
+        let mut settled = None;
+        if !joiners.is_empty() {
+            match (outcome.take(), &key) {
+                (Some(o), Some(key)) => {
+                    let one = self.inner.settle_one(o, key);
+                    join::answer(joiners, key, &one.result, &self.inner.name);
+                    settled = Some(one);
+                }
+                (o, _) => {
+                    outcome = o;
+                    join::retry(joiners);
+                }
+            }
+        }
+        drop_quietly(key);
         let mut st = lock(&self.cell.st);
         let owner = st.owner.take();
-        let leftover = match (&st.state, outcome) {
-            (State::Promoted { .. }, Some(outcome)) => {
+        let leftover = match (&st.state, outcome, settled) {
+            (State::Promoted { .. }, Some(outcome), _) => {
                 std::mem::replace(&mut st.state, State::Finished(outcome))
             }
-            (State::Promoted { .. }, None) => std::mem::replace(&mut st.state, State::Lost),
-            (_, outcome) => {
+            (State::Promoted { .. }, None, Some(one)) => {
+                std::mem::replace(&mut st.state, State::Settled(one))
+            }
+            (State::Promoted { .. }, None, None) => std::mem::replace(&mut st.state, State::Lost),
+            (_, outcome, settled) => {
                 drop(st);
-                drop_quietly(outcome);
+                drop_quietly((outcome, settled));
                 self.inner.release_solo_lane(
                     self.group,
                     self.group_hash,
@@ -712,6 +788,21 @@ fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
         Some(w) if w.will_wake(cx.waker()) => {}
         _ => *slot = Some(cx.waker().clone()),
     }
+}
+
+/// How a lone call's run ended, as its caller sees it.
+enum Ran<K, V, E> {
+    Outcome(Outcome<Delivery<K, V, E>>),
+    /// Settled by the promoted task (which answered the calls that joined).
+    Settled(OneSettled<V, E>),
+}
+
+/// A lone call's entry, and what telemetry records of its run.
+pub(crate) struct OneSettled<V, E> {
+    result: Result<Option<V>, Error<E>>,
+    label: &'static str,
+    failed: usize,
+    unrequested: u64,
 }
 
 /// The one key of a lone call, for the delivery path.

@@ -42,6 +42,8 @@ where
 {
     core: Core<(), K, V, E>,
     batch: Maker<(), K, V, E>,
+    /// The batch fn streams its entries ([`BatchOutput::STREAMED`]).
+    streamed: bool,
 }
 
 /// A clone is another handle on the same coalescer: calls through either share
@@ -56,6 +58,7 @@ where
         Coalescer {
             core: self.core.clone(),
             batch: self.batch.clone(),
+            streamed: self.streamed,
         }
     }
 }
@@ -83,6 +86,7 @@ where
                 let fut = batch(keys);
                 Box::pin(async move { fut.await.into_delivery() }) as Run<K, V, E>
             }),
+            streamed: <Fut::Output as BatchOutput<K>>::STREAMED,
         }
     }
 
@@ -91,7 +95,7 @@ where
     ///
     /// Concurrent loads share a batch; see [`Core::load`] for the details.
     pub fn load(&self, key: K) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + '_ {
-        self.core.load_stored((), key, &self.batch)
+        self.core.load_stored((), key, &self.batch, self.streamed)
     }
 
     /// Loads many keys at once: each distinct key joins the shared batches as

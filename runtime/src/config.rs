@@ -40,6 +40,7 @@ pub struct Config {
     pub(crate) max_pending: usize,
     pub(crate) max_pending_per_group: usize,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
     pub(crate) isolate: u32,
     pub(crate) join_running: bool,
@@ -64,6 +65,7 @@ impl Config {
             max_pending: usize::MAX,
             max_pending_per_group: usize::MAX,
             timeout: None,
+            idle_timeout: None,
             dispatch: Dispatch::Window,
             isolate: 0,
             join_running: true,
@@ -128,6 +130,17 @@ impl Config {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// For a batch that streams its entries ([`Streamed`](crate::Streamed)):
+    /// the longest gap between two items (or before the first). When it
+    /// passes, the stream is dropped and the keys not yet delivered fail with
+    /// [`Error::Timeout`](crate::Error::Timeout); delivered ones stand. The
+    /// `timeout` bounds the whole run as well.
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 

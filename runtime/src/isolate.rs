@@ -33,6 +33,9 @@ where
                     run(factory, right.clone(), depth - 1),
                 )
                 .await;
+                // A streamed part is read whole here: its entries are merged
+                // with the other part's.
+                let (a, b) = (collected(a, &left).await, collected(b, &right).await);
                 let mut entries = entries_of(a, left);
                 entries.extend(entries_of(b, right));
                 Delivery::Keyed(Box::new(entries.into_iter()))
@@ -45,6 +48,32 @@ where
             other => other,
         }
     })
+}
+
+/// A streamed delivery read to its end as entries by key; an `Err` item fails
+/// the part's keys not yet delivered (the first entry of a key wins, so the
+/// error entries listed after the delivered ones touch only the others).
+async fn collected<K, V, E>(d: Delivery<K, V, E>, keys: &[K]) -> Delivery<K, V, E>
+where
+    K: Clone + Send + 'static,
+    V: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    let Delivery::Streamed(mut stream) = d else {
+        return d;
+    };
+    let mut entries = Vec::new();
+    while let Some(item) = futures_util::StreamExt::next(&mut stream).await {
+        match item {
+            Ok((k, v)) => entries.push((k, Ok(v))),
+            Err(e) => {
+                let e = Arc::new(e);
+                entries.extend(keys.iter().map(|k| (k.clone(), Err(e.clone()))));
+                break;
+            }
+        }
+    }
+    Delivery::Keyed(Box::new(entries.into_iter()))
 }
 
 /// A part's delivery as entries by key, so that parts can be merged.
@@ -61,5 +90,7 @@ fn entries_of<K, V, E>(d: Delivery<K, V, E>, keys: Vec<K>) -> Vec<(K, Result<V, 
             let e = Arc::new(e);
             keys.into_iter().map(|k| (k, Err(e.clone()))).collect()
         }
+        // Read whole by `collected` before this.
+        Delivery::Streamed(_) => Vec::new(),
     }
 }

@@ -32,7 +32,10 @@ pub use crate::engine::many::load_each;
 pub use crate::engine::write::{drain, drain_all, flush, flush_all, Drained, Flushed, WriteCore};
 pub use crate::engine::Core;
 pub use crate::error::{register_error_source, Error, SourceOf, Unsure};
-pub use crate::output::{per_key, BatchOutput, Delivery, Entries, Keyed, PerKey, WriteOutput};
+pub use crate::output::{
+    per_key, streamed, BatchOutput, Delivery, Entries, EntryStream, Keyed, PerKey, Streamed,
+    StreamedResult, WriteOutput,
+};
 pub use crate::scope::Scope;
 
 /// Loom models only: waits for the driver threads the engine started.

@@ -189,6 +189,7 @@ pub(crate) struct Metrics {
     pub(crate) wait_ns: Histogram,
     pub(crate) run_ns: Histogram,
     pub(crate) ack_ns: Histogram,
+    pub(crate) first_item_ns: Histogram,
     /// This coalescer's place in the registry.
     slot: usize,
     /// Creation order, for listing.
@@ -271,6 +272,7 @@ impl Metrics {
             wait_ns: Histogram::new(),
             run_ns: Histogram::new(),
             ack_ns: Histogram::new(),
+            first_item_ns: Histogram::new(),
             slot,
             seq,
             listed,
@@ -331,6 +333,7 @@ impl Metrics {
             wait: ns(self.wait_ns.summary_with(0, solo)),
             run: ns(self.run_ns.summary()),
             ack: ns(self.ack_ns.summary()),
+            first_item: ns(self.first_item_ns.summary()),
         }
     }
 }
@@ -464,6 +467,8 @@ pub struct Settings {
     pub max_pending_per_group: Option<usize>,
     /// A batch's longest run (`None`: no timeout).
     pub timeout: Option<Duration>,
+    /// A streamed batch's longest gap between items (`None`: no bound).
+    pub idle_timeout: Option<Duration>,
     /// `"window"` or `"adaptive"`.
     pub dispatch: &'static str,
     /// Levels of bisection of a failed batch (0: off).
@@ -483,6 +488,7 @@ impl Settings {
             max_pending: bound(c.max_pending),
             max_pending_per_group: bound(c.max_pending_per_group),
             timeout: c.timeout,
+            idle_timeout: c.idle_timeout,
             dispatch: match c.dispatch {
                 crate::config::Dispatch::Window => "window",
                 crate::config::Dispatch::Adaptive => "adaptive",
@@ -585,6 +591,9 @@ pub struct MetricsSnapshot {
     /// (the window and any wait for a lane or for the key's previous write,
     /// plus the run of the batch that committed it). Empty for reads.
     pub ack: DurationSummary,
+    /// Streamed batches ([`Streamed`](crate::Streamed)): from the run's start
+    /// to the stream's first item. Empty for other shapes.
+    pub first_item: DurationSummary,
 }
 
 impl MetricsSnapshot {

@@ -3,15 +3,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures_util::Stream;
 
 /// Entries by key; an error may be shared by several keys.
 pub type Entries<K, V, E> = Box<dyn Iterator<Item = (K, Result<V, Arc<E>>)> + Send>;
 
+/// Entries by key as they arrive (see [`Streamed`]).
+pub type EntryStream<K, V, E> = Pin<Box<dyn Stream<Item = Result<(K, V), E>> + Send>>;
+
 /// A batch function's result in the form the engine hands out: per key, not as one
 /// shared map, so each caller reads (or takes) only its own entry.
 ///
-/// More forms may come (a stream of entries): a `match` on it needs a `_` arm.
+/// More forms may come: a `match` on it needs a `_` arm.
 #[non_exhaustive]
 pub enum Delivery<K, V, E> {
     /// Entries by key, in any order. Keys the batch never asked for are ignored
@@ -22,6 +28,9 @@ pub enum Delivery<K, V, E> {
     Ordered(Vec<V>),
     /// The whole batch failed; every caller of the batch gets this error.
     Failed(E),
+    /// Entries by key as they arrive: each caller is answered as soon as its
+    /// key's entry comes (see [`Streamed`]).
+    Streamed(EntryStream<K, V, E>),
 }
 
 impl<K: 'static, V: 'static> Delivery<K, V, Infallible> {
@@ -33,6 +42,11 @@ impl<K: 'static, V: 'static> Delivery<K, V, Infallible> {
             )),
             Delivery::Ordered(values) => Delivery::Ordered(values),
             Delivery::Failed(never) => match never {},
+            Delivery::Streamed(stream) => {
+                Delivery::Streamed(Box::pin(futures_util::StreamExt::map(stream, |r| {
+                    r.map_err(|never| match never {})
+                })))
+            }
         }
     }
 }
@@ -73,6 +87,10 @@ pub trait BatchOutput<K> {
     type Value;
     /// The error a failed batch reports to its callers (`Infallible` if none).
     type Error;
+    /// Whether the result is a stream of entries ([`Streamed`]): its calls
+    /// always go through a shared batch, whose driver feeds each caller as its
+    /// entry arrives.
+    const STREAMED: bool = false;
     /// Converts the batch result.
     fn into_delivery(self) -> Delivery<K, Self::Value, Self::Error>;
 }
@@ -139,6 +157,83 @@ where
     fn into_delivery(self) -> Delivery<K, T::Value, E> {
         match self {
             Ok(out) => out.into_delivery().widen(),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}
+
+/// Entries streamed by key: a batch fn that returns its rows as they arrive
+/// (`sqlx`'s `fetch`, a Redis pipeline, NDJSON or gRPC server streaming), so
+/// that each caller resolves the moment its own row arrives and the batch never
+/// holds all rows at once.
+///
+/// - Items are `(key, value)` pairs: a positional stream could shift values
+///   between callers. The first item for a key wins; later ones, and items
+///   for keys nobody asked for, are ignored and counted
+///   (`unrequested_entries`). Keys the stream never yields get `None` when it
+///   ends.
+/// - An `Err` item, a panic, the `timeout` or the idle timeout
+///   ([`Config::idle_timeout`](crate::Config::idle_timeout)) fails only the
+///   keys not yet delivered; delivered values stand, and the stream is not
+///   polled again.
+/// - The stream is dropped as soon as every key of the batch is delivered
+///   (a stream that never ends frees its lane then), or every caller has left.
+///
+/// `#[coalesce]` wraps a returned `impl Stream<Item = Result<(K, V), E>>` (or
+/// `Result<impl Stream<…>, E>`, whose `Err` fails the whole batch) in it; with
+/// [`Coalescer`](crate::Coalescer) return `Streamed(stream)`, or
+/// [`streamed`]`(result)`.
+///
+/// ```
+/// # use coalesce_runtime as coalesce;
+/// use coalesce::{Coalescer, Config, Streamed};
+/// use futures_util::stream;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let squares = Coalescer::new(Config::new("squares.stream"), |keys: Vec<u64>| async move {
+///     Streamed(stream::iter(keys.into_iter().map(|k| Ok::<_, std::io::Error>((k, k * k)))))
+/// });
+/// let (a, b) = tokio::join!(squares.load(3), squares.load(4));
+/// assert_eq!((a.unwrap(), b.unwrap()), (Some(9), Some(16)));
+/// # }
+/// ```
+pub struct Streamed<S>(pub S);
+
+impl<K, V, E, S> BatchOutput<K> for Streamed<S>
+where
+    S: Stream<Item = Result<(K, V), E>> + Send + 'static,
+{
+    type Value = V;
+    type Error = E;
+    const STREAMED: bool = true;
+    fn into_delivery(self) -> Delivery<K, V, E> {
+        Delivery::Streamed(Box::pin(self.0))
+    }
+}
+
+/// The delivery of a batch fn that returns `Result<S, E>` where `S` streams
+/// `Result<(K, V), E>` items: an outer `Err` (before the first row) fails the
+/// whole batch; an `Err` item fails only the keys not yet delivered.
+pub fn streamed<K, V, E, S>(result: Result<S, E>) -> StreamedResult<S, E>
+where
+    S: Stream<Item = Result<(K, V), E>> + Send + 'static,
+{
+    StreamedResult(result)
+}
+
+/// A `Result` of a stream of entries: see [`streamed`].
+pub struct StreamedResult<S, E>(pub Result<S, E>);
+
+impl<K, V, E, S> BatchOutput<K> for StreamedResult<S, E>
+where
+    S: Stream<Item = Result<(K, V), E>> + Send + 'static,
+{
+    type Value = V;
+    type Error = E;
+    const STREAMED: bool = true;
+    fn into_delivery(self) -> Delivery<K, V, E> {
+        match self.0 {
+            Ok(stream) => Delivery::Streamed(Box::pin(stream)),
             Err(e) => Delivery::Failed(e),
         }
     }

@@ -9,7 +9,8 @@
 //! Exported series, each labelled `function = <coalescer name>`:
 //! `coalesce_calls_total`, `coalesce_keys_total`, `coalesce_dedup_hits_total`,
 //! `coalesce_batches_total`, `coalesce_batch_size` (histogram),
-//! `coalesce_wait_seconds` and `coalesce_run_seconds` (histograms),
+//! `coalesce_wait_seconds`, `coalesce_run_seconds` and
+//! `coalesce_first_item_seconds` (streamed batches) (histograms),
 //! `coalesce_errors_total{kind = batch|key|panic|timeout|shape|shutdown}`,
 //! `coalesce_overloaded_total`, `coalesce_cancelled_total`, and the gauges
 //! `coalesce_in_flight_batches` and `coalesce_pending_calls`.
@@ -77,6 +78,7 @@ struct Export {
     batch_size: metrics::Histogram,
     wait: metrics::Histogram,
     run: metrics::Histogram,
+    first_item: metrics::Histogram,
     errors: [metrics::Counter; ERROR_KINDS.len()],
     overloaded: metrics::Counter,
     cancelled: metrics::Counter,
@@ -138,6 +140,7 @@ impl Export {
             batch_size: Histogram::noop(),
             wait: Histogram::noop(),
             run: Histogram::noop(),
+            first_item: Histogram::noop(),
             errors: std::array::from_fn(|_| Counter::noop()),
             overloaded: Counter::noop(),
             cancelled: Counter::noop(),
@@ -185,6 +188,11 @@ fn describe() {
         "coalesce_run_seconds",
         Unit::Seconds,
         "Run time of the batch fn."
+    );
+    describe_histogram!(
+        "coalesce_first_item_seconds",
+        Unit::Seconds,
+        "Streamed batches: time from the run's start to the stream's first item."
     );
     describe_counter!(
         "coalesce_errors_total",
@@ -272,6 +280,7 @@ impl Recorder {
                 batch_size: metrics::histogram!("coalesce_batch_size", "function" => f.clone()),
                 wait: metrics::histogram!("coalesce_wait_seconds", "function" => f.clone()),
                 run: metrics::histogram!("coalesce_run_seconds", "function" => f.clone()),
+                first_item: metrics::histogram!("coalesce_first_item_seconds", "function" => f.clone()),
                 errors: ERROR_KINDS.map(|kind| {
                     metrics::counter!("coalesce_errors_total", "function" => f.clone(), "kind" => kind)
                 }),
@@ -549,6 +558,13 @@ impl Recorder {
         self.m.ack_ns.record(ack.as_nanos() as u64);
         #[cfg(feature = "metrics")]
         self.x.ack.record(ack.as_secs_f64());
+    }
+
+    /// A streamed batch's first item came `after` its run started.
+    pub(crate) fn first_item(&self, after: Duration) {
+        self.m.first_item_ns.record(after.as_nanos() as u64);
+        #[cfg(feature = "metrics")]
+        self.x.first_item.record(after.as_secs_f64());
     }
 
     /// The run time of one batch.

@@ -110,7 +110,7 @@ where
             // The call's place in its group's bound, held until it ends (or
             // is enqueued again).
             let (admitted, _group_slot) =
-                self.admit(target, group_hash, key_hash, key, join_solo)?;
+                self.admit(target, group_hash, key_hash, key, join_solo, src.streamed())?;
             let (batch, ticket, opened) = match admitted {
                 Admitted::Attached {
                     joiner,
@@ -240,6 +240,7 @@ where
         key_hash: u64,
         mut key: K,
         join_solo: bool,
+        streamed: bool,
     ) -> Admission<G, K, V, E> {
         let config = &self.config;
         let (reentrant, ancestry) = reentry::here(self.id);
@@ -344,6 +345,12 @@ where
                 group.road(self.lanes),
                 config.window.is_zero(),
             ) {
+                // A streamed batch is read by a driver: it leaves at once
+                // through one (after the calls of the same instant join).
+                Arrival::Alone if streamed => (
+                    self.open_batch(&mut state.gathering, group, group_hash, true),
+                    true,
+                ),
                 Arrival::Alone => {
                     group.lanes_used += 1;
                     let cell = match group.spare.take() {
@@ -533,6 +540,12 @@ where
         poll_fn(|cx| {
             let mut st = lock(&self.batch.st);
             let BatchState { phase, entries, .. } = &mut *st;
+            let slot = entries.tickets[self.ticket as usize].slot as usize;
+            if entries.slots[slot].delivered && !matches!(phase, Phase::Done { .. }) {
+                // Streamed: this key's entry came while the batch runs on.
+                drop(st);
+                return Poll::Ready(Waited::Answered(self.take_early()));
+            }
             match phase {
                 Phase::Done { failure } => {
                     let result = entries.take(self.ticket, failure.as_ref(), &self.inner.name);
@@ -599,6 +612,41 @@ where
         }
     }
     Ok(None)
+}
+
+impl<G, K, V, E> Waiting<'_, G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Takes an entry delivered by a stream while its batch still runs (or
+    /// after the batch was lost: a delivered value stands), and counts the
+    /// caller out of `pending` if the batch's end has not.
+    fn take_early(&mut self) -> Result<Option<V>, Error<E>> {
+        let inner = &**self.inner;
+        let mut guard = lock(&inner.state);
+        let mut st = lock(&self.batch.st);
+        let counted_out = st.phase.is_over();
+        let failure = match &st.phase {
+            Phase::Done { failure } => failure.clone(),
+            _ => None,
+        };
+        let result = st.entries.take(self.ticket, failure.as_ref(), &inner.name);
+        self.done = true;
+        drop(st);
+        if !counted_out {
+            guard.pending -= 1;
+        }
+        let gauges = (guard.in_flight, guard.pending);
+        drop(guard);
+        inner.rec.gauges(gauges.0, gauges.1);
+        if let Err(e) = &result {
+            inner.rec.failed(e);
+        }
+        result
+    }
 }
 
 /// A clone of the key in `slot` of a lost batch (its keys were put back).

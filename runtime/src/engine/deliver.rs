@@ -184,6 +184,15 @@ where
                 source: Arc::new(e),
             });
         }
+        Outcome::Delivered(Delivery::Streamed(stream)) => {
+            // A batch's driver reads a stream as it runs, and a streamed call
+            // never runs alone: this is not reached.
+            drop_quietly(stream);
+            settled.failure = Some(Error::Panicked {
+                name: name.clone(),
+                message: "internal: a stream of entries was not read".into(),
+            });
+        }
         Outcome::Panicked(message) => {
             settled.failure = Some(Error::Panicked {
                 name: name.clone(),

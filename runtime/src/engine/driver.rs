@@ -291,7 +291,15 @@ impl<M: Mode> Driver<M> {
         let started = Instant::now();
         let made = {
             let _frame = reentry::enter(inner.id, &ancestry);
-            catching(|| M::make(inner, &self.maker, &self.batch.group, &mut frozen))
+            catching(|| {
+                M::make(
+                    &self.inner,
+                    &self.batch,
+                    &self.maker,
+                    &self.batch.group,
+                    &mut frozen,
+                )
+            })
         };
         let (run, early) = match made {
             Ok(run) => (Some(crate::recorder::instrument(run, &span)), None),

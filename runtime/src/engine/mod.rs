@@ -50,6 +50,7 @@ pub(crate) mod read;
 pub(crate) mod reentry;
 pub(crate) mod solo;
 pub(crate) mod spawn;
+pub(crate) mod stream;
 pub(crate) mod sync;
 pub(crate) mod write;
 
@@ -90,6 +91,9 @@ pub(crate) trait Source<G, K, V, E> {
     fn maker(&mut self) -> Maker<G, K, V, E>;
     /// The run of this call's one key, when it runs alone.
     fn run_one(&mut self, group: &G, key: K) -> Run<K, V, E>;
+    /// The batch fn streams its entries: its calls never run alone (a shared
+    /// batch's driver reads the stream).
+    fn streamed(&self) -> bool;
 }
 
 /// The engine behind every coalesced function: many concurrent single-key loads
@@ -419,9 +423,10 @@ where
         group: G,
         key: K,
         maker: &'a Maker<G, K, V, E>,
+        streamed: bool,
     ) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a {
         self.inner
-            .call(Identity::Shared, group, key, StoredSource(maker))
+            .call(Identity::Shared, group, key, StoredSource(maker, streamed))
     }
 
     #[cfg(all(test, not(loom)))]
@@ -718,6 +723,10 @@ where
             .maker(|f| StdArc::new(move |g: &G, keys: Vec<K>| run_of(f(g, keys))))
     }
 
+    fn streamed(&self) -> bool {
+        <Fut::Output as BatchOutput<K>>::STREAMED
+    }
+
     fn run_one(&mut self, group: &G, key: K) -> Run<K, V, E> {
         match &self.0.f {
             Some(f) => run_of(f(group, vec![key])),
@@ -752,6 +761,10 @@ where
         })
     }
 
+    fn streamed(&self) -> bool {
+        <Fut::Output as BatchOutput<K>>::STREAMED
+    }
+
     fn run_one(&mut self, group: &G, key: K) -> Run<K, V, E> {
         match &self.held.f {
             Some(f) => run_of(f(self.this.clone(), group, vec![key])),
@@ -760,12 +773,16 @@ where
     }
 }
 
-/// A stored batch function (`Coalescer`).
-struct StoredSource<'a, G, K, V, E>(&'a Maker<G, K, V, E>);
+/// A stored batch function (`Coalescer`), and whether it streams.
+struct StoredSource<'a, G, K, V, E>(&'a Maker<G, K, V, E>, bool);
 
 impl<G, K, V, E> Source<G, K, V, E> for StoredSource<'_, G, K, V, E> {
     fn maker(&mut self) -> Maker<G, K, V, E> {
         self.0.clone()
+    }
+
+    fn streamed(&self) -> bool {
+        self.1
     }
 
     fn run_one(&mut self, group: &G, key: K) -> Run<K, V, E> {

@@ -74,7 +74,8 @@ pub(crate) trait Mode: Sized + Send + Sync + 'static {
     /// Starts the run, outside every lock (user code: a panic is caught by the
     /// driver and fails the batch).
     fn make(
-        inner: &Inner<Self>,
+        inner: &StdArc<Inner<Self>>,
+        batch: &Arc<Batch<Self>>,
         maker: &Self::Maker,
         group: &StdArc<GroupKey<Self::G>>,
         frozen: &mut Self::Frozen,

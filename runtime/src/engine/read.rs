@@ -103,14 +103,27 @@ where
     }
 
     fn make(
-        inner: &Inner<Self>,
+        inner: &StdArc<Inner<Self>>,
+        batch: &Arc<Batch<Self>>,
         maker: &Self::Maker,
         group: &StdArc<GroupKey<G>>,
         frozen: &mut Self::Frozen,
     ) -> RunOf<Self::Output> {
         let (keys, failed) = frozen.keys.clone_keys();
+        let target = frozen.keys.dispatched() - failed.len();
+        let unsent: Vec<u32> = failed.iter().map(|(slot, _)| *slot).collect();
         frozen.failed = failed;
-        inner.start_run(maker.clone(), group.clone(), keys)
+        let run = inner.start_run(maker.clone(), group.clone(), keys);
+        // A run that returns a stream is read here, item by item, as the
+        // driver polls it (see `stream::Feed`).
+        Box::pin(super::stream::Feed::new(
+            inner.clone(),
+            batch.clone(),
+            frozen.keys.clone(),
+            unsent,
+            target,
+            run,
+        ))
     }
 
     fn complete(
@@ -169,8 +182,7 @@ where
                 }
             }
         }
-        let failure = settled.failure.take();
-        let label = deliver::label(failure.as_ref());
+        let mut failure = settled.failure.take();
         let mut guard = lock(&inner.state);
         let state = &mut *guard;
         let mut st = lock(&batch.st);
@@ -179,6 +191,14 @@ where
         if let Some(g) = state.groups.by_key(batch.group_hash, &batch.group) {
             g.forget(batch);
         }
+        let streamed = st.entries.stream.take();
+        if streamed.as_ref().is_some_and(|s| s.idle_timed_out) && failure.is_none() {
+            failure = Some(Error::Timeout {
+                name: inner.name.clone(),
+                after: inner.config.idle_timeout.unwrap_or_default(),
+            });
+        }
+        let label = deliver::label(failure.as_ref());
         let (wakers, failed) = if matches!(st.phase, Phase::Running) {
             let mut copies = copies.into_iter().peekable();
             for (i, (slot, value)) in settled.values.drain(..).enumerate() {
@@ -188,11 +208,29 @@ where
                         s.copies = c;
                     }
                 }
-                s.value = Some(value);
+                if !s.delivered {
+                    s.value = Some(value);
+                }
             }
             let answered = st.entries.callers;
             state.pending -= answered;
-            let failed = if failure.is_some() { answered } else { 0 };
+            let failed = match (&failure, streamed.is_some()) {
+                (None, _) => 0,
+                // A stream's failure is each undelivered key's own: delivered
+                // values stand.
+                (Some(f), true) => {
+                    let mut failed = 0;
+                    for s in st.entries.slots.iter_mut() {
+                        if !s.delivered && s.value.is_none() {
+                            s.value = Some(Err(f.clone()));
+                            failed += s.waiters as usize;
+                        }
+                    }
+                    failure = None;
+                    failed
+                }
+                (Some(_), false) => answered,
+            };
             st.phase = Phase::Done { failure };
             (st.entries.wakers(), failed)
         } else {
@@ -201,8 +239,9 @@ where
         };
         drop(st);
         drop(guard);
-        let unrequested = settled.unrequested;
+        let unrequested = settled.unrequested + streamed.as_ref().map_or(0, |s| s.unrequested);
         drop_quietly((keys, shared_keys, settled));
+        drop(streamed);
         Completed {
             label,
             ran: true,
@@ -277,6 +316,9 @@ pub(crate) struct Slot<V, E> {
     /// Clones of an `Ok` value, made by the driver outside every lock, one per
     /// waiter beyond the first; takers use these before the value itself.
     pub(crate) copies: Vec<V>,
+    /// Its entry came early, from a stream, while the batch still runs: its
+    /// callers take it at once.
+    pub(crate) delivered: bool,
 }
 
 /// One caller's registration.
@@ -309,6 +351,23 @@ pub(crate) struct Entries<K, V, E> {
     free: Vec<u32>,
     /// Live tickets.
     pub(crate) callers: usize,
+    /// A streamed run's state, from its stream's start.
+    pub(crate) stream: Option<Box<StreamState>>,
+}
+
+/// What a streamed run has delivered so far, and which tickets wait on each
+/// slot (so that an item wakes only its own callers).
+pub(crate) struct StreamState {
+    /// Slots delivered.
+    pub(crate) delivered: usize,
+    /// Items for keys nobody asked for, or for a key delivered already.
+    pub(crate) unrequested: u64,
+    /// The gap between items passed the idle timeout.
+    pub(crate) idle_timed_out: bool,
+    /// Per slot, its first ticket (`u32::MAX`: none); per ticket, the next of
+    /// its slot.
+    heads: Vec<u32>,
+    next: Vec<u32>,
 }
 
 impl<K, V, E> Entries<K, V, E> {
@@ -323,6 +382,7 @@ impl<K, V, E> Entries<K, V, E> {
             tickets: Vec::with_capacity(capacity),
             free: Vec::new(),
             callers: 0,
+            stream: None,
         }
     }
 
@@ -335,7 +395,7 @@ impl<K, V, E> Entries<K, V, E> {
             span,
         };
         self.callers += 1;
-        match self.free.pop() {
+        let i = match self.free.pop() {
             Some(i) => {
                 self.tickets[i as usize] = ticket;
                 i
@@ -344,7 +404,46 @@ impl<K, V, E> Entries<K, V, E> {
                 self.tickets.push(ticket);
                 (self.tickets.len() - 1) as u32
             }
+        };
+        if let Some(stream) = &mut self.stream {
+            // A call that joined the running stream.
+            stream.link(slot, i);
         }
+        i
+    }
+
+    /// A stream starts: index the tickets by slot.
+    pub(crate) fn begin_stream(&mut self) {
+        let mut stream = StreamState {
+            delivered: 0,
+            unrequested: 0,
+            idle_timed_out: false,
+            heads: vec![u32::MAX; self.slots.len()],
+            next: Vec::with_capacity(self.tickets.len()),
+        };
+        for (i, t) in self.tickets.iter().enumerate() {
+            if t.live {
+                stream.link(t.slot, i as u32);
+            }
+        }
+        self.stream = Some(Box::new(stream));
+    }
+
+    /// The wakers of the live tickets of `slot` (streamed runs only).
+    pub(crate) fn slot_wakers(&mut self, slot: u32) -> Vec<Waker> {
+        let mut out = Vec::new();
+        let Some(stream) = &self.stream else {
+            return out;
+        };
+        let mut t = stream.heads[slot as usize];
+        while t != u32::MAX {
+            let ticket = &mut self.tickets[t as usize];
+            if ticket.live {
+                out.extend(ticket.waker.take());
+            }
+            t = stream.next[t as usize];
+        }
+        out
     }
 
     /// Takes a caller out (answered or cancelled). Returns its slot and whether
@@ -549,6 +648,7 @@ impl<K: Hash + Eq, V, E> Entries<K, V, E> {
                     waiters: 1,
                     value: None,
                     copies: Vec::new(),
+                    delivered: false,
                 });
                 let hashes = &self.hashes;
                 self.index.insert_unique(hash, i, |&j| hashes[j as usize]);
@@ -569,7 +669,8 @@ impl<K: Eq, V, E> Entries<K, V, E> {
                 .index
                 .iter_hash(hash)
                 .copied()
-                .filter(|&i| frozen.was_dispatched(i))
+                // A streamed entry already handed out: fetch it afresh.
+                .filter(|&i| frozen.was_dispatched(i) && !self.slots[i as usize].delivered)
                 .find(|&i| frozen.keys[i as usize] == *key),
             None => self
                 .index
@@ -579,6 +680,17 @@ impl<K: Eq, V, E> Entries<K, V, E> {
         }))
         .map_err(|p| UserPanic(panic_message(&*p)))?;
         Ok(found)
+    }
+}
+
+impl StreamState {
+    fn link(&mut self, slot: u32, ticket: u32) {
+        let t = ticket as usize;
+        if self.next.len() <= t {
+            self.next.resize(t + 1, u32::MAX);
+        }
+        self.next[t] = self.heads[slot as usize];
+        self.heads[slot as usize] = ticket;
     }
 }
 

@@ -126,8 +126,8 @@ fn entries_of<K, E>(d: Delivery<K, (), E>, keys: Vec<K>) -> Vec<(K, Result<(), S
             let e = StdArc::new(e);
             keys.into_iter().map(|k| (k, Err(e.clone()))).collect()
         }
-        // Write outputs are never ordered: every key committed.
-        Delivery::Ordered(_) => Vec::new(),
+        // Write outputs are never ordered nor streamed: every key committed.
+        Delivery::Ordered(_) | Delivery::Streamed(_) => Vec::new(),
     }
 }
 
@@ -349,7 +349,8 @@ where
     }
 
     fn make(
-        inner: &Inner<Self>,
+        inner: &StdArc<Inner<Self>>,
+        _batch: &Arc<Batch<Self>>,
         maker: &Self::Maker,
         group: &StdArc<GroupKey<G>>,
         frozen: &mut Self::Frozen,

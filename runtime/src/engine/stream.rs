@@ -1,0 +1,293 @@
+//! Streamed batches: a run whose batch fn returns its entries as a stream
+//! ([`Streamed`](crate::Streamed)) is read item by item, and each item answers
+//! its own key's callers at once, while the batch still runs.
+//!
+//! # Implementation details
+//!
+//! [`Feed`] wraps every read run (it is what the driver polls). Until the
+//! batch fn's future yields a stream it is a pass-through. Then, per item:
+//! the key's slot is found through the run's shared keys (outside every lock:
+//! `Hash` and `Eq` are user code), the value is cloned for the slot's extra
+//! waiters (outside the lock), stored under the batch lock with the slot marked
+//! `delivered`, and only that slot's callers are woken (the batch indexes its
+//! tickets by slot from the stream's start). A woken caller takes its entry and
+//! leaves while the batch runs on.
+//!
+//! The stream ends the run when every key sent is delivered (a stream that
+//! never ends frees its lane then), when it ends, fails or panics (the driver
+//! catches it), when the gap between items passes the idle timeout, or when
+//! the driver stops the run (every caller left, or the `timeout`). The batch's
+//! completion then gives each key not delivered its `None` or the failure, and
+//! leaves delivered values as they are.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::batch::Phase;
+use super::clock::{Clock, Sleep};
+use super::deliver::{catching, drop_quietly, Lookup};
+use super::read::{Frozen, Read, ReadBatch};
+use super::sync::lock;
+use super::{Inner, Run};
+use crate::error::Error;
+use crate::output::{Delivery, EntryStream};
+
+/// Items read in one poll before the driver yields to other tasks.
+const BUDGET: usize = 256;
+
+/// A read run, reading the stream its batch fn may return (see the module docs).
+pub(crate) struct Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    inner: StdArc<Inner<Read<G, K, V, E>>>,
+    batch: ReadBatch<G, K, V, E>,
+    keys: StdArc<Frozen<K>>,
+    /// Slots whose key's `Clone` panicked at dispatch: never sent.
+    unsent: Vec<u32>,
+    /// Distinct keys sent: the run is over once each is delivered.
+    target: usize,
+    run: Option<Run<K, V, E>>,
+    stream: Option<EntryStream<K, V, E>>,
+    started: Instant,
+    /// When the last item came (or the stream started).
+    last: Instant,
+    first_seen: bool,
+    clock: Clock,
+    /// The idle timeout's wait, for the deadline it was made for.
+    idle: Option<(Instant, Sleep)>,
+}
+
+impl<G, K, V, E> Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    pub(crate) fn new(
+        inner: StdArc<Inner<Read<G, K, V, E>>>,
+        batch: ReadBatch<G, K, V, E>,
+        keys: StdArc<Frozen<K>>,
+        unsent: Vec<u32>,
+        target: usize,
+        run: Run<K, V, E>,
+    ) -> Self {
+        let now = Instant::now();
+        Feed {
+            inner,
+            batch,
+            keys,
+            unsent,
+            target,
+            run: Some(run),
+            stream: None,
+            started: now,
+            last: now,
+            first_seen: false,
+            clock: Clock::detect(),
+            idle: None,
+        }
+    }
+
+    /// Hands one item to its slot's callers. True: the run is over (every key
+    /// delivered, or the batch stopped).
+    fn deliver(&mut self, key: K, value: V) -> bool {
+        let slot = match self.keys.slot_of(&key, &self.inner.hasher) {
+            Ok(Some(i)) if self.keys.was_dispatched(i) && !self.unsent.contains(&i) => Some(i),
+            _ => None,
+        };
+        drop_quietly(key);
+        let Some(slot) = slot else {
+            self.unrequested();
+            drop_quietly(value);
+            return false;
+        };
+        let mut st = lock(&self.batch.st);
+        if !matches!(st.phase, Phase::Running) {
+            drop(st);
+            drop_quietly(value);
+            return true;
+        }
+        let s = &st.entries.slots[slot as usize];
+        if s.delivered {
+            // A second item for the key: the first one won.
+            drop(st);
+            self.unrequested();
+            drop_quietly(value);
+            return false;
+        }
+        let extra = s.waiters.saturating_sub(1) as usize;
+        let mut entry = Ok(value);
+        let mut copies = Vec::new();
+        if extra > 0 {
+            // One clone per deduplicated caller, made outside the lock (user
+            // `Clone`); callers that join meanwhile clone for themselves.
+            drop(st);
+            if let Ok(v) = &entry {
+                match catching(|| (0..extra).map(|_| v.clone()).collect::<Vec<V>>()) {
+                    Ok(c) => copies = c,
+                    Err(message) => {
+                        entry = Err(Error::Panicked {
+                            name: self.inner.name.clone(),
+                            message: format!("`Clone` of the value panicked: {message}").into(),
+                        });
+                    }
+                }
+            }
+            st = lock(&self.batch.st);
+            if !matches!(st.phase, Phase::Running) {
+                drop(st);
+                drop_quietly((entry, copies));
+                return true;
+            }
+        }
+        let entries = &mut st.entries;
+        let s = &mut entries.slots[slot as usize];
+        s.delivered = true;
+        s.value = Some(entry);
+        s.copies = copies;
+        let done = match &mut entries.stream {
+            Some(stream) => {
+                stream.delivered += 1;
+                stream.delivered >= self.target
+            }
+            None => false,
+        };
+        let wakers = entries.slot_wakers(slot);
+        drop(st);
+        for w in wakers {
+            w.wake();
+        }
+        done
+    }
+
+    fn unrequested(&self) {
+        if let Some(stream) = &mut lock(&self.batch.st).entries.stream {
+            stream.unrequested += 1;
+        }
+    }
+
+    /// The stream starts: the batch indexes its callers by key. False if the
+    /// batch no longer runs.
+    fn begin(&mut self, stream: EntryStream<K, V, E>) -> bool {
+        let mut st = lock(&self.batch.st);
+        if !matches!(st.phase, Phase::Running) {
+            drop(st);
+            drop_quietly(stream);
+            return false;
+        }
+        st.entries.begin_stream();
+        drop(st);
+        self.stream = Some(stream);
+        self.last = Instant::now();
+        true
+    }
+
+    /// Whether the idle timeout has passed since the last item (registering
+    /// its wake-up if not).
+    fn idle_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.inner.config.idle_timeout else {
+            return false;
+        };
+        let deadline = self.last + idle;
+        if !matches!(&self.idle, Some((d, _)) if *d == deadline) {
+            self.idle = Some((deadline, Sleep::until(self.clock, deadline)));
+        }
+        match &mut self.idle {
+            Some((_, sleep)) => sleep.poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    /// Ends the stream's part of the run: drops the stream (user code, outside
+    /// every lock) and returns what the completion settles the rest with.
+    fn finish(&mut self, rest: Delivery<K, V, E>) -> Poll<Delivery<K, V, E>> {
+        drop_quietly(self.stream.take());
+        self.idle = None;
+        Poll::Ready(rest)
+    }
+}
+
+fn nothing_more<K: 'static, V: 'static, E: 'static>() -> Delivery<K, V, E> {
+    Delivery::Keyed(Box::new(std::iter::empty()))
+}
+
+// No field is pinned: the run and the stream are boxed and pinned on their own.
+impl<G, K, V, E> Unpin for Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+}
+
+impl<G, K, V, E> Future for Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Output = Delivery<K, V, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery<K, V, E>> {
+        let this = self.get_mut();
+        if let Some(run) = &mut this.run {
+            match run.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Delivery::Streamed(stream)) => {
+                    this.run = None;
+                    if !this.begin(stream) {
+                        return Poll::Ready(nothing_more());
+                    }
+                }
+                Poll::Ready(other) => {
+                    this.run = None;
+                    return Poll::Ready(other);
+                }
+            }
+        }
+        for _ in 0..BUDGET {
+            let Some(stream) = &mut this.stream else {
+                return Poll::Ready(nothing_more());
+            };
+            match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok((key, value)))) => {
+                    if !this.first_seen {
+                        this.first_seen = true;
+                        this.inner.rec.first_item(this.started.elapsed());
+                    }
+                    this.last = Instant::now();
+                    if this.deliver(key, value) {
+                        return this.finish(nothing_more());
+                    }
+                }
+                // Fails the keys not delivered yet; the stream is not polled
+                // again.
+                Poll::Ready(Some(Err(e))) => return this.finish(Delivery::Failed(e)),
+                Poll::Ready(None) => return this.finish(nothing_more()),
+                Poll::Pending => {
+                    if this.idle_passed(cx) {
+                        if let Some(stream) = &mut lock(&this.batch.st).entries.stream {
+                            stream.idle_timed_out = true;
+                        }
+                        return this.finish(nothing_more());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        // A stream with many items ready: let other tasks run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

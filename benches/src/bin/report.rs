@@ -4,14 +4,16 @@
 //! naive call, `coalesce` fixed window and `coalesce` adaptive (2 ms round trip).
 //!
 //! Usage: `cargo run --release -p coalesce-benches --bin report [-- SECTION...]`
-//! where SECTION is any of `overhead`, `roundtrip`, `idle`, `load`, `window`
-//! (default: all).
+//! where SECTION is any of `overhead`, `roundtrip`, `idle`, `load`, `window`,
+//! `many`, `joins` (default: all).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use coalesce::{Coalescer, Config, Dispatch};
 use coalesce_benches::{
-    burst, offered_load, runtime, sequential, Kind, Loader, Run, Work, BURST, ROUND_TRIP, WINDOW,
+    burst, compute, offered_load, runtime, sequential, Kind, Loader, Run, Work, BURST, ROUND_TRIP,
+    WINDOW,
 };
 use plotters::prelude::*;
 
@@ -351,6 +353,9 @@ fn main() {
         if want("many") {
             many().await;
         }
+        if want("joins") {
+            joins().await;
+        }
     });
 }
 
@@ -453,6 +458,326 @@ async fn window() {
             us(r.quantile(0.5)),
             us(r.quantile(0.99)),
         );
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------
+// In-flight joins (issue 11)
+// ---------------------------------------------------------------------------
+
+/// Bursts in one run of the `joins` workload.
+const J_BURSTS: usize = 60;
+/// Calls in one burst, each from a task of its own.
+const J_CALLS: usize = 300;
+/// A burst leaves every this often: less than one batch's window + run, so each
+/// burst arrives while the previous burst's batches run.
+const J_EVERY: Duration = Duration::from_millis(2);
+/// The hot key set: keys `0..J_HOT`.
+const J_HOT: u64 = 32;
+/// Percent of calls that go to a hot key; the rest are cold keys, each called once.
+const J_HOT_PERCENT: u64 = 10;
+/// The simulated backend's time per key, on top of one [`ROUND_TRIP`] per batch.
+const J_PER_KEY: Duration = Duration::from_micros(2);
+/// The window of both dispatch modes.
+const J_WINDOW: Duration = Duration::from_millis(1);
+/// `max_in_flight` of the adaptive coalescer.
+const J_LANES: usize = 4;
+/// Rounds per setting; both settings of a dispatch mode run in each round, in
+/// alternating order.
+const J_ROUNDS: usize = 21;
+/// The longest one run may take before the mode gives up.
+const J_LIMIT: Duration = Duration::from_secs(30);
+/// The seed of the call sequence; round `r` uses `J_SEED + r` for both settings.
+const J_SEED: u64 = 0x11_2026;
+
+/// splitmix64: the call sequence's generator (no `rand` dependency).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The calls of one round, burst by burst: `J_HOT_PERCENT`% to a hot key drawn
+/// from `0..J_HOT`, the rest to cold keys never called again.
+fn join_schedule(round: u64) -> Vec<Vec<u64>> {
+    let mut rng = J_SEED.wrapping_add(round);
+    let mut cold = 1 << 32;
+    (0..J_BURSTS)
+        .map(|_| {
+            (0..J_CALLS)
+                .map(|_| {
+                    if splitmix(&mut rng) % 100 < J_HOT_PERCENT {
+                        splitmix(&mut rng) % J_HOT
+                    } else {
+                        cold += 1;
+                        cold
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What one run of the `joins` workload measured.
+#[derive(Clone, Debug)]
+struct JoinRun {
+    calls: u64,
+    hot_calls: u64,
+    /// Hot-key calls that, when they started, found a batch fn run holding their
+    /// key (seen by the workload, not the engine).
+    overlapping: u64,
+    /// Keys the batch fn was given (its own count).
+    fetched: u64,
+    keys: u64,
+    dedup_hits: u64,
+    joined: u64,
+    batches: u64,
+    p50: Duration,
+    p99: Duration,
+    hot_p50: Duration,
+    hot_p99: Duration,
+}
+
+/// One run: `J_BURSTS` bursts of `J_CALLS` spawned calls, one burst every
+/// `J_EVERY`, against a fresh coalescer whose batch fn sleeps one round trip plus
+/// `J_PER_KEY` per key. Latency runs from a task's first poll to its answer.
+async fn join_run(dispatch: Dispatch, join: bool, schedule: &[Vec<u64>]) -> JoinRun {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    let fetched = Arc::new(AtomicU64::new(0));
+    // Hot keys in a batch fn run right now, with how many runs hold each.
+    let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let mut config = Config::new(format!(
+        "report.joins.{dispatch:?}.{}",
+        if join { "on" } else { "off" }
+    ))
+    .dispatch(dispatch)
+    .window(J_WINDOW)
+    .max_batch(1000)
+    .join_running(join);
+    if dispatch == Dispatch::Adaptive {
+        config = config.max_in_flight(J_LANES);
+    }
+    let (f, r) = (fetched.clone(), running.clone());
+    let c = Coalescer::new(config, move |keys: Vec<u64>| {
+        f.fetch_add(keys.len() as u64, Relaxed);
+        let hot: Vec<u64> = keys.iter().copied().filter(|k| *k < J_HOT).collect();
+        {
+            let mut r = r.lock().expect("running");
+            for k in &hot {
+                *r.entry(*k).or_insert(0) += 1;
+            }
+        }
+        let r = r.clone();
+        async move {
+            tokio::time::sleep(ROUND_TRIP + J_PER_KEY * keys.len() as u32).await;
+            let mut run = r.lock().expect("running");
+            for k in &hot {
+                if let Some(n) = run.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        run.remove(k);
+                    }
+                }
+            }
+            drop(run);
+            keys.into_iter().map(compute).collect::<Vec<u64>>()
+        }
+    });
+    let work = async {
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(J_BURSTS * J_CALLS);
+        for (b, burst) in schedule.iter().enumerate() {
+            tokio::time::sleep_until(start + J_EVERY * b as u32).await;
+            for &key in burst {
+                let c = c.clone();
+                let running = running.clone();
+                tasks.push(tokio::spawn(async move {
+                    let t = Instant::now();
+                    let overlapped =
+                        key < J_HOT && running.lock().expect("running").contains_key(&key);
+                    let got = c.load(key).await;
+                    (key, overlapped, t.elapsed(), got)
+                }));
+            }
+        }
+        let mut all = Vec::with_capacity(tasks.len());
+        let mut hot = Vec::new();
+        let mut overlapping = 0;
+        for t in tasks {
+            let (key, overlapped, took, got) = t.await.expect("task panicked");
+            assert!(
+                matches!(got, Ok(Some(v)) if v == compute(key)),
+                "key {key}: {got:?}"
+            );
+            all.push(took);
+            if key < J_HOT {
+                hot.push(took);
+                overlapping += u64::from(overlapped);
+            }
+        }
+        (
+            Run::new(Duration::ZERO, all),
+            Run::new(Duration::ZERO, hot),
+            overlapping,
+        )
+    };
+    let (all, hot, overlapping) = tokio::time::timeout(J_LIMIT, work)
+        .await
+        .unwrap_or_else(|_| panic!("a joins run took more than {J_LIMIT:?}"));
+    let m = c.metrics();
+    JoinRun {
+        calls: m.calls,
+        hot_calls: hot.calls as u64,
+        overlapping,
+        fetched: fetched.load(Relaxed),
+        keys: m.keys,
+        dedup_hits: m.dedup_hits,
+        joined: m.joined_running,
+        batches: m.batches,
+        p50: all.quantile(0.5),
+        p99: all.quantile(0.99),
+        hot_p50: hot.quantile(0.5),
+        hot_p99: hot.quantile(0.99),
+    }
+}
+
+/// Median, min and max.
+fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+}
+
+/// In-flight joins on and off, interleaved, in both dispatch modes.
+///
+/// Every call is either a key fetched or a dedup hit (`calls = keys +
+/// dedup_hits`, checked in every run), and paired runs make the same calls, so
+/// the drop in keys fetched is `dedup_hits(on) - dedup_hits(off)`:
+/// `joined_running` minus the joined calls that, with joins off, would have
+/// found their key already gathering in their own burst's batch (deduplicated
+/// anyway). Cold keys are never called twice, so every dedup hit is a hot-key
+/// call and `keys - cold calls` is the hot keys fetched.
+async fn joins() {
+    println!(
+        "### In-flight joins: {J_BURSTS} bursts of {J_CALLS} calls ({} in all), one every {J_EVERY:?}; {J_HOT_PERCENT}% of calls to {J_HOT} hot keys, the rest to distinct cold keys; batch fn sleeps {ROUND_TRIP:?} + {J_PER_KEY:?} per key; window {J_WINDOW:?}, max_batch 1000 (median (min–max) of {J_ROUNDS} interleaved rounds)\n",
+        J_BURSTS * J_CALLS
+    );
+    let modes = [
+        (Dispatch::Window, "Window".to_string()),
+        (
+            Dispatch::Adaptive,
+            format!("Adaptive, max_in_flight {J_LANES}"),
+        ),
+    ];
+    // runs[mode][setting: 0 on, 1 off][round]
+    let mut runs: Vec<[Vec<JoinRun>; 2]> = modes.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    // Warm-up, unrecorded.
+    let warm = join_schedule(u64::MAX);
+    for (d, _) in &modes {
+        for join in [true, false] {
+            join_run(*d, join, &warm[..10]).await;
+        }
+    }
+    for round in 0..J_ROUNDS {
+        let schedule = join_schedule(round as u64);
+        for (i, (d, _)) in modes.iter().enumerate() {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for join in order {
+                let r = join_run(*d, join, &schedule).await;
+                // The batch fn's own count is the metric; a call is a key
+                // fetched or a dedup hit.
+                assert_eq!(r.fetched, r.keys, "{d:?} join {join}: {r:?}");
+                assert_eq!(r.calls, r.keys + r.dedup_hits, "{d:?} join {join}: {r:?}");
+                assert_eq!(r.calls, (J_BURSTS * J_CALLS) as u64);
+                runs[i][usize::from(!join)].push(r);
+            }
+        }
+    }
+    let f = |(m, lo, hi): (f64, f64, f64), dec: usize| format!("{m:.dec$} ({lo:.dec$}–{hi:.dec$})");
+    let hot_fetched = |r: &JoinRun| (r.keys - (r.calls - r.hot_calls)) as f64;
+    println!("| dispatch | join_running | hot-key calls | hot calls finding a batch fn run of their key (workload's check) | joined_running | joined / hot calls | dedup_hits | batches | keys fetched | drop vs off | hot keys fetched | hot drop vs off | p50 (ms) | p99 (ms) | hot-key calls p50 / p99 (ms) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
+    for (i, (_, label)) in modes.iter().enumerate() {
+        let (on, off) = (&runs[i][0], &runs[i][1]);
+        for (s, rs) in [on, off].into_iter().enumerate() {
+            let col = |g: &dyn Fn(&JoinRun) -> f64| spread(rs.iter().map(g).collect());
+            let paired = |g: &dyn Fn(&JoinRun, &JoinRun) -> f64| {
+                spread(rs.iter().zip(off).map(|(a, b)| g(a, b)).collect())
+            };
+            let (drop, hot_drop) = if s == 0 {
+                let d = paired(&|a, b| b.keys as f64 - a.keys as f64);
+                let pct = paired(&|a, b| 100.0 * (b.keys as f64 - a.keys as f64) / b.keys as f64);
+                let hot =
+                    paired(&|a, b| 100.0 * (hot_fetched(b) - hot_fetched(a)) / hot_fetched(b));
+                (
+                    format!("{} = {:.1}%", f(d, 0), pct.0),
+                    format!("{:.1}% ({:.1}–{:.1})", hot.0, hot.1, hot.2),
+                )
+            } else {
+                ("—".into(), "—".into())
+            };
+            println!(
+                "| {label} | {} | {} | {} | {} | {:.1}% | {} | {} | {} | {drop} | {} | {hot_drop} | {} | {} | {:.2} / {:.2} |",
+                if s == 0 { "on" } else { "off" },
+                f(col(&|r| r.hot_calls as f64), 0),
+                f(col(&|r| r.overlapping as f64), 0),
+                f(col(&|r| r.joined as f64), 0),
+                col(&|r| 100.0 * r.joined as f64 / r.hot_calls as f64).0,
+                f(col(&|r| r.dedup_hits as f64), 0),
+                f(col(&|r| r.batches as f64), 0),
+                f(col(&|r| r.keys as f64), 0),
+                f(col(&|r| hot_fetched(r)), 0),
+                f(col(&|r| ms(r.p50)), 2),
+                f(col(&|r| ms(r.p99)), 2),
+                col(&|r| ms(r.hot_p50)).0,
+                col(&|r| ms(r.hot_p99)).0,
+            );
+        }
+        let pair = |g: &dyn Fn(&JoinRun, &JoinRun) -> f64| {
+            spread(on.iter().zip(off).map(|(a, b)| g(a, b)).collect())
+        };
+        let drop = pair(&|a, b| b.keys as f64 - a.keys as f64);
+        let joined = spread(on.iter().map(|r| r.joined as f64).collect());
+        let share = spread(
+            on.iter()
+                .map(|r| 100.0 * r.joined as f64 / r.hot_calls as f64)
+                .collect(),
+        );
+        let hot_drop = pair(&|a, b| 100.0 * (hot_fetched(b) - hot_fetched(a)) / hot_fetched(b));
+        let anyway = pair(&|a, b| a.joined as f64 - (b.keys as f64 - a.keys as f64));
+        let check = spread(
+            on.iter()
+                .map(|r| r.overlapping as f64 - r.joined as f64)
+                .collect(),
+        );
+        let dp50 = pair(&|a, b| ms(a.p50) - ms(b.p50));
+        let dp99 = pair(&|a, b| ms(a.p99) - ms(b.p99));
+        let p99_on = spread(on.iter().map(|r| ms(r.p99)).collect()).0;
+        let p99_off = spread(off.iter().map(|r| ms(r.p99)).collect()).0;
+        let higher = on.iter().zip(off).filter(|(a, b)| a.p99 > b.p99).count();
+        summary.push(format!(
+            "- {label}: {:.1}% ({:.1}–{:.1}) of hot-key calls joined a running batch ({} calls); hot keys fetched dropped {:.1}% ({:.1}–{:.1}), all keys fetched {} ({:.1}%); joined − drop (deduplicated anyway) {}; workload's check − joined_running {}; p50 on − off {:+.2} ms ({:+.2}..{:+.2}); p99 {:.2} ms on, {:.2} off (medians); paired p99 on − off {:+.2} ms ({:+.2}..{:+.2}), higher with joins on in {higher} of {} rounds.",
+            share.0, share.1, share.2, f(joined, 0),
+            hot_drop.0, hot_drop.1, hot_drop.2,
+            f(drop, 0), pair(&|a, b| 100.0 * (b.keys as f64 - a.keys as f64) / b.keys as f64).0,
+            f(anyway, 0), f(check, 0),
+            dp50.0, dp50.1, dp50.2, p99_on, p99_off, dp99.0, dp99.1, dp99.2, on.len(),
+        ));
+    }
+    println!();
+    for s in summary {
+        println!("{s}");
     }
     println!();
 }

@@ -599,7 +599,14 @@ where
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
 {
-    for batch in &in_flight.0 {
+    for (batch, frozen) in &in_flight.0 {
+        if let Some(frozen) = frozen {
+            // Running: a look at its keys first, without its lock (most calls
+            // miss).
+            if !running || !frozen.holds(hash, key)? {
+                continue;
+            }
+        }
         let st = lock(&batch.st);
         let runs = match st.phase {
             Phase::Gathering | Phase::Queued | Phase::Leaving => false,

@@ -282,7 +282,7 @@ impl<M: Mode> Driver<M> {
             mut frozen,
             counts,
             callers,
-        } = M::freeze(inner, &mut st, group);
+        } = M::freeze(inner, &self.batch, &mut st, group);
         let ancestry = st.ancestry.clone();
         let wait = st.opened.elapsed();
         drop(st);

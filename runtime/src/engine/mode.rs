@@ -67,6 +67,7 @@ pub(crate) trait Mode: Sized + Send + Sync + 'static {
     /// write still runs).
     fn freeze(
         inner: &Inner<Self>,
+        batch: &Arc<Batch<Self>>,
         st: &mut BatchState<Self>,
         group: &mut Group<Self>,
     ) -> Freeze<Self>;

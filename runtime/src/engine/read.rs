@@ -80,18 +80,29 @@ where
     }
 
     fn keep(extra: &mut Self::GroupExtra, batch: &Arc<Batch<Self>>) {
-        if !extra.0.iter().any(|b| Arc::ptr_eq(b, batch)) {
-            extra.0.push(batch.clone());
+        if !extra.0.iter().any(|(b, _)| Arc::ptr_eq(b, batch)) {
+            extra.0.push((batch.clone(), None));
         }
     }
 
     fn forget(extra: &mut Self::GroupExtra, batch: &Batch<Self>) {
-        extra.0.retain(|b| !std::ptr::eq(&**b, batch));
+        extra.0.retain(|(b, _)| !std::ptr::eq(&**b, batch));
     }
 
-    fn freeze(inner: &Inner<Self>, st: &mut BatchState<Self>, _: &mut Group<Self>) -> Freeze<Self> {
+    fn freeze(
+        inner: &Inner<Self>,
+        batch: &Arc<Batch<Self>>,
+        st: &mut BatchState<Self>,
+        group: &mut Group<Self>,
+    ) -> Freeze<Self> {
         let abandoned = (st.entries.key_count() - st.entries.live_keys) as u64;
         let keys = st.entries.freeze();
+        // Calls probe the running keys without the batch's lock (see `InFlight`).
+        for (b, frozen) in &mut group.extra.0 {
+            if Arc::ptr_eq(b, batch) {
+                *frozen = Some(keys.clone());
+            }
+        }
         Freeze {
             counts: (st.admitted, keys.dispatched(), st.dedup_hits, abandoned),
             callers: inner.rec.caller_spans(&st.entries.tickets),
@@ -287,8 +298,13 @@ pub(crate) type ReadBatch<G, K, V, E> = Arc<Batch<Read<G, K, V, E>>>;
 
 /// A group's batches that left its `open` slot but still take calls for the
 /// keys they hold: full ones not yet started (any call) and running ones
-/// (calls outside every batch, when `join_running` is on).
-pub(crate) struct InFlight<G, K, V, E>(pub(crate) Vec<ReadBatch<G, K, V, E>>)
+/// (calls outside every batch, when `join_running` is on), each with its keys
+/// once it runs, so that a call probes them without taking the batch's lock
+/// (it does only on a hit).
+#[allow(clippy::type_complexity)]
+pub(crate) struct InFlight<G, K, V, E>(
+    pub(crate) Vec<(ReadBatch<G, K, V, E>, Option<StdArc<Frozen<K>>>)>,
+)
 where
     G: Hash + Eq + Send + Sync + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -744,6 +760,19 @@ impl<K> Frozen<K> {
     /// The slot of the key at position `pos` of the batch function's keys.
     pub(crate) fn slot_at(&self, pos: usize) -> u32 {
         self.order.as_ref().map_or(pos as u32, |o| o[pos])
+    }
+}
+
+impl<K: Eq> Frozen<K> {
+    /// Whether a key equal to `key` (hash `hash`) was sent to the batch fn.
+    /// `Eq` is user code: a panic in it is returned.
+    pub(crate) fn holds(&self, hash: u64, key: &K) -> Result<bool, UserPanic> {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.index
+                .iter_hash(hash)
+                .any(|&i| self.was_dispatched(i) && self.keys[i as usize] == *key)
+        }))
+        .map_err(|p| UserPanic(panic_message(&*p)))
     }
 }
 

@@ -298,6 +298,7 @@ where
 
     fn freeze(
         inner: &Inner<Self>,
+        _batch: &Arc<Batch<Self>>,
         st: &mut BatchState<Self>,
         group: &mut Group<Self>,
     ) -> Freeze<Self> {

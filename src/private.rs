@@ -97,8 +97,8 @@ impl Name {
 /// the core's types), so that the instantiations of a generic impl never share
 /// a coalescer, let alone a batch. The core is stored type-erased, so that the
 /// `static` itself puts no bounds on any type; every bound is checked at the
-/// call of [`load`], [`load_for`] or [`load_with`], whose type arguments the
-/// expansion writes with the user's own type tokens.
+/// call of [`Opened::load`], [`Opened::load_for`] or [`Opened::load_with`],
+/// whose type arguments the expansion writes with the user's own type tokens.
 pub struct Slot {
     first: OnceLock<(TypeId, &'static (dyn Any + Send + Sync))>,
     more: Mutex<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
@@ -356,114 +356,120 @@ impl<T: Send + 'static> Written for T {
     type Checked = T;
 }
 
-/// The body of a `#[coalesce]` write fn.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-pub fn save<G, K, W, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    build: Build<W>,
-    group: G,
-    key: K,
-    value: W,
-    batch: F,
-) -> impl Future<Output = Result<(), Error<E>>> + Send
-where
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    W: Send + 'static,
-    E: Send + Sync + 'static,
-    F: Fn(&G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: WriteOutput<K, Error = E>,
-{
-    let core = slot.write_core::<(), G, K, W, E>(name, config, build);
-    async move { core.save(group, key, value, batch).await }
-}
+impl Opened {
+    /// The body of a `#[coalesce]` write fn.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn save<G, K, W, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        build: Build<W>,
+        group: G,
+        key: K,
+        value: W,
+        batch: F,
+    ) -> impl Future<Output = Result<(), Error<E>>> + Send
+    where
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        W: Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(&G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: WriteOutput<K, Error = E>,
+    {
+        let core = slot.write_core::<(), G, K, W, E>(name, config, build);
+        async move { core.save(group, key, value, batch).await }
+    }
 
-/// The body of a `#[coalesce]` write method on `&self`.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-pub fn save_for<'a, S, G, K, W, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    build: Build<W>,
-    this: &'a S,
-    group: G,
-    key: K,
-    value: W,
-    batch: F,
-) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
-where
-    S: Clone + Send + Sync + 'static,
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    W: Send + 'static,
-    E: Send + Sync + 'static,
-    F: Fn(S, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: WriteOutput<K, Error = E>,
-{
-    let core = slot.write_core::<S, G, K, W, E>(name, config, build);
-    async move { core.save_for(this, group, key, value, batch).await }
-}
+    /// The body of a `#[coalesce]` write method on `&self`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_for<'a, S, G, K, W, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        build: Build<W>,
+        this: &'a S,
+        group: G,
+        key: K,
+        value: W,
+        batch: F,
+    ) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
+    where
+        S: Clone + Send + Sync + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        W: Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(S, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: WriteOutput<K, Error = E>,
+    {
+        let core = slot.write_core::<S, G, K, W, E>(name, config, build);
+        async move { core.save_for(this, group, key, value, batch).await }
+    }
 
-/// The body of a `#[coalesce]` write method on `self: Arc<Self>` or `self: &Arc<Self>`.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-pub fn save_for_arc<'a, T, G, K, W, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    build: Build<W>,
-    this: &'a Arc<T>,
-    group: G,
-    key: K,
-    value: W,
-    batch: F,
-) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
-where
-    T: ?Sized + Send + Sync + 'static,
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    W: Send + 'static,
-    E: Send + Sync + 'static,
-    F: Fn(Arc<T>, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: WriteOutput<K, Error = E>,
-{
-    let core = slot.write_core::<T, G, K, W, E>(name, config, build);
-    async move { core.save_for_arc(this, group, key, value, batch).await }
-}
+    /// The body of a `#[coalesce]` write method on `self: Arc<Self>` or `self: &Arc<Self>`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_for_arc<'a, T, G, K, W, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        build: Build<W>,
+        this: &'a Arc<T>,
+        group: G,
+        key: K,
+        value: W,
+        batch: F,
+    ) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
+    where
+        T: ?Sized + Send + Sync + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        W: Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(Arc<T>, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: WriteOutput<K, Error = E>,
+    {
+        let core = slot.write_core::<T, G, K, W, E>(name, config, build);
+        async move { core.save_for_arc(this, group, key, value, batch).await }
+    }
 
-/// The body of a `#[coalesce(instance = …)]` write method.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-pub fn save_with<'a, S, G, K, W, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    build: Build<W>,
-    this: &'a S,
-    group: G,
-    key: K,
-    value: W,
-    batch: F,
-) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
-where
-    S: Clone + Send + Sync + 'static,
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    W: Send + 'static,
-    E: Send + Sync + 'static,
-    F: Fn(S, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: WriteOutput<K, Error = E>,
-{
-    let core = slot.write_core::<S, G, K, W, E>(name, config, build);
-    async move { core.save_with(this, group, key, value, batch).await }
+    /// The body of a `#[coalesce(instance = …)]` write method.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn save_with<'a, S, G, K, W, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        build: Build<W>,
+        this: &'a S,
+        group: G,
+        key: K,
+        value: W,
+        batch: F,
+    ) -> impl Future<Output = Result<(), Error<E>>> + Send + 'a
+    where
+        S: Clone + Send + Sync + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        W: Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(S, &G, Vec<(K, W)>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: WriteOutput<K, Error = E>,
+    {
+        let core = slot.write_core::<S, G, K, W, E>(name, config, build);
+        async move { core.save_with(this, group, key, value, batch).await }
+    }
 }
 
 /// What a coalesced method's `Self` must be: each batch runs with a clone of
@@ -486,8 +492,8 @@ impl<T: Clone + Send + Sync + 'static> Instance for T {
 
 /// What a key type must be. The expansion names the key type as
 /// `<K as Key>::Checked`, spanned at the key type the user wrote: an unmet
-/// bound is reported once, there, and the projection it leaves unresolved
-/// silences every follow-on report in generated code and at call sites.
+/// bound is reported there, and only there (the [`Gate`] is [`Closed`], whose
+/// methods do not bound the key type).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the key of a #[coalesce] fn: keys must be `Hash + Eq + Clone + Send + Sync + 'static`",
     label = "the key type of a batch",
@@ -563,138 +569,441 @@ impl<T: ?Sized + Send + Sync + 'static> Shared for T {
     type Checked = T;
 }
 
-/// The body of a `#[coalesce]` free fn.
-#[inline]
-pub fn load<G, K, V, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    group: G,
-    key: K,
-    batch: F,
-) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send
+/// Whether the user's types meet the coalescer's bounds, decided by autoref
+/// specialization in the expansion:
+/// `(&&Gate::<Read, (G, K, V, E, S)>::new()).gate()` is [`Opened`] when the
+/// group, key, value, error and instance types meet them and [`Closed`]
+/// otherwise; the fn's body then calls `load`, `save` or `many` on that value.
+///
+/// An unmet bound is reported on the user's tokens by the projection that
+/// names the type (`<K as Key>::Checked`). rustc reports it again wherever
+/// generated code meets the bound, and merges the reports only when their
+/// spans coincide: the future a call returns is checked at the call (which
+/// spans the key type, not the value's) and at its `.await` (the `await`
+/// keyword: one token, where a type may be several). [`Closed`] takes the same
+/// arguments as [`Opened`] but bounds none of the user's types, so nothing
+/// reports the bound again.
+///
+/// The gate asks of each type what its projection's trait asks ([`Key`],
+/// [`Value`], [`Written`], [`BatchError`], [`Param`], [`Instance`],
+/// [`Shared`]; regions aside, which method resolution does not look at, so a
+/// region error is reported as before), so it is closed only when one of those
+/// is reported: a program that reaches [`Closed`] does not compile, and its
+/// never-ready futures never run.
+pub struct Gate<R, T>(::core::marker::PhantomData<fn() -> (R, T)>);
+
+impl<R, T> Gate<R, T> {
+    /// The gate.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Gate(::core::marker::PhantomData)
+    }
+}
+
+/// [`Gate`] role of a read fn: the value is `Clone + Send + 'static`.
+pub struct Read;
+
+/// [`Gate`] role of a write fn: the written value is `Send + 'static`.
+pub struct Write;
+
+/// The parameters besides the keys, as [`Gate`] sees them: `(A, (B, ()))`,
+/// each `Hash + Eq + Send + Sync + 'static` (as [`Param`] asks; the group is a
+/// tuple of them).
+pub trait Params {}
+
+impl Params for () {}
+
+impl<H: Hash + Eq + Send + Sync + 'static, T: Params> Params for (H, T) {}
+
+/// The instance of a method, as [`Gate`] sees it: `()` for a fn without
+/// `self`, [`AsInstance`] or [`AsShared`].
+pub trait Receiver {}
+
+impl Receiver for () {}
+
+/// The `Self` of a `&self` method (or the `Arc<Self>` of an `instance = …`
+/// method on `Arc<Self>`): batches own a clone of it.
+pub struct AsInstance<S: ?Sized>(
+    ::core::marker::PhantomData<fn() -> ::core::marker::PhantomData<S>>,
+);
+
+impl<S: Clone + Send + Sync + 'static> Receiver for AsInstance<S> {}
+
+/// The `Self` of a `self: Arc<Self>` or `self: &Arc<Self>` method.
+pub struct AsShared<T: ?Sized>(::core::marker::PhantomData<fn() -> ::core::marker::PhantomData<T>>);
+
+impl<T: ?Sized + Send + Sync + 'static> Receiver for AsShared<T> {}
+
+/// The bounds hold: [`Opened`].
+pub trait Open {
+    /// [`Opened`].
+    fn gate(&self) -> Opened;
+}
+
+impl<G, K, V, E, S> Open for &Gate<Read, (G, K, V, E, S)>
 where
-    G: Hash + Eq + Send + Sync + 'static,
+    G: Params,
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
-    F: Fn(&G, Vec<K>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, Value = V, Error = E>,
+    S: Receiver,
 {
-    let core = slot.core::<(), G, K, V, E>(name, config);
-    async move { core.load(group, key, batch).await }
+    fn gate(&self) -> Opened {
+        Opened
+    }
 }
 
-/// The body of a `#[coalesce]` method on `&self`: calls through the same object
-/// coalesce.
-#[inline]
-pub fn load_for<'a, S, G, K, V, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    this: &'a S,
-    group: G,
-    key: K,
-    batch: F,
-) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
+impl<G, K, W, E, S> Open for &Gate<Write, (G, K, W, E, S)>
 where
-    S: Clone + Send + Sync + 'static,
-    G: Hash + Eq + Send + Sync + 'static,
+    G: Params,
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
+    W: Send + 'static,
     E: Send + Sync + 'static,
-    F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, Value = V, Error = E>,
+    S: Receiver,
 {
-    let core = slot.core::<S, G, K, V, E>(name, config);
-    async move { core.load_for(this, group, key, batch).await }
+    fn gate(&self) -> Opened {
+        Opened
+    }
 }
 
-/// The body of a `#[coalesce]` method on `self: Arc<Self>` or `self: &Arc<Self>`:
-/// calls through the same object coalesce.
-#[inline]
-pub fn load_for_arc<'a, T, G, K, V, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    this: &'a Arc<T>,
-    group: G,
-    key: K,
-    batch: F,
-) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
-where
-    T: ?Sized + Send + Sync + 'static,
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
-    E: Send + Sync + 'static,
-    F: Fn(Arc<T>, &G, Vec<K>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, Value = V, Error = E>,
-{
-    let core = slot.core::<T, G, K, V, E>(name, config);
-    async move { core.load_for_arc(this, group, key, batch).await }
+/// A bound does not hold (and is reported elsewhere): [`Closed`].
+pub trait Shut {
+    /// [`Closed`].
+    fn gate(&self) -> Closed;
 }
 
-/// The body of a `#[coalesce(instance = …)]` method: calls with equal instance
-/// values (the first element of `group`) coalesce, whatever object they come
-/// through; the batch runs with a clone of the opener's `self`.
-#[inline]
-pub fn load_with<'a, S, G, K, V, E, F, Fut>(
-    slot: &'static Slot,
-    name: Name,
-    config: fn(Config) -> Config,
-    this: &'a S,
-    group: G,
-    key: K,
-    batch: F,
-) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
-where
-    S: Clone + Send + Sync + 'static,
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
-    E: Send + Sync + 'static,
-    F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: BatchOutput<K, Value = V, Error = E>,
-{
-    let core = slot.core::<S, G, K, V, E>(name, config);
-    async move { core.load_with(this, group, key, batch).await }
+impl<R, T> Shut for Gate<R, T> {
+    fn gate(&self) -> Closed {
+        Closed
+    }
 }
 
-/// The body of `<fn>_many`: each distinct key through the single-key fn,
-/// concurrently (so the keys join the shared batches like any other call).
-pub async fn many<S: ?Sized, K, V, E, Fut>(
-    name: Name,
-    keys: Vec<K>,
-    one: impl Fn(K) -> Fut,
-) -> Result<::std::collections::HashMap<K, V>, Error<E>>
-where
-    K: Hash + Eq + Clone,
-    Fut: Future<Output = Result<Option<V>, Error<E>>>,
-{
-    ::coalesce_runtime::load_each(&name.resolve::<S>(), keys, one).await
+/// The way to the coalescer, for types that meet its bounds (see [`Gate`]).
+#[derive(Clone, Copy)]
+pub struct Opened;
+
+/// What the expansion calls instead of [`Opened`] when a bound on the user's
+/// types does not hold: the same methods, bounding only what the closures'
+/// types are inferred from. The program does not compile (the unmet bound is
+/// reported), so these never run.
+#[derive(Clone, Copy)]
+pub struct Closed;
+
+/// Never ready: the future of a [`Closed`] call.
+type Never<T> = ::core::future::Pending<T>;
+
+#[allow(clippy::too_many_arguments, clippy::unused_self)]
+impl Closed {
+    /// See [`Opened::load`].
+    pub fn load<G, K, V, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _group: G,
+        _key: K,
+        _batch: F,
+    ) -> Never<Result<Option<V>, Error<E>>>
+    where
+        F: Fn(&G, Vec<K>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::load_for`].
+    pub fn load_for<S, G, K, V, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _this: &S,
+        _group: G,
+        _key: K,
+        _batch: F,
+    ) -> Never<Result<Option<V>, Error<E>>>
+    where
+        F: Fn(S, &G, Vec<K>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::load_for_arc`].
+    pub fn load_for_arc<T: ?Sized, G, K, V, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _this: &Arc<T>,
+        _group: G,
+        _key: K,
+        _batch: F,
+    ) -> Never<Result<Option<V>, Error<E>>>
+    where
+        F: Fn(Arc<T>, &G, Vec<K>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::load_with`].
+    pub fn load_with<S, G, K, V, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _this: &S,
+        _group: G,
+        _key: K,
+        _batch: F,
+    ) -> Never<Result<Option<V>, Error<E>>>
+    where
+        F: Fn(S, &G, Vec<K>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::save`].
+    pub fn save<G, K, W, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _build: Build<W>,
+        _group: G,
+        _key: K,
+        _value: W,
+        _batch: F,
+    ) -> Never<Result<(), Error<E>>>
+    where
+        F: Fn(&G, Vec<(K, W)>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::save_for`].
+    pub fn save_for<S, G, K, W, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _build: Build<W>,
+        _this: &S,
+        _group: G,
+        _key: K,
+        _value: W,
+        _batch: F,
+    ) -> Never<Result<(), Error<E>>>
+    where
+        F: Fn(S, &G, Vec<(K, W)>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::save_for_arc`].
+    pub fn save_for_arc<T: ?Sized, G, K, W, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _build: Build<W>,
+        _this: &Arc<T>,
+        _group: G,
+        _key: K,
+        _value: W,
+        _batch: F,
+    ) -> Never<Result<(), Error<E>>>
+    where
+        F: Fn(Arc<T>, &G, Vec<(K, W)>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::save_with`].
+    pub fn save_with<S, G, K, W, E, F, Fut>(
+        self,
+        _slot: &'static Slot,
+        _name: Name,
+        _config: fn(Config) -> Config,
+        _build: Build<W>,
+        _this: &S,
+        _group: G,
+        _key: K,
+        _value: W,
+        _batch: F,
+    ) -> Never<Result<(), Error<E>>>
+    where
+        F: Fn(S, &G, Vec<(K, W)>) -> Fut,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::many`].
+    pub fn many<S: ?Sized, K, V, E, Fut>(
+        self,
+        _name: Name,
+        _keys: Vec<K>,
+        _one: impl Fn(K) -> Fut,
+    ) -> Never<Result<::std::collections::HashMap<K, V>, Error<E>>>
+    where
+        Fut: Future<Output = Result<Option<V>, Error<E>>>,
+    {
+        ::core::future::pending()
+    }
+
+    /// See [`Opened::many_required`].
+    pub fn many_required<S: ?Sized, K, V, E, Fut>(
+        self,
+        _name: Name,
+        _keys: Vec<K>,
+        _one: impl Fn(K) -> Fut,
+    ) -> Never<Result<::std::collections::HashMap<K, V>, Error<E>>>
+    where
+        Fut: Future<Output = Result<V, Error<E>>>,
+    {
+        ::core::future::pending()
+    }
 }
 
-/// As [`many`], for the `Vec`-shaped single-key fns (an entry is required).
-pub async fn many_required<S: ?Sized, K, V, E, Fut>(
-    name: Name,
-    keys: Vec<K>,
-    one: impl Fn(K) -> Fut,
-) -> Result<::std::collections::HashMap<K, V>, Error<E>>
-where
-    K: Hash + Eq + Clone,
-    Fut: Future<Output = Result<V, Error<E>>>,
-{
-    let one = &one;
-    ::coalesce_runtime::load_each(&name.resolve::<S>(), keys, |k| {
-        let call = one(k);
-        async move { call.await.map(Some) }
-    })
-    .await
+#[allow(clippy::too_many_arguments)]
+impl Opened {
+    /// The body of a `#[coalesce]` free fn.
+    #[inline]
+    pub fn load<G, K, V, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        group: G,
+        key: K,
+        batch: F,
+    ) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send
+    where
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(&G, Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
+    {
+        let core = slot.core::<(), G, K, V, E>(name, config);
+        async move { core.load(group, key, batch).await }
+    }
+
+    /// The body of a `#[coalesce]` method on `&self`: calls through the same object
+    /// coalesce.
+    #[inline]
+    pub fn load_for<'a, S, G, K, V, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        this: &'a S,
+        group: G,
+        key: K,
+        batch: F,
+    ) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
+    where
+        S: Clone + Send + Sync + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
+    {
+        let core = slot.core::<S, G, K, V, E>(name, config);
+        async move { core.load_for(this, group, key, batch).await }
+    }
+
+    /// The body of a `#[coalesce]` method on `self: Arc<Self>` or `self: &Arc<Self>`:
+    /// calls through the same object coalesce.
+    #[inline]
+    pub fn load_for_arc<'a, T, G, K, V, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        this: &'a Arc<T>,
+        group: G,
+        key: K,
+        batch: F,
+    ) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
+    where
+        T: ?Sized + Send + Sync + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(Arc<T>, &G, Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
+    {
+        let core = slot.core::<T, G, K, V, E>(name, config);
+        async move { core.load_for_arc(this, group, key, batch).await }
+    }
+
+    /// The body of a `#[coalesce(instance = …)]` method: calls with equal instance
+    /// values (the first element of `group`) coalesce, whatever object they come
+    /// through; the batch runs with a clone of the opener's `self`.
+    #[inline]
+    pub fn load_with<'a, S, G, K, V, E, F, Fut>(
+        self,
+        slot: &'static Slot,
+        name: Name,
+        config: fn(Config) -> Config,
+        this: &'a S,
+        group: G,
+        key: K,
+        batch: F,
+    ) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send + 'a
+    where
+        S: Clone + Send + Sync + 'static,
+        G: Hash + Eq + Send + Sync + 'static,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + 'static,
+        E: Send + Sync + 'static,
+        F: Fn(S, &G, Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: BatchOutput<K, Value = V, Error = E>,
+    {
+        let core = slot.core::<S, G, K, V, E>(name, config);
+        async move { core.load_with(this, group, key, batch).await }
+    }
+
+    /// The body of `<fn>_many`: each distinct key through the single-key fn,
+    /// concurrently (so the keys join the shared batches like any other call).
+    pub async fn many<S: ?Sized, K, V, E, Fut>(
+        self,
+        name: Name,
+        keys: Vec<K>,
+        one: impl Fn(K) -> Fut,
+    ) -> Result<::std::collections::HashMap<K, V>, Error<E>>
+    where
+        K: Hash + Eq + Clone,
+        Fut: Future<Output = Result<Option<V>, Error<E>>>,
+    {
+        ::coalesce_runtime::load_each(&name.resolve::<S>(), keys, one).await
+    }
+
+    /// As [`Opened::many`], for the `Vec`-shaped single-key fns (an entry is required).
+    pub async fn many_required<S: ?Sized, K, V, E, Fut>(
+        self,
+        name: Name,
+        keys: Vec<K>,
+        one: impl Fn(K) -> Fut,
+    ) -> Result<::std::collections::HashMap<K, V>, Error<E>>
+    where
+        K: Hash + Eq + Clone,
+        Fut: Future<Output = Result<V, Error<E>>>,
+    {
+        let one = &one;
+        ::coalesce_runtime::load_each(&name.resolve::<S>(), keys, |k| {
+            let call = one(k);
+            async move { call.await.map(Some) }
+        })
+        .await
+    }
 }
 
 /// Finds, by autoref specialization in the expansion, how to see a batch error

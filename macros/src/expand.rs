@@ -9,12 +9,14 @@
 //!
 //! is, in outline (paths through `::coalesce::__private` shortened, every user
 //! type named as `<T as Key>::Checked` and the like so that an unmet bound is
-//! reported once, on the user's tokens):
+//! reported on the user's tokens):
 //!
 //! ```text
 //! pub async fn load(ids: u64, region: Region) -> Result<Option<User>, ::coalesce::Error<DbError>> {
 //!     static __COALESCE_SLOT: Slot = Slot::new();
-//!     load::<Region, u64, User, DbError, _, _>(
+//!     // `Opened`, or `Closed` if a bound on the user's types does not hold
+//!     ({ use Open as _, Shut as _; (&&Gate::<Read, ((Region, ()), u64, User, DbError, ())>::new()).gate() })
+//!     .load::<Region, u64, User, DbError, _, _>(
 //!         &__COALESCE_SLOT,
 //!         Name::Path(concat!(module_path!(), "::", "load")),
 //!         |config| config.window(Duration::from_nanos(5000000)),
@@ -30,6 +32,10 @@
 //! /// (the fn's docs) Batch form of [`load`](load), ...
 //! pub async fn load_batch(ids: Vec<u64>, region: Region) -> Result<HashMap<u64, User>, DbError> { body }
 //! ```
+//!
+//! The gate is what makes an unmet bound reported once: `Closed` has the
+//! methods of `Opened` without the bounds on the user's types, so that only the
+//! projection that names a type reports it (see `coalesce::__private::Gate`).
 //!
 //! A `&self` method calls `load_for(slot, name, config, self, ...)` (or, with
 //! `instance = expr`, `load_with` and the expression first in the group) with a
@@ -267,6 +273,17 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             )
         }
     };
+    // The group as the gate sees it (see `gate`): each parameter's type, as a
+    // list `(A, (B, ()))` of any length (a tuple is `Hash` up to 12 elements,
+    // which is `load`'s to report); the type of an `instance` or `group`
+    // expression is inferred later, and is left out.
+    let gate_group = parts.iter().rev().fold(quote!(()), |rest, (ty, _)| {
+        if ty.to_string() == "_" {
+            rest
+        } else {
+            quote!((#ty, #rest))
+        }
+    });
     // The batch fn's arguments: the keys, and each extra parameter cloned from
     // the group (once per batch call: `isolate` may call it more than once).
     let mut batch_args = Vec::new();
@@ -327,16 +344,16 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         }
     };
     let batch_name = batch_name(func);
-    // Every bound on the user's types is checked by this one call, whose type
-    // arguments are the user's own tokens: "`K: Hash` is not satisfied" lands on
-    // `K` in the signature. rustc reports an unmet bound again on the call
-    // expression and on its `.await`. Those get the exact extent (first to last
-    // token) of the first type that can fall short, so that rustc merges the
-    // reports into one; a primitive or `String` cannot.
     // Every type the user wrote is named through a projection on a private
     // trait (`<K as Key>::Checked`), spanned at the user's tokens: an unmet
-    // bound is reported once, on that type, and the unresolved projection
-    // silences every follow-on report (in generated code, at call sites).
+    // bound is reported there, on the whole type. rustc would report it again
+    // wherever generated code meets the bound: at the call of `load` (pointed
+    // at the type argument, so that report merges with the first), on the
+    // future `load` returns (at the call, which spans the key type, not the
+    // value's) and at its `.await` (at the `await` keyword, one token where a
+    // type may be several). Those would not merge, so the call goes through a
+    // gate (see `gate`) that calls a stub without the bounds when one does not
+    // hold.
     let key_arg = checked(key_type, "Key", krate);
     let value_arg = checked(
         value_type,
@@ -348,6 +365,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         None => error_type.clone(),
     };
     let type_args = quote!(#group_type, #key_arg, #value_arg, #error_arg);
+    let gate_value = value_arg.clone();
     // The named types are bounded on the single-key fn (below); what the call
     // can still find wanting is the type of an `instance` or `group`
     // expression, so the call gets its extent.
@@ -441,6 +459,13 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         }
     };
     let self_arg = self_type.as_ref().map(|ty| quote!(#ty,));
+    // The instance type as the gate sees it: `Clone + Send + Sync + 'static`,
+    // or only `Send + Sync + 'static` behind the `Arc` of an `_arc` method.
+    let gate_self = match &self_type {
+        None => quote!(()),
+        Some(ty) if function.to_string().ends_with("_arc") => quote!(#private::AsShared<#ty>),
+        Some(ty) => quote!(#private::AsInstance<#ty>),
+    };
     let this_arg = this_arg.map(|this| quote!(#this,));
     let (function, merge_arg, value_arg) = match &write_names {
         Some((_, value)) => {
@@ -498,7 +523,11 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         },
     );
     let at_first = signature::path_at(krate, first);
-    let load = quote_spanned!(first=> #at_first::__private::#function::<#self_arg #type_args, _, _> #call_args);
+    let role = if is_write { "Write" } else { "Read" };
+    let gate_types = quote!(#gate_group, #key_arg, #gate_value, #error_arg, #gate_self);
+    let gate = gate(krate, role, gate_types, first);
+    let method = Ident::new(&function.to_string(), first);
+    let load = quote_spanned!(first=> #gate.#method::<#self_arg #type_args, _, _> #call_args);
     let dot = syn::Token![.](first);
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
@@ -698,8 +727,12 @@ fn many_fn(
     let call_args = parenthesized(last, quote!(#name, #keys, |#k| #call));
     let dot = syn::Token![.](first);
     let await_kw = Ident::new("await", last);
-    let at_first = signature::path_at(krate, first);
-    let invoke = quote_spanned!(first=> #at_first::__private::#helper::<#named, #key_arg, _, _, _> #call_args #dot #await_kw);
+    // `many` bounds only the key type (the value and the error are the
+    // single-key fn's, which checks them; the instance type it only names).
+    let gate_types = quote!((), #key_arg, (), ::core::convert::Infallible, ());
+    let gate = gate(krate, "Read", gate_types, first);
+    let helper = Ident::new(&helper.to_string(), first);
+    let invoke = quote_spanned!(first=> #gate.#helper::<#named, #key_arg, _, _, _> #call_args #dot #await_kw);
     let link = if signature.receiver.is_some() {
         format!("Self::{unraw}")
     } else {
@@ -759,6 +792,22 @@ fn checked(ty: &dyn ToTokens, trait_name: &str, krate: &syn::Path) -> TokenStrea
     let open = quote_spanned!(first=> <);
     let rest = quote_spanned!(last=> >::Checked);
     quote!(#open #ty as #krate::__private::#trait_ident #rest)
+}
+
+/// `({ use ..; (&&Gate::<Role, (types)>::new()).gate() })`, in parentheses at
+/// `span`: `Opened` when the user's types meet the coalescer's bounds, `Closed`
+/// (whose methods bound none of them) otherwise, so that an unmet bound is
+/// reported only by the projection that names the type (see
+/// `coalesce::__private::Gate`).
+fn gate(krate: &syn::Path, role: &str, types: TokenStream, span: Span) -> TokenStream {
+    let private = quote!(#krate::__private);
+    let role = Ident::new(role, Span::call_site());
+    let inner = quote! {{
+        #[allow(unused_imports)]
+        use #private::{Open as _, Shut as _};
+        (&&#private::Gate::<#private::#role, (#types)>::new()).gate()
+    }};
+    parenthesized(span, inner)
 }
 
 /// `(tokens)`, with the parentheses at `span`.

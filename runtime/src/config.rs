@@ -24,6 +24,18 @@ pub enum Dispatch {
     /// batches as much as it needs to. Set `max_in_flight` to what the backend can
     /// serve at once (its connection pool, say) to let that many calls drive.
     Adaptive,
+    /// Self-tuning: each group sets its own lanes (batches in flight) and
+    /// window from what it measures — the arrival rate, the batch fn's run time
+    /// as a fixed cost plus a cost per key (fitted online), and how much a batch
+    /// slows down when others run beside it — between the bounds the
+    /// configuration gives: `window` and `max_in_flight` (32 when unset) become
+    /// ceilings, `max_batch` stays a hard cap. At idle the window is zero and a
+    /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow while
+    /// batches queue for one and more lanes do not slow the backend by more than
+    /// half, and shrink when they do; the window lingers only while enough calls
+    /// arrive within one batch's fixed cost. The live lanes and window, and the
+    /// fitted costs, are in [`MetricsSnapshot::tuned`](crate::metrics::MetricsSnapshot::tuned).
+    Auto,
 }
 
 /// The settings of one coalescer.

@@ -190,6 +190,8 @@ pub(crate) struct Metrics {
     pub(crate) run_ns: Histogram,
     pub(crate) ack_ns: Histogram,
     pub(crate) first_item_ns: Histogram,
+    /// The last decision of a group's controller (`Dispatch::Auto`).
+    pub(crate) tuned: std::sync::Mutex<Option<Tuned>>,
     /// This coalescer's place in the registry.
     slot: usize,
     /// Creation order, for listing.
@@ -273,6 +275,7 @@ impl Metrics {
             run_ns: Histogram::new(),
             ack_ns: Histogram::new(),
             first_item_ns: Histogram::new(),
+            tuned: std::sync::Mutex::new(None),
             slot,
             seq,
             listed,
@@ -334,6 +337,10 @@ impl Metrics {
             run: ns(self.run_ns.summary()),
             ack: ns(self.ack_ns.summary()),
             first_item: ns(self.first_item_ns.summary()),
+            tuned: *self
+                .tuned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 }
@@ -492,6 +499,7 @@ impl Settings {
             dispatch: match c.dispatch {
                 crate::config::Dispatch::Window => "window",
                 crate::config::Dispatch::Adaptive => "adaptive",
+                crate::config::Dispatch::Auto => "auto",
             },
             isolate: c.isolate,
             join_running: c.join_running,
@@ -594,6 +602,31 @@ pub struct MetricsSnapshot {
     /// Streamed batches ([`Streamed`](crate::Streamed)): from the run's start
     /// to the stream's first item. Empty for other shapes.
     pub first_item: DurationSummary,
+    /// [`Dispatch::Auto`](crate::Dispatch::Auto): what the controller set and
+    /// measured at its last decision (of the group that decided last); `None`
+    /// for the other policies, and until the first decision.
+    pub tuned: Option<Tuned>,
+}
+
+/// What a self-tuning coalescer ([`Dispatch::Auto`](crate::Dispatch::Auto))
+/// runs with now, and what it measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Tuned {
+    /// Lanes (batches of one group in flight) it allows now.
+    pub lanes: usize,
+    /// The window a batch opened now lingers for (zero: it goes at once when a
+    /// lane is free).
+    pub window: Duration,
+    /// The batch fn's fitted fixed cost per batch (run alone).
+    pub fixed_cost: Duration,
+    /// The batch fn's fitted cost per key (run alone).
+    pub per_key_cost: Duration,
+    /// How much longer a batch runs per other batch running beside it, as a
+    /// fraction of its run alone.
+    pub slowdown_per_lane: f64,
+    /// Calls per second, smoothed.
+    pub arrival_rate: f64,
 }
 
 impl MetricsSnapshot {

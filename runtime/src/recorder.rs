@@ -83,6 +83,10 @@ struct Export {
     overloaded: metrics::Counter,
     cancelled: metrics::Counter,
     in_flight: metrics::Gauge,
+    tuned_lanes: metrics::Gauge,
+    tuned_window: metrics::Gauge,
+    fixed_cost: metrics::Gauge,
+    per_key_cost: metrics::Gauge,
     pending: metrics::Gauge,
     withdrawn: metrics::Counter,
     ack: metrics::Histogram,
@@ -145,6 +149,10 @@ impl Export {
             overloaded: Counter::noop(),
             cancelled: Counter::noop(),
             in_flight: Gauge::noop(),
+            tuned_lanes: Gauge::noop(),
+            tuned_window: Gauge::noop(),
+            fixed_cost: Gauge::noop(),
+            per_key_cost: Gauge::noop(),
             pending: Gauge::noop(),
             withdrawn: Counter::noop(),
             ack: Histogram::noop(),
@@ -193,6 +201,26 @@ fn describe() {
         "coalesce_first_item_seconds",
         Unit::Seconds,
         "Streamed batches: time from the run's start to the stream's first item."
+    );
+    describe_gauge!(
+        "coalesce_tuned_lanes",
+        Unit::Count,
+        "dispatch = auto: batches of one group the controller lets run at once."
+    );
+    describe_gauge!(
+        "coalesce_tuned_window_seconds",
+        Unit::Seconds,
+        "dispatch = auto: the window the controller set (0: a call goes at once)."
+    );
+    describe_gauge!(
+        "coalesce_fixed_cost_seconds",
+        Unit::Seconds,
+        "dispatch = auto: the batch fn's fitted fixed cost per batch."
+    );
+    describe_gauge!(
+        "coalesce_per_key_cost_seconds",
+        Unit::Seconds,
+        "dispatch = auto: the batch fn's fitted cost per key."
     );
     describe_counter!(
         "coalesce_errors_total",
@@ -287,6 +315,10 @@ impl Recorder {
                 overloaded: metrics::counter!("coalesce_overloaded_total", "function" => f.clone()),
                 cancelled: metrics::counter!("coalesce_cancelled_total", "function" => f.clone()),
                 in_flight: metrics::gauge!("coalesce_in_flight_batches", "function" => f.clone()),
+                tuned_lanes: metrics::gauge!("coalesce_tuned_lanes", "function" => f.clone()),
+                tuned_window: metrics::gauge!("coalesce_tuned_window_seconds", "function" => f.clone()),
+                fixed_cost: metrics::gauge!("coalesce_fixed_cost_seconds", "function" => f.clone()),
+                per_key_cost: metrics::gauge!("coalesce_per_key_cost_seconds", "function" => f.clone()),
                 pending: metrics::gauge!("coalesce_pending_calls", "function" => f.clone()),
                 withdrawn: metrics::counter!("coalesce_withdrawn_writes_total", "function" => f.clone()),
                 ack: metrics::histogram!("coalesce_ack_seconds", "function" => f),
@@ -558,6 +590,31 @@ impl Recorder {
         self.m.ack_ns.record(ack.as_nanos() as u64);
         #[cfg(feature = "metrics")]
         self.x.ack.record(ack.as_secs_f64());
+    }
+
+    /// A group's controller decided (`Dispatch::Auto`).
+    pub(crate) fn tuned(&self, view: crate::engine::tune::TuneView) {
+        let tuned = crate::metrics::Tuned {
+            lanes: view.lanes,
+            window: view.window,
+            fixed_cost: view.fixed_cost,
+            per_key_cost: view.per_key_cost,
+            slowdown_per_lane: view.slowdown_per_lane,
+            arrival_rate: view.arrival_rate,
+        };
+        *self
+            .m
+            .tuned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tuned);
+        #[cfg(feature = "metrics")]
+        {
+            let x = &self.x;
+            x.tuned_lanes.set(view.lanes as f64);
+            x.tuned_window.set(view.window.as_secs_f64());
+            x.fixed_cost.set(view.fixed_cost.as_secs_f64());
+            x.per_key_cost.set(view.per_key_cost.as_secs_f64());
+        }
     }
 
     /// A streamed batch's first item came `after` its run started.

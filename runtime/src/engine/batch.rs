@@ -126,10 +126,13 @@ pub(crate) struct BatchState<M: Mode> {
     pub(crate) dedup_hits: u64,
     /// When the first call arrived (real clock), for the `wait` metric.
     pub(crate) opened: Instant,
+    /// How long it gathers at most: the configured window, or the group's
+    /// tuned one ([`Dispatch::Auto`](crate::Dispatch::Auto)).
+    pub(crate) window: std::time::Duration,
 }
 
 impl<M: Mode> BatchState<M> {
-    pub(crate) fn new(capacity: usize, settle: bool) -> Self {
+    pub(crate) fn new(capacity: usize, settle: bool, window: std::time::Duration) -> Self {
         BatchState {
             phase: Phase::Gathering,
             entries: M::entries(capacity),
@@ -142,6 +145,7 @@ impl<M: Mode> BatchState<M> {
             admitted: 0,
             dedup_hits: 0,
             opened: Instant::now(),
+            window,
         }
     }
 

@@ -338,13 +338,11 @@ where
                 }
             }
         }
+        group.tuned(config);
+        let (dispatch, window) = group.policy(config.dispatch, config.window);
         let (batch, opened) = match &group.open {
             Some(b) => (b.clone(), false),
-            None => match policy::arrival(
-                config.dispatch,
-                group.road(self.lanes),
-                config.window.is_zero(),
-            ) {
+            None => match policy::arrival(dispatch, group.road(self.lanes), window.is_zero()) {
                 // A streamed batch is read by a driver: it leaves at once
                 // through one (after the calls of the same instant join).
                 Arrival::Alone if streamed => (
@@ -352,6 +350,11 @@ where
                     true,
                 ),
                 Arrival::Alone => {
+                    if let Some(t) = group.tune.as_mut() {
+                        if t.alone(tokio::time::Instant::now().into_std()) {
+                            self.rec.tuned(t.view());
+                        }
+                    }
                     group.lanes_used += 1;
                     let cell = match group.spare.take() {
                         Some(cell) if StdArc::strong_count(&cell) == 1 => {

@@ -44,6 +44,16 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Now, on this clock (a paused Tokio clock's instant, as a std one).
+    pub(crate) fn now(self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            Clock::Paused => tokio::time::Instant::now().into_std(),
+        }
+    }
+}
+
 /// A wait until a deadline, on the clock it was made for.
 pub(crate) struct Sleep(Kind);
 

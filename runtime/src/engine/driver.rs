@@ -74,6 +74,9 @@ struct Running<M: Mode> {
     ancestry: Vec<u64>,
     /// The run ended before it started (the batch function panicked).
     early: Option<Outcome<M::Output>>,
+    /// For the group's controller (`Dispatch::Auto`): distinct keys, lanes in
+    /// use at the start (this one included), and the start on the driver's clock.
+    tune: Option<(usize, usize, Instant)>,
 }
 
 impl<M: Mode> Driver<M> {
@@ -141,6 +144,7 @@ impl<M: Mode> Driver<M> {
             });
             let admitted = st.admitted;
             let opened = st.opened;
+            let length = st.window;
             drop(st);
             match decision {
                 Gather::Due => {
@@ -160,9 +164,8 @@ impl<M: Mode> Driver<M> {
                     }
                 }
                 Gather::Wait => {
-                    let window = window.get_or_insert_with(|| {
-                        Sleep::until(self.clock, opened + self.inner.config.window)
-                    });
+                    let window =
+                        window.get_or_insert_with(|| Sleep::until(self.clock, opened + length));
                     match window.poll(cx) {
                         Poll::Ready(()) => *window_over = true,
                         Poll::Pending => return Poll::Pending,
@@ -198,6 +201,9 @@ impl<M: Mode> Driver<M> {
         } else {
             st.phase = Phase::Queued;
             drop(st);
+            if let Some(t) = group.tune.as_mut() {
+                t.waited();
+            }
             group.queue.push_back(self.batch.clone());
             let solos = group.solos.clone();
             drop(guard);
@@ -277,6 +283,11 @@ impl<M: Mode> Driver<M> {
             state.gathering -= 1;
         }
         group.hint = M::live_keys(&st.entries).max(1);
+        let tune = group.tune.as_mut().map(|t| {
+            let now = self.clock.now();
+            t.started(now, st.admitted, group.lanes_used, group.queue.len());
+            (M::live_keys(&st.entries), group.lanes_used, now)
+        });
         st.phase = Phase::Running;
         let Freeze {
             mut frozen,
@@ -317,6 +328,7 @@ impl<M: Mode> Driver<M> {
             span,
             ancestry,
             early,
+            tune,
         }));
     }
 
@@ -396,16 +408,33 @@ impl<M: Mode> Driver<M> {
             timeout,
             started,
             span,
+            tune,
             ..
         } = *running;
         drop_quietly(run);
         drop(timeout);
         let run_time = started.elapsed();
+        let tuned_run = tune
+            .map(|(size, used, at)| (size, used, self.clock.now().saturating_duration_since(at)));
         let inner = &*self.inner;
         let completed = M::complete(inner, &self.batch, frozen, outcome);
         let mut guard = lock(&inner.state);
-        let (wake, garbage) =
-            inner.release_lane(&mut guard, &self.batch.group, self.batch.group_hash);
+        let mut tuned = None;
+        let (wake, garbage) = inner.release_lane_with(
+            &mut guard,
+            StdArc::as_ptr(&self.batch.group) as usize,
+            self.batch.group_hash,
+            |g| {
+                if let (Some(t), Some((size, used, run))) = (g.tune.as_mut(), tuned_run) {
+                    if t.finished(size, used, run) {
+                        tuned = Some(t.view());
+                    }
+                }
+            },
+        );
+        if let Some(view) = tuned {
+            inner.rec.tuned(view);
+        }
         let gauges = (guard.in_flight, guard.pending);
         drop(guard);
         inner.rec.gauges(gauges.0, gauges.1);

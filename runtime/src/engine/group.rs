@@ -34,6 +34,9 @@ use super::batch::{panic_message, Batch, UserPanic};
 use super::mode::Mode;
 use super::policy::Road;
 use super::sync::Arc;
+use super::tune::Tune;
+use crate::config::{Config, Dispatch};
+use std::time::Duration;
 
 /// Which instance a call goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +82,8 @@ pub(crate) struct Group<M: Mode> {
     /// Calls of this group waiting now, when `max_pending_per_group` is set
     /// (each call holds a `GroupSlot` that gives its place back).
     pub(crate) pending: StdArc<std::sync::atomic::AtomicUsize>,
+    /// The group's controller ([`Dispatch::Auto`] only).
+    pub(crate) tune: Option<Box<Tune>>,
 }
 
 impl<M: Mode> Group<M> {
@@ -94,6 +99,7 @@ impl<M: Mode> Group<M> {
             hint: 1,
             extra: M::GroupExtra::default(),
             pending: StdArc::default(),
+            tune: None,
         }
     }
 
@@ -129,8 +135,31 @@ impl<M: Mode> Group<M> {
     pub(crate) fn road(&self, lanes: usize) -> Road {
         Road {
             lanes_used: self.lanes_used,
-            lanes,
+            lanes: self.tune.as_ref().map_or(lanes, |t| t.lanes),
             queued: self.queue.len(),
+        }
+    }
+
+    /// The policy the group runs now, and the window a batch opened now
+    /// gathers for: the configured ones, or for [`Dispatch::Auto`] what its
+    /// controller set (adaptive while its window is zero, the bus while it
+    /// lingers).
+    pub(crate) fn policy(&self, dispatch: Dispatch, window: Duration) -> (Dispatch, Duration) {
+        match (dispatch, &self.tune) {
+            // Lingering applies while traffic flows: on an idle group a call
+            // goes at once.
+            (Dispatch::Auto, Some(t)) if !t.window.is_zero() && self.lanes_used > 0 => {
+                (Dispatch::Window, t.window)
+            }
+            (Dispatch::Auto, _) => (Dispatch::Adaptive, window),
+            _ => (dispatch, window),
+        }
+    }
+
+    /// Makes the group's controller if the coalescer tunes itself.
+    pub(crate) fn tuned(&mut self, config: &Config) {
+        if config.dispatch == Dispatch::Auto && self.tune.is_none() {
+            self.tune = Some(Box::new(Tune::new(config.max_in_flight, config.window)));
         }
     }
 

@@ -52,6 +52,7 @@ pub(crate) mod solo;
 pub(crate) mod spawn;
 pub(crate) mod stream;
 pub(crate) mod sync;
+pub(crate) mod tune;
 pub(crate) mod write;
 
 use std::any::TypeId;
@@ -166,7 +167,7 @@ impl<M: Mode> Inner<M> {
         let name: StdArc<str> = StdArc::from(config.name());
         let lanes = match config.dispatch {
             Dispatch::Window => config.max_in_flight,
-            Dispatch::Adaptive => config.lanes(),
+            Dispatch::Adaptive | Dispatch::Auto => config.lanes(),
         };
         Inner {
             id: NEXT_ID.fetch_add(1, Relaxed),
@@ -488,8 +489,9 @@ impl<M: Mode> Inner<M> {
         };
         before(group);
         let road = group.road(self.lanes);
+        let (dispatch, _) = group.policy(self.config.dispatch, self.config.window);
         let mut wake = None;
-        match policy::release(self.config.dispatch, road, group.open.is_some()) {
+        match policy::release(dispatch, road, group.open.is_some()) {
             Release::HandOver => {
                 if let Some(next) = group.queue.pop_front() {
                     let mut st = lock(&next.st);
@@ -534,10 +536,11 @@ impl<M: Mode> Inner<M> {
         settle: bool,
     ) -> sync::Arc<batch::Batch<M>> {
         let capacity = group.hint.min(self.config.max_batch);
+        let (_, window) = group.policy(self.config.dispatch, self.config.window);
         let batch = sync::Arc::new(batch::Batch {
             group: group.key.clone(),
             group_hash,
-            st: Mutex::new(batch::BatchState::new(capacity, settle)),
+            st: Mutex::new(batch::BatchState::new(capacity, settle, window)),
         });
         group.open = Some(batch.clone());
         if *gathering > 0 {

@@ -50,8 +50,11 @@ pub(crate) fn arrival(dispatch: Dispatch, road: Road, zero_window: bool) -> Arri
         Dispatch::Window => Arrival::Open {
             settle: zero_window,
         },
-        Dispatch::Adaptive if road.lane_free() && road.lanes_used == 0 => Arrival::Alone,
-        Dispatch::Adaptive => Arrival::Open {
+        // `Auto` is given here as the policy its controller runs now.
+        Dispatch::Adaptive | Dispatch::Auto if road.lane_free() && road.lanes_used == 0 => {
+            Arrival::Alone
+        }
+        Dispatch::Adaptive | Dispatch::Auto => Arrival::Open {
             settle: zero_window || road.lane_free(),
         },
     }
@@ -122,7 +125,7 @@ pub(crate) enum Release {
 pub(crate) fn release(dispatch: Dispatch, road: Road, open: bool) -> Release {
     if road.queued > 0 {
         Release::HandOver
-    } else if dispatch == Dispatch::Adaptive && open {
+    } else if matches!(dispatch, Dispatch::Adaptive | Dispatch::Auto) && open {
         Release::FreeAndKick
     } else {
         Release::Free

@@ -481,19 +481,18 @@ where
                 }
             }
         };
+        group.tuned(config);
+        let (dispatch, window) = group.policy(config.dispatch, config.window);
         let (batch, opened) = match &group.open {
             Some(b) => (b.clone(), false),
             None => {
-                let settle = match policy::arrival(
-                    config.dispatch,
-                    group.road(self.lanes),
-                    config.window.is_zero(),
-                ) {
-                    // No lone runs for writes: an empty adaptive road sends the
-                    // calls of this instant together.
-                    Arrival::Alone => true,
-                    Arrival::Open { settle } => settle,
-                };
+                let settle =
+                    match policy::arrival(dispatch, group.road(self.lanes), window.is_zero()) {
+                        // No lone runs for writes: an empty adaptive road sends the
+                        // calls of this instant together.
+                        Arrival::Alone => true,
+                        Arrival::Open { settle } => settle,
+                    };
                 (
                     self.open_batch(&mut state.gathering, group, group_hash, settle),
                     true,

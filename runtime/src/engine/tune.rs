@@ -1,0 +1,458 @@
+//! The self-tuning controller of [`Dispatch::Auto`](crate::Dispatch::Auto): each
+//! group sets its own lanes (batches in flight) and window from what it
+//! measures, between the bounds the user gives (`max_in_flight` and `window`
+//! are ceilings; `max_batch` stays a hard cap).
+//!
+//! # What it measures
+//!
+//! - **Arrival rate**: calls admitted between batch starts, smoothed (EWMA).
+//! - **Run time as a function of batch size**: `run ≈ fixed + per_key × size`,
+//!   fitted online by least squares with exponential forgetting.
+//! - **Lanes in use** at each batch start, and whether batches queued for a lane.
+//! - **Run time under concurrency**: a size-normalised run time, short-term and
+//!   long-term (the gradient limiters of Netflix's concurrency-limits,
+//!   `Gradient2Limit`, and Envoy's adaptive concurrency).
+//!
+//! # What it decides, every [`DECIDE_EVERY`] batches
+//!
+//! - **Lanes**: the gradient `long / short` (clamped to `[0.5, 1]`) times the
+//!   limit, plus a small queue allowance, smoothed; so lanes grow while more
+//!   lanes do not slow the backend down, and shrink when run time rises with
+//!   concurrency (the backend is saturated). They do not grow while the group is
+//!   app-limited (fewer than half the lanes in use). One lane up or down per
+//!   decision at most, between 1 and the ceiling.
+//! - **Window**: lingering pays only while enough calls arrive within one
+//!   batch's fixed cost that waiting for them saves batches (PostgreSQL's
+//!   `commit_delay` waits only when `commit_siblings` others are active): it
+//!   lingers (for half the fixed cost, at most the ceiling) above
+//!   [`LINGER_ON`] arrivals per fixed cost and stops below [`LINGER_OFF`]
+//!   (hysteresis); at idle the window is zero, so a lone call goes at once.
+//! - **Probe**: every [`PROBE_EVERY`] decisions the long-term run time is reset
+//!   to the short-term one, so that a baseline learnt under other conditions
+//!   does not hold the limit down forever.
+//!
+//! Everything here is a pure function of the samples it is given (times are
+//! passed in), so the rules are unit-tested alone and under a paused clock.
+
+use std::time::{Duration, Instant};
+
+/// Batches between two decisions.
+pub(crate) const DECIDE_EVERY: u32 = 8;
+/// Arrivals per fixed cost above which the window lingers.
+pub(crate) const LINGER_ON: f64 = 4.0;
+/// Arrivals per fixed cost below which it stops lingering.
+pub(crate) const LINGER_OFF: f64 = 2.0;
+/// Decisions between two probes of the baseline.
+pub(crate) const PROBE_EVERY: u32 = 16;
+/// Lanes when `max_in_flight` is not set.
+pub(crate) const MAX_LANES: usize = 32;
+/// Forgetting factor of the run-time fit, per batch.
+const FIT_DECAY: f64 = 0.97;
+/// Smoothing of the batch size and of the arrival rate.
+const SIZE: f64 = 0.3;
+const RATE: f64 = 0.2;
+const SLOWDOWN: f64 = 0.1;
+/// How much longer than alone a batch may run because of the batches beside
+/// it (Gradient2's tolerance): lanes stop growing there.
+const TOLERANCE: f64 = 1.5;
+
+/// One group's controller.
+#[derive(Clone, Debug)]
+pub(crate) struct Tune {
+    /// Lanes the group may use now.
+    pub(crate) lanes: usize,
+    /// The window a batch opened now lingers for.
+    pub(crate) window: Duration,
+    ceiling_lanes: usize,
+    ceiling_window: Duration,
+    lingering: bool,
+    /// Arrival rate, calls per second.
+    rate: f64,
+    last_start: Option<Instant>,
+    /// Batches that ran alone.
+    fit: Fit,
+    /// Relative slowdown per other batch running (see [`Costs::per_lane`]),
+    /// smoothed; `None` until measured.
+    slowdown: Option<f64>,
+    /// Smoothed batch size.
+    size: f64,
+    /// Since the last decision: batches finished, most lanes in use, whether a
+    /// batch queued for a lane.
+    batches: u32,
+    peak_used: usize,
+    queued: bool,
+    decisions: u32,
+    /// A batch ran alone since the last probe (the fit is current).
+    alone_seen: bool,
+}
+
+/// `run ≈ fixed + per_key × size` of batches that ran alone, by least squares
+/// with forgetting.
+#[derive(Clone, Debug, Default)]
+struct Fit {
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+}
+
+/// The fitted costs, seconds; `per_lane` is relative: each batch running
+/// beside one makes it take `per_lane` times longer than alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Costs {
+    fixed: f64,
+    per_key: f64,
+    per_lane: f64,
+}
+
+impl Fit {
+    fn add(&mut self, size: f64, run: f64) {
+        let d = FIT_DECAY;
+        self.w = self.w * d + 1.0;
+        self.x = self.x * d + size;
+        self.y = self.y * d + run;
+        self.xx = self.xx * d + size * size;
+        self.xy = self.xy * d + size * run;
+    }
+
+    /// `(fixed, per_key)` once there are samples; with one size only, all of
+    /// the run is taken as fixed.
+    fn costs(&self) -> Option<(f64, f64)> {
+        if self.w < 2.0 {
+            return None;
+        }
+        let mean_x = self.x / self.w;
+        let mean_y = self.y / self.w;
+        let var = self.xx / self.w - mean_x * mean_x;
+        if var <= 1e-9 * mean_x.max(1.0).powi(2) {
+            return Some((mean_y.max(0.0), 0.0));
+        }
+        let per_key = ((self.xy / self.w - mean_x * mean_y) / var).max(0.0);
+        let fixed = (mean_y - per_key * mean_x).max(0.0);
+        Some((fixed, per_key))
+    }
+
+    /// The run of a batch of `size` alone.
+    fn alone(&self, size: f64) -> Option<f64> {
+        self.costs().map(|(fixed, per_key)| fixed + per_key * size)
+    }
+}
+
+/// What the metrics show of a controller.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct TuneView {
+    pub(crate) lanes: usize,
+    pub(crate) window: Duration,
+    pub(crate) fixed_cost: Duration,
+    pub(crate) per_key_cost: Duration,
+    pub(crate) slowdown_per_lane: f64,
+    pub(crate) arrival_rate: f64,
+}
+
+impl Tune {
+    /// A controller between these ceilings: one lane, no window, until it has
+    /// measured something.
+    pub(crate) fn new(max_in_flight: usize, window: Duration) -> Self {
+        let ceiling_lanes = if max_in_flight == usize::MAX {
+            MAX_LANES
+        } else {
+            max_in_flight.max(1)
+        };
+        Tune {
+            lanes: 1,
+            window: Duration::ZERO,
+            ceiling_lanes,
+            ceiling_window: window,
+            lingering: false,
+            rate: 0.0,
+            last_start: None,
+            fit: Fit::default(),
+            slowdown: None,
+            size: 1.0,
+            batches: 0,
+            peak_used: 0,
+            queued: false,
+            decisions: 0,
+            alone_seen: false,
+        }
+    }
+
+    /// A batch of `calls` calls starts at `now` with `lanes_used` lanes in use
+    /// (itself included); `queued` other batches wait for a lane.
+    pub(crate) fn started(&mut self, now: Instant, calls: u64, lanes_used: usize, queued: usize) {
+        if let Some(last) = self.last_start {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            if dt > 0.0 {
+                let sample = calls as f64 / dt;
+                self.rate = if self.rate == 0.0 {
+                    sample
+                } else {
+                    self.rate + RATE * (sample - self.rate)
+                };
+            }
+        }
+        self.last_start = Some(now);
+        self.peak_used = self.peak_used.max(lanes_used);
+        self.queued |= queued > 0;
+    }
+
+    /// A call goes alone at `now` (an idle group): an arrival, and an event
+    /// towards the next decision (which brings the window back to zero when
+    /// calls come this rarely).
+    pub(crate) fn alone(&mut self, now: Instant) -> bool {
+        self.started(now, 1, 1, 0);
+        self.alone_seen = true;
+        self.batches += 1;
+        if self.batches < DECIDE_EVERY {
+            return false;
+        }
+        self.decide()
+    }
+
+    /// A due batch found every lane busy and queued for one.
+    pub(crate) fn waited(&mut self) {
+        self.queued = true;
+    }
+
+    /// A batch of `size` distinct keys, started with `lanes_used` lanes in use
+    /// (itself included), ran for `run`. Returns whether the lanes or the
+    /// window changed.
+    pub(crate) fn finished(&mut self, size: usize, lanes_used: usize, run: Duration) -> bool {
+        let size = size.max(1) as f64;
+        let run = run.as_secs_f64();
+        if lanes_used <= 1 {
+            self.fit.add(size, run);
+            self.alone_seen = true;
+        } else if let Some(alone) = self.fit.alone(size).filter(|a| *a > 0.0) {
+            let sample = ((run / alone - 1.0) / (lanes_used - 1) as f64).max(0.0);
+            self.slowdown = Some(match self.slowdown {
+                None => sample,
+                Some(s) => s + SLOWDOWN * (sample - s),
+            });
+        }
+        self.size += SIZE * (size - self.size);
+        self.batches += 1;
+        if self.batches < DECIDE_EVERY {
+            return false;
+        }
+        self.decide()
+    }
+
+    /// The most lanes worth running: past `1 + (TOLERANCE − 1) / slowdown`
+    /// lanes a batch runs more than `TOLERANCE` times as long as alone.
+    fn cap(&self) -> f64 {
+        let cap = match self.slowdown {
+            Some(s) if s > 1e-3 => 1.0 + (TOLERANCE - 1.0) / s,
+            _ => self.ceiling_lanes as f64,
+        };
+        cap.clamp(1.0, self.ceiling_lanes as f64)
+    }
+
+    fn costs(&self) -> Option<Costs> {
+        let (fixed, per_key) = self.fit.costs()?;
+        Some(Costs {
+            fixed,
+            per_key,
+            per_lane: self.slowdown.unwrap_or(0.0),
+        })
+    }
+
+    fn decide(&mut self) -> bool {
+        let before = (self.lanes, self.window);
+        self.decisions += 1;
+        if let Some(c) = self.costs() {
+            let cap = self.cap();
+            let busy = 2 * self.peak_used >= self.lanes;
+            if self.lanes as f64 > cap + 0.5 {
+                // Saturated: more lanes only slow every batch down. Half the
+                // way to the cap per decision.
+                let over = self.lanes as f64 - cap;
+                self.lanes -= ((over / 2.0).ceil() as usize).max(1);
+            } else if self.queued && busy && ((self.lanes + 1) as f64) <= cap + 0.5 {
+                // Batches wait for a lane, and more do not slow the backend
+                // past the tolerance: a quarter more per decision (at least one).
+                let room = (cap + 0.5) as usize - self.lanes;
+                self.lanes += (self.lanes / 4).clamp(1, room.max(1));
+            } else if self.decisions % PROBE_EVERY == 0 {
+                if !self.alone_seen && self.lanes > 1 && busy {
+                    // A probe of the baseline: no batch ran alone for a
+                    // while, so the cost alone is stale; one lane fewer for
+                    // one period lets the fit see other concurrencies.
+                    self.lanes -= 1;
+                }
+                self.alone_seen = false;
+            }
+            self.lanes = self.lanes.clamp(1, self.ceiling_lanes);
+            let siblings = self.rate * c.fixed;
+            if self.lingering && siblings < LINGER_OFF {
+                self.lingering = false;
+            } else if !self.lingering && siblings >= LINGER_ON {
+                self.lingering = true;
+            }
+            let target = if self.lingering {
+                Duration::from_secs_f64(c.fixed / 2.0).min(self.ceiling_window)
+            } else {
+                Duration::ZERO
+            };
+            // Half the way there per decision, and all the way to zero.
+            self.window = if target.is_zero() {
+                target
+            } else {
+                (self.window + target) / 2
+            };
+        }
+        self.batches = 0;
+        self.peak_used = 0;
+        self.queued = false;
+        before != (self.lanes, self.window)
+    }
+
+    pub(crate) fn view(&self) -> TuneView {
+        let c = self.costs().unwrap_or_default();
+        TuneView {
+            lanes: self.lanes,
+            window: self.window,
+            fixed_cost: Duration::from_secs_f64(c.fixed),
+            per_key_cost: Duration::from_secs_f64(c.per_key),
+            slowdown_per_lane: c.per_lane,
+            arrival_rate: self.rate,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted backend: `2 ms + 2 µs × size`, times `1 + slowdown ×
+    /// (lanes in use − 1)` (saturation).
+    fn backend(size: usize, used: usize, slowdown: f64) -> Duration {
+        let base = 0.002 + 0.000_002 * size as f64;
+        Duration::from_secs_f64(base * (1.0 + slowdown * (used as f64 - 1.0)))
+    }
+
+    /// Feeds `batches` batches at `rate` calls/s: batch `i` starts with
+    /// `1 + i % lanes` lanes in use (batches start at different times), and
+    /// `queued` batches wait.
+    fn feed(
+        t: &mut Tune,
+        now: &mut Instant,
+        rate: f64,
+        batches: u32,
+        slowdown: f64,
+        queued: usize,
+    ) {
+        for i in 0..batches as usize {
+            let lanes = t.lanes;
+            let used = 1 + i % lanes;
+            let run = backend(100, lanes, slowdown);
+            let gap = run / lanes as u32;
+            let calls = (rate * gap.as_secs_f64()).round().max(1.0) as u64;
+            *now += gap;
+            t.started(*now, calls, used, queued);
+            t.finished(
+                calls as usize,
+                used,
+                backend(calls as usize, used, slowdown),
+            );
+        }
+    }
+
+    #[test]
+    fn the_fit_recovers_fixed_and_per_key_costs_and_the_slowdown() {
+        let mut t = Tune::new(8, Duration::from_millis(5));
+        let mut now = Instant::now();
+        for (i, size) in [1usize, 10, 100, 1000, 50, 5, 500, 20]
+            .iter()
+            .cycle()
+            .take(64)
+            .enumerate()
+        {
+            let used = 1 + i % 3;
+            now += Duration::from_millis(1);
+            t.started(now, *size as u64, used, 0);
+            t.finished(*size, used, backend(*size, used, 0.25));
+        }
+        let c = t.costs().unwrap();
+        assert!((c.fixed - 0.002).abs() < 1e-6, "{c:?}");
+        assert!((c.per_key - 0.000_002).abs() < 1e-9, "{c:?}");
+        assert!((c.per_lane - 0.25).abs() < 1e-3, "{c:?}");
+    }
+
+    #[test]
+    fn idle_means_no_window_and_one_lane() {
+        let t = Tune::new(8, Duration::from_millis(5));
+        assert_eq!((t.lanes, t.window), (1, Duration::ZERO));
+    }
+
+    #[test]
+    fn lanes_grow_under_queueing_on_a_backend_that_scales() {
+        let mut t = Tune::new(8, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 20_000.0, 400, 0.0, 2);
+        assert_eq!(t.lanes, 8, "{t:?}");
+    }
+
+    #[test]
+    fn lanes_shrink_when_the_backend_saturates() {
+        let mut t = Tune::new(16, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 20_000.0, 400, 0.0, 2);
+        let grown = t.lanes;
+        assert!(grown >= 12, "{t:?}");
+        // Each extra lane now slows every batch by 50%: past 2 lanes a batch
+        // runs more than 1.5 times as long as alone.
+        feed(&mut t, &mut now, 20_000.0, 400, 0.5, 2);
+        assert!(t.lanes <= 3, "{grown} -> {t:?}");
+    }
+
+    #[test]
+    fn no_growth_while_app_limited() {
+        let mut t = Tune::new(8, Duration::from_millis(5));
+        let mut now = Instant::now();
+        for _ in 0..200 {
+            now += Duration::from_millis(10);
+            t.started(now, 1, 1, 0);
+            t.finished(1, 1, backend(1, 1, 0.0));
+        }
+        assert_eq!(t.lanes, 1);
+        assert_eq!(t.window, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_window_lingers_only_with_enough_siblings_and_has_hysteresis() {
+        let mut t = Tune::new(1, Duration::from_millis(5));
+        let mut now = Instant::now();
+        // 10,000 calls/s, 2 ms fixed cost: 20 arrivals per fixed cost.
+        feed(&mut t, &mut now, 10_000.0, 80, 0.0, 0);
+        assert!(t.window > Duration::ZERO, "{t:?}");
+        assert!(t.window <= Duration::from_millis(5));
+        // 1,500 calls/s: 3 per fixed cost, between the thresholds: it stays.
+        feed(&mut t, &mut now, 1_500.0, 80, 0.0, 0);
+        assert!(t.window > Duration::ZERO, "{t:?}");
+        // 200 calls/s: below the lower threshold, the window goes to zero.
+        feed(&mut t, &mut now, 200.0, 80, 0.0, 0);
+        assert_eq!(t.window, Duration::ZERO, "{t:?}");
+        // 3 per fixed cost again: not enough to start lingering.
+        feed(&mut t, &mut now, 1_500.0, 80, 0.0, 0);
+        assert_eq!(t.window, Duration::ZERO, "{t:?}");
+    }
+
+    #[test]
+    fn a_constant_load_settles_without_oscillating() {
+        let mut t = Tune::new(16, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 20_000.0, 400, 0.2, 1);
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            feed(&mut t, &mut now, 20_000.0, DECIDE_EVERY, 0.2, 1);
+            seen.push(t.lanes);
+        }
+        let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+        // Within one lane (the periodic probe) of where it settled.
+        assert!(hi - lo <= 1, "{seen:?}");
+        // 20% per extra lane: at most 1 + 0.5 / 0.2 = 3.5 lanes.
+        assert!(*hi <= 4, "{seen:?}");
+    }
+}

@@ -253,6 +253,68 @@
 //! # }
 //! ```
 //!
+//! # Streamed results
+//!
+//! A batch fn may return its rows as they arrive, `impl Stream<Item = Result<(K, V),
+//! E>>` (sqlx's `fetch()`, a Redis pipeline, a server-streaming response): each
+//! caller resolves the moment its own row comes, and the batch never holds all of
+//! them. The first item for a key wins; keys never yielded get `None`; an `Err`
+//! item, a panic, the `timeout` or the idle timeout fails only the keys not yet
+//! delivered. See [`Streamed`] for every rule.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use futures::stream::{self, Stream, StreamExt};
+//! use std::time::Duration;
+//!
+//! #[coalesce(window = "1ms")]
+//! async fn slow_squares(ids: Vec<u64>) -> impl Stream<Item = Result<(u64, u64), std::io::Error>> {
+//!     stream::iter(ids).then(|id| async move {
+//!         tokio::time::sleep(Duration::from_millis(id)).await;
+//!         Ok((id, id * id))
+//!     })
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! // 2 resolves when its row comes, long before 300's.
+//! let (two, three_hundred) = tokio::join!(slow_squares(2), slow_squares(300));
+//! assert_eq!((two.unwrap(), three_hundred.unwrap()), (Some(4), Some(90_000)));
+//! # }
+//! ```
+//!
+//! # Joining work already on its way
+//!
+//! A call for a key that a batch of its group is fetching right now (a running
+//! batch, or a lone call's run) waits for that answer instead of fetching the key
+//! again (Go's `singleflight`); a call for a key in a full batch that has not
+//! started joins it. `join_running = false` turns the first off, for callers that
+//! must see a write made after the running batch started.
+//!
+//! ```
+//! use coalesce::coalesce;
+//! use std::collections::HashMap;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::time::Duration;
+//!
+//! static QUERIES: AtomicUsize = AtomicUsize::new(0);
+//!
+//! #[coalesce(window = "1ms")]
+//! async fn price(ids: Vec<u32>) -> HashMap<u32, u64> {
+//!     QUERIES.fetch_add(1, Ordering::Relaxed);
+//!     tokio::time::sleep(Duration::from_millis(100)).await;
+//!     ids.into_iter().map(|id| (id, 42)).collect()
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let first = tokio::spawn(price(7));
+//! tokio::time::sleep(Duration::from_millis(10)).await;
+//! // 10 ms into the 100 ms batch: waits for it rather than query again.
+//! assert_eq!(price(7).await.unwrap(), Some(42));
+//! assert_eq!(first.await.unwrap().unwrap(), Some(42));
+//! assert_eq!(QUERIES.load(Ordering::Relaxed), 1);
+//! # }
+//! ```
+//!
 //! # Writes
 //!
 //! A batch fn that takes `(key, value)` pairs and returns `()`, `Result<(), E>` or a
@@ -315,9 +377,10 @@
 //! | `context = pool` | none | parameters that do not split batches (see above) |
 //! | `crate = "path"` | `::coalesce` | where the expansion finds this crate, when a crate re-exports the attribute |
 //! | `after_writes = path` | none | a read waits for the pending writes to its key (see [Writes](#writes)) |
+//! | `join_running = false` | `true` | a call never waits for a running batch of its key (see [Joining work already on its way](#joining-work-already-on-its-way)) |
 //! | `merge = path` | last write wins | how writes to one key fold (see [Writes](#writes)) |
 //! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
-//! | `dispatch = "adaptive"` | `"window"` | see [Choosing a window](#choosing-a-window) |
+//! | `dispatch = "adaptive"` | `"window"` | `"window"`, `"adaptive"` or `"auto"`: see [Choosing a window](#choosing-a-window) |
 //!
 //! ```
 //! use coalesce::{coalesce, Error};
@@ -389,6 +452,7 @@
 //! | --- | --- | --- | --- |
 //! | `dispatch = "window"` | up to one `window` | batches as full as traffic allows within the window | the backend is the bottleneck (rate limits, per-request cost, connection pool), and a few ms per call are cheap |
 //! | `dispatch = "adaptive"` | nothing: it leaves at once | a call that finds a free lane leaves with the calls made in the same instant; calls that arrive while every lane is busy gather and leave together when a lane frees | latency matters at low load, and load comes in bursts; set `max_in_flight` to what the backend serves at once |
+//! | `dispatch = "auto"` | nothing: it leaves at once | adaptive, with the lanes and the window set by the coalescer from what it measures (arrival rate, the batch fn's fixed and per-key cost, its slowdown when batches run side by side); `window` and `max_in_flight` (32 when unset) are ceilings | you would rather not guess the backend's capacity; read what it chose in `metrics().tuned` |
 //!
 //! Read the metrics to tune it: `wait` is the time from a batch's first call to its
 //! dispatch (what the window costs), `run` the batch function's own time. If `wait`
@@ -463,9 +527,9 @@
 
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{
-    configure, drain, drain_all, flush, flush_all, metrics, BatchOutput, Coalescer, Config,
-    Configured, Core, Delivery, Dispatch, Drained, Error, Flushed, Keyed, PerKey, Scope, Unsure,
-    WriteCore, WriteOutput,
+    configure, drain, drain_all, flush, flush_all, metrics, streamed, BatchOutput, Coalescer,
+    Config, Configured, Core, Delivery, Dispatch, Drained, EntryStream, Error, Flushed, Keyed,
+    PerKey, Scope, Streamed, StreamedResult, Unsure, WriteCore, WriteOutput,
 };
 
 #[doc(hidden)]

@@ -2,7 +2,8 @@
 //! kept off the crate root so that it never shows up in "did you mean" hints.
 
 pub use ::coalesce_runtime::{
-    per_key, BatchOutput, Config, Core, Dispatch, Error, Keyed, PerKey, WriteCore, WriteOutput,
+    per_key, streamed, BatchOutput, Config, Core, Dispatch, Error, Keyed, PerKey, Streamed,
+    WriteCore, WriteOutput,
 };
 pub use ::std::time::Duration;
 

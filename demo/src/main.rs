@@ -9,6 +9,10 @@
 //!   `SELECT ... WHERE id IN (...)` serves up to `max_batch` of them;
 //! - **`#[coalesce]` adaptive** (`dispatch = "adaptive"`): a call that finds nothing
 //!   in flight goes at once; calls that arrive while a batch runs gather for the next.
+//! - **`#[coalesce]` streamed**: the window's batches, but the batch fn returns its
+//!   rows as sqlx's `fetch()` streams them (`impl Stream<Item = Result<(i64, User),
+//!   sqlx::Error>>`): each caller resolves the moment its own row arrives, and no
+//!   batch holds all its rows at once.
 //!
 //! Each coalesced function is written once, as a batch function over `Vec<i64>`;
 //! `#[coalesce]` turns it into the single-key function the callers use. Queries are
@@ -53,6 +57,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use coalesce::coalesce;
 use futures::future::join_all;
+use futures::{Stream, TryStreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Sqlite};
 
@@ -166,6 +171,25 @@ async fn get_user_adaptive(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Er
     load_users(&ids).await
 }
 
+/// The same window, with the rows streamed to their callers as the query yields
+/// them (sqlx's `fetch()`): callers see `get_user_streamed(id).await`, as above.
+#[coalesce(window = "2ms", max_batch = 1000, name = "demo.users.streamed")]
+async fn get_user_streamed(ids: Vec<i64>) -> impl Stream<Item = Result<(i64, User), sqlx::Error>> {
+    QUERIES.fetch_add(1, Ordering::Relaxed);
+    // One bound parameter (a JSON array) keeps the SQL text static, so the
+    // stream borrows nothing but the `'static` pool.
+    let ids = format!(
+        "[{}]",
+        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+    );
+    sqlx::query_as::<_, (i64, String, String)>(
+        "SELECT id, name, email FROM users WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch(pool())
+    .map_ok(|(id, name, email)| (id, User { id, name, email }))
+}
+
 /// The column of `visits` a write goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Column {
@@ -262,6 +286,7 @@ enum Mode {
     Naive,
     Window,
     Adaptive,
+    Streamed,
 }
 
 impl Mode {
@@ -270,6 +295,7 @@ impl Mode {
             Mode::Naive => "naive",
             Mode::Window => "#[coalesce] window",
             Mode::Adaptive => "#[coalesce] adaptive",
+            Mode::Streamed => "#[coalesce] streamed",
         }
     }
 
@@ -279,6 +305,7 @@ impl Mode {
             Mode::Naive => get_user_naive(id).await.map_err(|e| e.to_string())?,
             Mode::Window => get_user_window(id).await.map_err(|e| e.to_string())?,
             Mode::Adaptive => get_user_adaptive(id).await.map_err(|e| e.to_string())?,
+            Mode::Streamed => get_user_streamed(id).await.map_err(|e| e.to_string())?,
         };
         Ok(user.is_some_and(|u| {
             u.id == id && u.name == format!("user {id}") && u.email == email_of(id)
@@ -956,7 +983,11 @@ async fn main() {
 async fn run(args: &Args, db: &Path) -> Result<bool, sqlx::Error> {
     // Run-time configuration of both coalescers, before their first call.
     let (window, max_batch) = (args.window, args.max_batch as usize);
-    for name in ["demo.users.window", "demo.users.adaptive"] {
+    for name in [
+        "demo.users.window",
+        "demo.users.adaptive",
+        "demo.users.streamed",
+    ] {
         coalesce::configure(name, move |c| c.window(window).max_batch(max_batch));
     }
 
@@ -991,7 +1022,7 @@ async fn run(args: &Args, db: &Path) -> Result<bool, sqlx::Error> {
     println!();
 
     let mut runs = Vec::new();
-    for mode in [Mode::Naive, Mode::Window, Mode::Adaptive] {
+    for mode in [Mode::Naive, Mode::Window, Mode::Adaptive, Mode::Streamed] {
         runs.push(burst(mode, &ids).await);
     }
     print_table(&runs);

@@ -27,6 +27,7 @@ mod kw {
     syn::custom_keyword!(merge);
     syn::custom_keyword!(after_writes);
     syn::custom_keyword!(context);
+    syn::custom_keyword!(join_running);
 }
 
 /// A value together with the span of the tokens it was read from.
@@ -45,6 +46,8 @@ pub enum Dispatch {
     Window,
     /// A call goes at once when nothing is in flight; arrivals gather while batches run.
     Adaptive,
+    /// Lanes and window set by the coalescer from what it measures.
+    Auto,
 }
 
 /// The parsed attribute arguments. `None` means "not written": the runtime's default applies.
@@ -70,7 +73,7 @@ pub struct Args {
     pub instance: Option<Spanned<Expr>>,
     /// `name = "users.load"`, the coalescer's name in metrics.
     pub name: Option<Spanned<LitStr>>,
-    /// `dispatch = "window" | "adaptive"`.
+    /// `dispatch = "window" | "adaptive" | "auto"`.
     pub dispatch: Option<Spanned<Dispatch>>,
     /// `merge = path::to::fn`: how writes to one key fold (write fns only).
     pub merge: Option<Spanned<Expr>>,
@@ -80,6 +83,9 @@ pub struct Args {
     /// `context = pool` or `context = (pool, http)`: parameters that do not
     /// split batches; the batch runs with the opening call's (cloned) values.
     pub context: Option<Spanned<Vec<syn::Ident>>>,
+    /// `join_running = false`: a call never waits for a running batch that
+    /// fetches its key (reads only).
+    pub join_running: Option<Spanned<bool>>,
     /// `crate = "path::to::coalesce"`: where the expansion finds the `coalesce`
     /// crate, for a crate that re-exports the attribute.
     pub krate: Option<Spanned<syn::Path>>,
@@ -151,6 +157,7 @@ impl Args {
         arg!(merge, parse_expr_arg(input)?);
         arg!(after_writes, parse_expr_arg(input)?);
         arg!(context, parse_names_arg(input)?);
+        arg!(join_running, parse_bool_arg(input, "join_running")?);
         if lookahead.peek(Token![crate]) {
             let key = input.parse::<Token![crate]>()?;
             let value = parse_crate_arg(input)?;
@@ -204,6 +211,22 @@ fn parse_crate_arg(input: ParseStream) -> syn::Result<Spanned<syn::Path>> {
         value: path,
         span: lit.span(),
     })
+}
+
+/// `= true` or `= false`.
+fn parse_bool_arg(input: ParseStream, name: &str) -> syn::Result<Spanned<bool>> {
+    input.parse::<Token![=]>()?;
+    let span = input.span();
+    match input.parse::<syn::LitBool>() {
+        Ok(lit) => Ok(Spanned {
+            value: lit.value,
+            span: lit.span,
+        }),
+        Err(_) => Err(syn::Error::new(
+            span,
+            format!("`{name}` takes `true` or `false`, e.g. `{name} = false`"),
+        )),
+    }
 }
 
 /// `= name` or `= (a, b)`: parameter names.
@@ -331,14 +354,16 @@ fn parse_name_arg(input: ParseStream) -> syn::Result<Spanned<LitStr>> {
     })
 }
 
-/// `= "window"` or `= "adaptive"`.
+/// `= "window"`, `= "adaptive"` or `= "auto"`.
 fn parse_dispatch_arg(input: ParseStream) -> syn::Result<Spanned<Dispatch>> {
-    const EXPECTED: &str = "`dispatch` is either \"window\" (every batch waits for its window) \
-                            or \"adaptive\" (go at once while a lane is free)";
+    const EXPECTED: &str = "`dispatch` is \"window\" (every batch waits for its window), \
+                            \"adaptive\" (go at once while a lane is free) or \"auto\" (lanes \
+                            and window tuned from what the coalescer measures)";
     let lit = parse_str_arg(input, || EXPECTED.to_owned())?;
     let value = match lit.value().as_str() {
         "window" => Dispatch::Window,
         "adaptive" => Dispatch::Adaptive,
+        "auto" => Dispatch::Auto,
         _ => return Err(syn::Error::new(lit.span(), EXPECTED)),
     };
     Ok(Spanned {

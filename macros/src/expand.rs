@@ -171,6 +171,14 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         );
         return fallback(func, signature, &error);
     }
+    if let (Some(join), true) = (&args.join_running, is_write) {
+        let error = syn::Error::new(
+            join.span,
+            "`join_running` is for reads: a write never joins another (each is sent, in order \
+             after the running write of its key); remove it",
+        );
+        return fallback(func, signature, &error);
+    }
     if let (Some(isolate), Some(_), true) = (&args.isolate, &args.merge, is_write) {
         let error = syn::Error::new(
             isolate.span,
@@ -404,6 +412,9 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             Some(quote!(#private::keyed_result))
         }
         (ShapeKind::Write, true) => Some(quote!(#private::Keyed)),
+        // Rows as they arrive: read by the batch's driver, item by item.
+        (ShapeKind::Stream, false) => Some(quote!(#private::Streamed)),
+        (ShapeKind::Stream, true) => Some(quote!(#private::streamed)),
         (ShapeKind::Write | ShapeKind::List | ShapeKind::Custom, _) => None,
     };
     let finish = |call: TokenStream| match &per_key {
@@ -532,7 +543,11 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
     let await_kw = Ident::new("await", last);
     let awaited = quote!(#load #dot #await_kw);
     let result = match shape.kind {
-        ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Write | ShapeKind::Custom => awaited,
+        ShapeKind::Map
+        | ShapeKind::PerKey
+        | ShapeKind::Write
+        | ShapeKind::Custom
+        | ShapeKind::Stream => awaited,
         ShapeKind::List => {
             let named = self_type.clone().unwrap_or_else(|| quote!(()));
             let arg = parenthesized(last, quote!(#awaited, #name));
@@ -843,6 +858,10 @@ fn config(args: &Args, krate: &syn::Path) -> TokenStream {
         let n = max_pending.value;
         config = quote!(#config.max_pending(#n));
     }
+    if let Some(join) = &args.join_running {
+        let join = join.value;
+        config = quote!(#config.join_running(#join));
+    }
     if let Some(per_group) = &args.max_pending_per_group {
         let n = per_group.value;
         config = quote!(#config.max_pending_per_group(#n));
@@ -855,6 +874,7 @@ fn config(args: &Args, krate: &syn::Path) -> TokenStream {
         let variant = match dispatch.value {
             Dispatch::Window => quote!(Window),
             Dispatch::Adaptive => quote!(Adaptive),
+            Dispatch::Auto => quote!(Auto),
         };
         config = quote!(#config.dispatch(#private::Dispatch::#variant));
     }
@@ -953,7 +973,7 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
     if let Some(shape) = &signature.shape {
         let value = &shape.value;
         let ok = match shape.kind {
-            ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Custom => {
+            ShapeKind::Map | ShapeKind::PerKey | ShapeKind::Custom | ShapeKind::Stream => {
                 quote!(::core::option::Option<#value>)
             }
             ShapeKind::List => value.to_token_stream(),
@@ -1111,5 +1131,60 @@ mod tests {
             expanded.contains(":: framework :: engine :: Error"),
             "{expanded}"
         );
+    }
+
+    /// `join_running` on a write fn is an error on the argument, saying to
+    /// remove it; on a read fn it sets the config.
+    #[test]
+    fn join_running_is_for_reads() {
+        let write = super::coalesce(
+            quote!(join_running = false),
+            quote! {
+                async fn save(items: Vec<(u64, u64)>) {}
+            },
+        )
+        .to_string();
+        assert!(write.contains("compile_error"), "{write}");
+        assert!(write.contains("`join_running` is for reads"), "{write}");
+        let read = super::coalesce(
+            quote!(join_running = false, dispatch = "auto"),
+            quote! {
+                async fn load(ids: Vec<u64>) -> std::collections::HashMap<u64, u64> {
+                    ids.into_iter().map(|id| (id, id)).collect()
+                }
+            },
+        )
+        .to_string();
+        assert!(!read.contains("compile_error"), "{read}");
+        assert!(read.contains(". join_running (false)"), "{read}");
+        assert!(read.contains("Dispatch :: Auto"), "{read}");
+    }
+
+    /// `impl Stream<Item = Result<(K, V), E>>`, alone or in `Result<_, E>`:
+    /// the single-key fn answers `Option<V>`, through `Streamed`/`streamed`.
+    #[test]
+    fn a_stream_of_rows_is_a_shape() {
+        let alone = super::coalesce(
+            quote!(),
+            quote! {
+                async fn rows(ids: Vec<u64>) -> impl Stream<Item = Result<(u64, String), DbError>> {
+                    todo()
+                }
+            },
+        )
+        .to_string();
+        assert!(!alone.contains("compile_error"), "{alone}");
+        assert!(alone.contains("__private :: Streamed"), "{alone}");
+        let in_result = super::coalesce(
+            quote!(),
+            quote! {
+                async fn rows(ids: Vec<u64>) -> Result<impl futures::Stream<Item = Result<(u64, String), DbError>>, DbError> {
+                    todo()
+                }
+            },
+        )
+        .to_string();
+        assert!(!in_result.contains("compile_error"), "{in_result}");
+        assert!(in_result.contains("__private :: streamed"), "{in_result}");
     }
 }

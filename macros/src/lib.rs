@@ -49,7 +49,7 @@
 //! batches; the batch runs with the opening call's clone), `crate = "path"` (where
 //! to find the `coalesce` crate when the attribute is re-exported),
 //! `name = "users.load"` (for metrics; the default is `module::path::fn_name`, or
-//! `<type of Self>::fn_name` for a method) and `dispatch = "window" | "adaptive"`.
+//! `<type of Self>::fn_name` for a method) and `dispatch = "window" | "adaptive" | "auto"`.
 //! Every read fn also gets `<name>_many(keys, ..)`.
 //!
 //! Problems are compile errors on the offending tokens: a non-`async` fn, no

@@ -84,6 +84,9 @@ pub enum ShapeKind {
     /// A type of the user's own that implements `BatchOutput<K>`: the value and
     /// error are its associated types; a caller gets `Option<Value>`.
     Custom,
+    /// `impl Stream<Item = Result<(K, V), E>>`: entries as they arrive; each
+    /// caller resolves when its own comes.
+    Stream,
     /// A write batch fn: `()`, `Result<(), E>`, `HashMap<K, Result<(), E>>`
     /// (or `BTreeMap`, alone or inside `Result<_, E>`); the value is `W`.
     Write,
@@ -404,7 +407,8 @@ fn write_output(ty: &Type) -> Option<(Option<Type>, bool, Option<Type>)> {
 const SHAPES: &str = "a map by key (`HashMap<K, V>`, `BTreeMap<K, V>`, `IndexMap<K, V>`, \
                       any `…Map<K, V>`), `Vec<V>` (one value per key, in order) or a type \
                       of your own that implements `coalesce::BatchOutput<K>`, either alone \
-                      or inside `Result<_, E>`";
+                      or inside `Result<_, E>`; or its rows as they arrive, \
+                      `impl Stream<Item = Result<(K, V), E>>` (alone or inside `Result<_, E>`)";
 
 /// The receivers a coalesced method can have: `&self`, `self: Arc<Self>` and
 /// `self: &Arc<Self>`. Concurrent calls share one batch run, which can neither
@@ -570,7 +574,30 @@ fn analyze_output(output: &Type, key: Option<&Type>, krate: &syn::Path) -> syn::
             format!("unsupported return type for #[coalesce]; the batch fn returns {SHAPES}"),
         )
     };
+    if let Some((value, error)) = stream_item(output) {
+        return Ok(Shape {
+            kind: ShapeKind::Stream,
+            value: value.clone(),
+            error: Some(error.clone()),
+            output: output.clone(),
+            outer_result: false,
+            key_error: None,
+        });
+    }
     if let Some(args) = generic_args(output, "Result") {
+        if let [ok, error] = args.as_slice() {
+            if let Some((value, _)) = stream_item(ok) {
+                // The stream's items fail with the same `E` as the whole batch.
+                return Ok(Shape {
+                    kind: ShapeKind::Stream,
+                    value: value.clone(),
+                    error: Some((*error).clone()),
+                    output: output.clone(),
+                    outer_result: true,
+                    key_error: None,
+                });
+            }
+        }
         // A `Result` alias with the error type fixed (`io::Result<T>`,
         // `sqlx::Result<T>`, `anyhow::Result<T>`): the error is whatever the
         // alias says, named through the `BatchOutput` impl of `Result<T, E>`.
@@ -710,6 +737,38 @@ fn read_collection(ty: &Type, key: Option<&Type>, krate: &syn::Path) -> Option<(
         <#ty as #krate::BatchOutput<#key>>::Value
     };
     Some((ShapeKind::Custom, value))
+}
+
+/// `(V, E)` when `ty` is `impl Stream<Item = Result<(K, V), E>>` (the trait
+/// under any path).
+fn stream_item(ty: &Type) -> Option<(&Type, &Type)> {
+    let Type::ImplTrait(imp) = ungroup(ty) else {
+        return None;
+    };
+    imp.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let last = bound.path.segments.last()?;
+        if last.ident != "Stream" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|arg| match arg {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => {
+                match generic_args(&assoc.ty, "Result")?.as_slice() {
+                    [pair, error] => match ungroup(pair) {
+                        Type::Tuple(t) if t.elems.len() == 2 => Some((&t.elems[1], *error)),
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+    })
 }
 
 /// `(V, E)` when a map's value type is `Result<V, E>`: one result per key.

@@ -94,10 +94,7 @@ fn ok(k: u64) -> Item {
 type Timed = (Result<Option<u64>, Error<String>>, Duration);
 
 /// Spawns a load and records when it resolved.
-fn timed(
-    c: &Arc<Coalescer<u64, u64, String>>,
-    key: u64,
-) -> tokio::task::JoinHandle<Timed> {
+fn timed(c: &Arc<Coalescer<u64, u64, String>>, key: u64) -> tokio::task::JoinHandle<Timed> {
     let c = c.clone();
     let t0 = Instant::now();
     tokio::spawn(async move {

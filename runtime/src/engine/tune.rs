@@ -5,34 +5,41 @@
 //!
 //! # What it measures
 //!
-//! - **Arrival rate**: calls admitted between batch starts, smoothed (EWMA).
-//! - **Run time as a function of batch size**: `run ≈ fixed + per_key × size`,
-//!   fitted online by least squares with exponential forgetting.
-//! - **Lanes in use** at each batch start, and whether batches queued for a lane.
-//! - **Run time under concurrency**: a size-normalised run time, short-term and
-//!   long-term (the gradient limiters of Netflix's concurrency-limits,
-//!   `Gradient2Limit`, and Envoy's adaptive concurrency).
+//! - **Arrival rate**: calls admitted between batch starts (a lone call counts
+//!   as a batch of one), smoothed (EWMA).
+//! - **Cost of a batch alone**: `run ≈ fixed + per_key × size`, fitted online
+//!   by least squares with exponential forgetting, on the batches that started
+//!   with no other batch of the group running.
+//! - **Slowdown under concurrency**: for a batch that ran beside `n` others,
+//!   `(run / alone − 1) / n`, smoothed: how much longer each batch beside it
+//!   makes it (the gradient limiters of Netflix's concurrency-limits,
+//!   `Gradient2Limit`, and Envoy's adaptive concurrency measure the same
+//!   thing as a ratio of latencies).
+//! - **Lanes in use** at each batch start, and whether a due batch queued for
+//!   a lane.
 //!
 //! # What it decides, every [`DECIDE_EVERY`] batches
 //!
-//! - **Lanes**: the gradient `long / short` (clamped to `[0.5, 1]`) times the
-//!   limit, plus a small queue allowance, smoothed; so lanes grow while more
-//!   lanes do not slow the backend down, and shrink when run time rises with
-//!   concurrency (the backend is saturated). They do not grow while the group is
-//!   app-limited (fewer than half the lanes in use). One lane up or down per
-//!   decision at most, between 1 and the ceiling.
+//! - **Lanes**: a batch may run at most `TOLERANCE` (1.5) times as long as
+//!   alone, so lanes are capped at `1 + (TOLERANCE − 1) / slowdown` (the
+//!   ceiling while no slowdown is measured). Below the cap they grow — by a
+//!   quarter, at least one — while batches queue for a lane and the group is
+//!   not app-limited (at least half its lanes in use); above it (the backend
+//!   saturates) they shrink half the way to it.
 //! - **Window**: lingering pays only while enough calls arrive within one
 //!   batch's fixed cost that waiting for them saves batches (PostgreSQL's
 //!   `commit_delay` waits only when `commit_siblings` others are active): it
-//!   lingers (for half the fixed cost, at most the ceiling) above
-//!   [`LINGER_ON`] arrivals per fixed cost and stops below [`LINGER_OFF`]
-//!   (hysteresis); at idle the window is zero, so a lone call goes at once.
-//! - **Probe**: every [`PROBE_EVERY`] decisions the long-term run time is reset
-//!   to the short-term one, so that a baseline learnt under other conditions
-//!   does not hold the limit down forever.
+//!   lingers — half the fixed cost, at most the ceiling, reached half the way
+//!   per decision — above [`LINGER_ON`] arrivals per fixed cost, and stops
+//!   below [`LINGER_OFF`] (hysteresis). It applies only while the group has a
+//!   batch running: on an idle group a call goes at once.
+//! - **Probe**: if no batch ran alone for [`PROBE_EVERY`] decisions (the cost
+//!   alone is stale), one lane fewer for one period, so that the fit sees
+//!   other concurrencies again.
 //!
 //! Everything here is a pure function of the samples it is given (times are
-//! passed in), so the rules are unit-tested alone and under a paused clock.
+//! passed in), so the rules are unit-tested alone (below) and through the
+//! engine under a paused clock (`tests/tune.rs`).
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,8 @@
 //! call's lane, and its promotion to a task of its own when a batch queues for
 //! it; and a queued batch abandoned by its only caller while a lane is handed to
 //! it; a call joining a running batch or a lone run of its key (`join_running`),
-//! racing that run's end, its other caller leaving, or leaving itself. For writes: a write racing the batch of its key (enqueue vs dispatch),
+//! racing that run's end, its other caller leaving, or leaving itself; a
+//! streamed batch feeding each caller its own item, racing a caller leaving. For writes: a write racing the batch of its key (enqueue vs dispatch),
 //! a key's second write held back while its first runs and released when it
 //! commits (the per-key watermark), and a writer that leaves after its write
 //! was accepted. What they do not: timers (windows are zero, no timeout) and a runtime
@@ -20,12 +21,14 @@
 #![cfg(loom)]
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use coalesce_runtime::{Config, Core, Dispatch, WriteCore};
+use coalesce_runtime::{Config, Core, Dispatch, Streamed, WriteCore};
+use futures::StreamExt as _;
 use loom::future::block_on;
 use loom::sync::Arc;
 use loom::thread;
@@ -36,9 +39,16 @@ type C = Core<(), u64, u64>;
 /// preemptions per execution, as tokio's own loom suite does: enough to reach
 /// every two-party race at each hand-off, with a state space CI can finish.
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(2, f);
+}
+
+/// [`model`] with at most `bound` preemptions by default: for the models whose
+/// hand-offs take many more lock steps (a streamed batch delivers item by
+/// item), where two preemptions explode the state space.
+fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
+        builder.preemption_bound = Some(bound);
     }
     builder.check(f);
 }
@@ -68,6 +78,15 @@ fn times_ten(_: &(), keys: Vec<u64>) -> impl Future<Output = HashMap<u64, u64>> 
         YieldOnce(false).await;
         keys.into_iter().map(|k| (k, k * 10)).collect()
     }
+}
+
+/// Polls a call once (it may be admitted, or open a batch), then drops it: a
+/// caller that leaves.
+fn poll_once_then_leave<F: Future>(fut: F) {
+    let mut fut = Box::pin(fut);
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let _ = fut.as_mut().poll(&mut cx);
 }
 
 /// Once every driver has finished: nothing pending, no lane held.
@@ -111,11 +130,7 @@ fn a_cancelled_caller_never_blocks_the_other() {
         let c2 = c.clone();
         let t = thread::spawn(move || {
             // Poll once (it may open the batch), then give up.
-            let mut fut = Box::pin(c2.load((), 1, times_ten));
-            let waker = futures::task::noop_waker();
-            let mut cx = Context::from_waker(&waker);
-            let _ = fut.as_mut().poll(&mut cx);
-            drop(fut);
+            poll_once_then_leave(c2.load((), 1, times_ten));
         });
         let mine = block_on(c.load((), 2, times_ten));
         assert_eq!(mine.unwrap(), Some(20));
@@ -188,11 +203,7 @@ fn a_joiner_leaving_races_the_answer() {
         let c = core(Config::new("loom").dispatch(Dispatch::Adaptive));
         let c2 = c.clone();
         let t = thread::spawn(move || {
-            let mut fut = Box::pin(c2.load((), 5, times_ten));
-            let waker = futures::task::noop_waker();
-            let mut cx = Context::from_waker(&waker);
-            let _ = fut.as_mut().poll(&mut cx);
-            drop(fut);
+            poll_once_then_leave(c2.load((), 5, times_ten));
         });
         let mine = block_on(c.load((), 5, times_ten));
         assert_eq!(mine.unwrap(), Some(50));
@@ -219,6 +230,52 @@ fn a_join_races_the_last_caller_leaving_a_running_batch() {
         });
         let mine = block_on(c.load((), 5, times_ten));
         assert_eq!(mine.unwrap(), Some(50));
+        t.join().unwrap();
+        assert_idle(&c);
+    });
+}
+
+/// A batch that streams its entries once its run has been pending once.
+fn streamed_times_ten(
+    _: &(),
+    keys: Vec<u64>,
+) -> impl Future<Output = Streamed<futures::stream::BoxStream<'static, Result<(u64, u64), Infallible>>>>
+{
+    async move {
+        // Pending once before the stream, so that its callers race its items.
+        YieldOnce(false).await;
+        let items = futures::stream::iter(keys.into_iter().map(|k| Ok((k, k * 10))));
+        Streamed(futures::StreamExt::boxed(items))
+    }
+}
+
+/// Streamed: two callers of a shared batch, each fed by its own item while the
+/// other may still wait; each gets its own entry, and nothing stays pending.
+#[test]
+fn streamed_items_reach_their_own_callers() {
+    model_bounded(1, || {
+        let c = core(Config::new("loom").max_batch(8));
+        let c2 = c.clone();
+        let t = thread::spawn(move || block_on(c2.load((), 1, streamed_times_ten)));
+        let mine = block_on(c.load((), 2, streamed_times_ten));
+        assert_eq!(mine.unwrap(), Some(20));
+        assert_eq!(t.join().unwrap().unwrap(), Some(10));
+        assert_idle(&c);
+    });
+}
+
+/// Streamed: a caller leaves after one poll, racing its item's delivery and
+/// the batch's end; the other caller is answered.
+#[test]
+fn a_streamed_caller_leaving_races_its_item() {
+    model(|| {
+        let c = core(Config::new("loom").max_batch(8));
+        let c2 = c.clone();
+        let t = thread::spawn(move || {
+            poll_once_then_leave(c2.load((), 1, streamed_times_ten));
+        });
+        let mine = block_on(c.load((), 2, streamed_times_ten));
+        assert_eq!(mine.unwrap(), Some(20));
         t.join().unwrap();
         assert_idle(&c);
     });

@@ -1,13 +1,15 @@
 //! PostgreSQL burst: 10,000 concurrent `get_user(id)` calls against a 100,000-row
 //! `users` table through a sqlx pool of 10 connections — the naive per-key query
-//! against `#[coalesce]` with a fixed window and with adaptive dispatch.
+//! against `#[coalesce]` with a fixed window, with adaptive dispatch and with
+//! self-tuning dispatch (`auto`, under the same ceilings as adaptive).
 //!
 //! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`) must point at
 //! 127.0.0.1. Queries are counted on the server: `pg_stat_user_tables.idx_scan` of
 //! `users` (one per executed lookup) and `pg_stat_database.xact_commit`.
 //!
 //! Usage: `cargo run --release -p coalesce-benches --bin pg_burst [-- ROUNDS [MODE]]`
-//! where MODE (`naive`, `window` or `adaptive`) runs that mode only, for a profiler.
+//! where MODE (`naive`, `window`, `adaptive` or `auto`) runs that mode only, for a
+//! profiler.
 
 use std::collections::HashMap;
 
@@ -77,11 +79,26 @@ async fn get_user_adaptive(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Er
     get_users(&ids).await
 }
 
+/// Coalesced, self-tuning dispatch (issue 12): the controller sets lanes and
+/// window itself, under the adaptive setting's bounds as ceilings (500 µs, as
+/// many lanes as the pool has connections).
+#[coalesce(
+    window = "500us",
+    max_batch = 1000,
+    max_in_flight = 10,
+    dispatch = "auto",
+    name = "pg.auto"
+)]
+async fn get_user_auto(ids: Vec<i64>) -> Result<HashMap<i64, User>, sqlx::Error> {
+    get_users(&ids).await
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Naive,
     Window,
     Adaptive,
+    Auto,
 }
 
 async fn get_user(mode: Mode, id: i64) -> Option<User> {
@@ -89,6 +106,7 @@ async fn get_user(mode: Mode, id: i64) -> Option<User> {
         Mode::Naive => get_user_naive(id).await.expect("query"),
         Mode::Window => get_user_window(id).await.expect("query"),
         Mode::Adaptive => get_user_adaptive(id).await.expect("query"),
+        Mode::Auto => get_user_auto(id).await.expect("query"),
     }
 }
 
@@ -281,7 +299,7 @@ async fn main() {
         .unwrap_or(3);
     setup(&url).await;
     let only = std::env::args().nth(2);
-    let modes: Vec<Mode> = [Mode::Naive, Mode::Window, Mode::Adaptive]
+    let modes: Vec<Mode> = [Mode::Naive, Mode::Window, Mode::Adaptive, Mode::Auto]
         .into_iter()
         .filter(|m| {
             only.as_deref()
@@ -296,16 +314,23 @@ async fn main() {
     for round in 1..=rounds {
         for &mode in &modes {
             let m = measure(&url, mode, round).await;
+            let tuned = (mode == Mode::Auto)
+                .then(|| coalesce::metrics::get("pg.auto").and_then(|m| m.tuned))
+                .flatten()
+                .map(|t| format!(", tuned: {} lanes, window {:?}", t.lanes, t.window))
+                .unwrap_or_default();
             eprintln!(
-                "round {round} {mode:?}: {:.1} ms, {} index scans, {} transactions",
+                "round {round} {mode:?}: {:.1} ms, p99 {:.2} ms, {} batches, {} index scans, {} transactions{tuned}",
                 m.run.wall.as_secs_f64() * 1e3,
+                m.run.quantile(0.99).as_secs_f64() * 1e3,
+                m.batches,
                 m.scans,
                 m.xacts
             );
             results.entry(label(mode)).or_default().push(m);
         }
     }
-    for name in ["pg.window", "pg.adaptive"] {
+    for name in ["pg.window", "pg.adaptive", "pg.auto"] {
         if let Some(m) = coalesce::metrics::get(name) {
             eprintln!("{m}");
         }
@@ -316,7 +341,7 @@ async fn main() {
     let Some(naive) = results.get("naive").map(|r| median(r)) else {
         return;
     };
-    for mode in modes {
+    for &mode in &modes {
         let m = median(&results[label(mode)]);
         println!(
             "| {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.1} + {:.1} | {:.1}x | {:.0}x |",
@@ -338,6 +363,41 @@ async fn main() {
             naive.xacts as f64 / m.xacts.max(1) as f64,
         );
     }
+    println!("\nPer round, median (min–max) of {rounds}:\n");
+    println!("| mode | wall (ms) | p50 (ms) | p99 (ms) | queries sent (client) |");
+    println!("|---|---:|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for mode in modes {
+        let rs = &results[label(mode)];
+        let col = |g: &dyn Fn(&Measured) -> f64, dec: usize| {
+            let mut xs: Vec<f64> = rs.iter().map(g).collect();
+            xs.sort_by(f64::total_cmp);
+            format!(
+                "{:.dec$} ({:.dec$}–{:.dec$})",
+                xs[xs.len() / 2],
+                xs[0],
+                xs[xs.len() - 1]
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            label(mode),
+            col(&|m| ms(m.run.wall), 1),
+            col(&|m| ms(m.run.quantile(0.5)), 2),
+            col(&|m| ms(m.run.quantile(0.99)), 2),
+            if mode == Mode::Naive {
+                BURST.to_string()
+            } else {
+                col(&|m| m.batches as f64, 0)
+            },
+        );
+    }
+    if let Some(t) = coalesce::metrics::get("pg.auto").and_then(|m| m.tuned) {
+        println!(
+            "\nauto at the end: {} lanes, window {:?}; fitted fixed cost {:?}, per key {:?}, slowdown per lane {:.3}\n",
+            t.lanes, t.window, t.fixed_cost, t.per_key_cost, t.slowdown_per_lane
+        );
+    }
 }
 
 /// Queries the client sent: batches run by the coalescer, or one per call.
@@ -346,6 +406,7 @@ fn batches(mode: Mode) -> u64 {
         Mode::Naive => return 0,
         Mode::Window => "pg.window",
         Mode::Adaptive => "pg.adaptive",
+        Mode::Auto => "pg.auto",
     };
     coalesce::metrics::get(name).map_or(0, |m| m.batches)
 }
@@ -355,6 +416,7 @@ fn label(mode: Mode) -> &'static str {
         Mode::Naive => "naive",
         Mode::Window => "#[coalesce] window 500us",
         Mode::Adaptive => "#[coalesce] adaptive",
+        Mode::Auto => "#[coalesce] auto",
     }
 }
 

@@ -31,9 +31,9 @@ pub enum Dispatch {
     /// configuration gives: `window` and `max_in_flight` (32 when unset) become
     /// ceilings, `max_batch` stays a hard cap. At idle the window is zero and a
     /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow while
-    /// batches queue for one and more lanes do not slow the backend by more than
-    /// half, and shrink when they do; the window lingers only while enough calls
-    /// arrive within one batch's fixed cost. The live lanes and window, and the
+    /// calls wait for one and more lanes do not slow the backend by more than
+    /// half, and shrink when they do; the window lingers only where lanes cannot
+    /// grow and enough calls arrive within one batch's fixed cost. The live lanes and window, and the
     /// fitted costs, are in [`MetricsSnapshot::tuned`](crate::metrics::MetricsSnapshot::tuned).
     Auto,
 }

@@ -71,19 +71,31 @@ async fn a_lone_call_goes_at_once() {
     assert_eq!(c.metrics().batches, 20);
 }
 
-/// Under 20,000 calls/s on a backend that scales, batches queue for one lane:
-/// lanes grow, and the window lingers (60 calls arrive per 3 ms fixed cost).
-/// Far below, the window goes back to zero.
+/// Under 20,000 calls/s on a backend that scales, with lanes to spare: lanes
+/// grow and no window is added (more lanes lower latency where they can be
+/// had).
 #[tokio::test(start_paused = true)]
-async fn lanes_and_window_follow_the_load() {
+async fn lanes_grow_before_any_window() {
     let c = backend(0.0, 8);
     offer(&c, 20_000.0, 8_000).await;
+    let t = tuned(&c);
+    assert!(t.lanes >= 2, "{t:?}");
+    assert_eq!(t.window, Duration::ZERO, "{t:?}");
+    // 2 ms, rounded up to the paused clock's 1 ms ticks.
+    assert_eq!(t.fixed_cost, Duration::from_millis(3), "{t:?}");
+}
+
+/// At its lane ceiling (one lane) under 20,000 calls/s, batches queue and 60
+/// calls arrive per 3 ms fixed cost: the window lingers. Far below, it goes
+/// back to zero.
+#[tokio::test(start_paused = true)]
+async fn the_window_lingers_only_at_the_lane_ceiling_under_load() {
+    let c = backend(0.0, 1);
+    offer(&c, 20_000.0, 8_000).await;
     let high = tuned(&c);
-    assert!(high.lanes >= 2, "{high:?}");
+    assert_eq!(high.lanes, 1, "{high:?}");
     assert!(high.window > Duration::ZERO, "{high:?}");
     assert!(high.window <= Duration::from_millis(5), "{high:?}");
-    // 2 ms, rounded up to the paused clock's 1 ms ticks.
-    assert_eq!(high.fixed_cost, Duration::from_millis(3), "{high:?}");
     // 300 calls/s: under one call per fixed cost.
     offer(&c, 300.0, 300).await;
     let low = tuned(&c);

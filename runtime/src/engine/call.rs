@@ -351,7 +351,7 @@ where
                 ),
                 Arrival::Alone => {
                     if let Some(t) = group.tune.as_mut() {
-                        if t.alone(tokio::time::Instant::now().into_std()) {
+                        if t.alone() {
                             self.rec.tuned(t.view());
                         }
                     }
@@ -395,10 +395,18 @@ where
                     drop(spare);
                     return Ok((Admitted::Alone(solo), group_slot));
                 }
-                Arrival::Open { settle } => (
-                    self.open_batch(&mut state.gathering, group, group_hash, settle),
-                    true,
-                ),
+                Arrival::Open { settle } => {
+                    if !group.road(self.lanes).lane_free() {
+                        // Calls gather behind busy lanes: demand beyond them.
+                        if let Some(t) = group.tune.as_mut() {
+                            t.waited();
+                        }
+                    }
+                    (
+                        self.open_batch(&mut state.gathering, group, group_hash, settle),
+                        true,
+                    )
+                }
             },
         };
         let mut st = lock(&batch.st);

@@ -148,8 +148,8 @@ impl<M: Mode> Group<M> {
         match (dispatch, &self.tune) {
             // Lingering applies while traffic flows: on an idle group a call
             // goes at once.
-            (Dispatch::Auto, Some(t)) if !t.window.is_zero() && self.lanes_used > 0 => {
-                (Dispatch::Window, t.window)
+            (Dispatch::Auto, Some(t)) if !t.lingers().is_zero() && self.lanes_used > 0 => {
+                (Dispatch::Window, t.lingers())
             }
             (Dispatch::Auto, _) => (Dispatch::Adaptive, window),
             _ => (dispatch, window),

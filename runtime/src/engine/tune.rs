@@ -5,8 +5,10 @@
 //!
 //! # What it measures
 //!
-//! - **Arrival rate**: calls admitted between batch starts (a lone call counts
-//!   as a batch of one), smoothed (EWMA).
+//! - **Arrival rate**: calls admitted over each decision period (the batch
+//!   starts of [`DECIDE_EVERY`] batches), smoothed (EWMA). Lone calls read no
+//!   clock: they are counted, and a period with [`DECIDE_EVERY`] of them marks
+//!   the group as mostly idle.
 //! - **Cost of a batch alone**: `run ≈ fixed + per_key × size`, fitted online
 //!   by least squares with exponential forgetting, on the batches that started
 //!   with no other batch of the group running.
@@ -25,14 +27,17 @@
 //!   ceiling while no slowdown is measured). Below the cap they grow — by a
 //!   quarter, at least one — while batches queue for a lane and the group is
 //!   not app-limited (at least half its lanes in use); above it (the backend
-//!   saturates) they shrink half the way to it.
-//! - **Window**: lingering pays only while enough calls arrive within one
-//!   batch's fixed cost that waiting for them saves batches (PostgreSQL's
-//!   `commit_delay` waits only when `commit_siblings` others are active): it
-//!   lingers — half the fixed cost, at most the ceiling, reached half the way
-//!   per decision — above [`LINGER_ON`] arrivals per fixed cost, and stops
-//!   below [`LINGER_OFF`] (hysteresis). It applies only while the group has a
-//!   batch running: on an idle group a call goes at once.
+//!   saturates) they shrink half the way to it. Demand is a due batch queued
+//!   for a lane, or calls gathering while every lane is busy.
+//! - **Window**: lingering pays only where more lanes cannot be had — at the
+//!   cap or the ceiling, with demand beyond them — and enough calls arrive
+//!   within one batch's fixed cost that waiting for them saves batches
+//!   (PostgreSQL's `commit_delay` waits only when `commit_siblings` others are
+//!   active): it lingers — half the smoothed fixed cost, at most the ceiling,
+//!   reached a quarter of the way per decision — above [`LINGER_ON`] arrivals
+//!   per fixed cost, and stops below [`LINGER_OFF`] or when lanes can grow
+//!   again (hysteresis). It applies only while the group has a batch running
+//!   and is not mostly idle: on an idle group a call goes at once.
 //! - **Probe**: if no batch ran alone for [`PROBE_EVERY`] decisions (the cost
 //!   alone is stale), one lane fewer for one period, so that the fit sees
 //!   other concurrencies again.
@@ -50,7 +55,7 @@ pub(crate) const LINGER_ON: f64 = 4.0;
 /// Arrivals per fixed cost below which it stops lingering.
 pub(crate) const LINGER_OFF: f64 = 2.0;
 /// Decisions between two probes of the baseline.
-pub(crate) const PROBE_EVERY: u32 = 16;
+pub(crate) const PROBE_EVERY: u32 = 64;
 /// Lanes when `max_in_flight` is not set.
 pub(crate) const MAX_LANES: usize = 32;
 /// Forgetting factor of the run-time fit, per batch.
@@ -59,6 +64,7 @@ const FIT_DECAY: f64 = 0.97;
 const SIZE: f64 = 0.3;
 const RATE: f64 = 0.2;
 const SLOWDOWN: f64 = 0.1;
+const FIXED: f64 = 0.1;
 /// How much longer than alone a batch may run because of the batches beside
 /// it (Gradient2's tolerance): lanes stop growing there.
 const TOLERANCE: f64 = 1.5;
@@ -76,6 +82,15 @@ pub(crate) struct Tune {
     /// Arrival rate, calls per second.
     rate: f64,
     last_start: Option<Instant>,
+    /// The first batch start of the current decision period, and the calls
+    /// admitted since (the rate is measured over a whole period: a batch's
+    /// own interval is too noisy).
+    period_start: Option<Instant>,
+    period_calls: u64,
+    /// Lone calls since the last decision: the group is mostly idle.
+    solos: u32,
+    /// The fixed cost, smoothed (the window follows it).
+    fixed: f64,
     /// Batches that ran alone.
     fit: Fit,
     /// Relative slowdown per other batch running (see [`Costs::per_lane`]),
@@ -174,6 +189,10 @@ impl Tune {
             lingering: false,
             rate: 0.0,
             last_start: None,
+            period_start: None,
+            period_calls: 0,
+            solos: 0,
+            fixed: 0.0,
             fit: Fit::default(),
             slowdown: None,
             size: 1.0,
@@ -188,38 +207,39 @@ impl Tune {
     /// A batch of `calls` calls starts at `now` with `lanes_used` lanes in use
     /// (itself included); `queued` other batches wait for a lane.
     pub(crate) fn started(&mut self, now: Instant, calls: u64, lanes_used: usize, queued: usize) {
-        if let Some(last) = self.last_start {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            if dt > 0.0 {
-                let sample = calls as f64 / dt;
-                self.rate = if self.rate == 0.0 {
-                    sample
-                } else {
-                    self.rate + RATE * (sample - self.rate)
-                };
-            }
+        match self.period_start {
+            None => self.period_start = Some(now),
+            // The calls of the period's first batch arrived before it.
+            Some(_) => self.period_calls += calls,
         }
         self.last_start = Some(now);
         self.peak_used = self.peak_used.max(lanes_used);
         self.queued |= queued > 0;
     }
 
-    /// A call goes alone at `now` (an idle group): an arrival, and an event
-    /// towards the next decision (which brings the window back to zero when
-    /// calls come this rarely).
-    pub(crate) fn alone(&mut self, now: Instant) -> bool {
-        self.started(now, 1, 1, 0);
-        self.alone_seen = true;
-        self.batches += 1;
-        if self.batches < DECIDE_EVERY {
-            return false;
-        }
-        self.decide()
+    /// A call goes alone (an idle group). No clock is read on this path:
+    /// it counts, and once [`DECIDE_EVERY`] lone calls come between two
+    /// decisions the group counts as idle (no lingering; see
+    /// [`Tune::lingers`]). True when that happens, for the metrics.
+    pub(crate) fn alone(&mut self) -> bool {
+        self.solos = self.solos.saturating_add(1);
+        self.solos == DECIDE_EVERY
     }
 
-    /// A due batch found every lane busy and queued for one.
+    /// Calls gather while every lane is busy, or a due batch queued for a
+    /// lane: demand beyond the lanes.
     pub(crate) fn waited(&mut self) {
         self.queued = true;
+    }
+
+    /// The window a batch opened now lingers for: zero while the group is
+    /// mostly idle.
+    pub(crate) fn lingers(&self) -> Duration {
+        if self.solos >= DECIDE_EVERY {
+            Duration::ZERO
+        } else {
+            self.window
+        }
     }
 
     /// A batch of `size` distinct keys, started with `lanes_used` lanes in use
@@ -266,9 +286,24 @@ impl Tune {
     }
 
     fn decide(&mut self) -> bool {
-        let before = (self.lanes, self.window);
         self.decisions += 1;
+        if let (Some(first), Some(last)) = (self.period_start, self.last_start) {
+            let dt = last.saturating_duration_since(first).as_secs_f64();
+            if dt > 0.0 {
+                let sample = self.period_calls as f64 / dt;
+                self.rate = if self.rate == 0.0 {
+                    sample
+                } else {
+                    self.rate + RATE * (sample - self.rate)
+                };
+            }
+        }
         if let Some(c) = self.costs() {
+            self.fixed = if self.fixed == 0.0 {
+                c.fixed
+            } else {
+                self.fixed + FIXED * (c.fixed - self.fixed)
+            };
             let cap = self.cap();
             let busy = 2 * self.peak_used >= self.lanes;
             if self.lanes as f64 > cap + 0.5 {
@@ -291,35 +326,43 @@ impl Tune {
                 self.alone_seen = false;
             }
             self.lanes = self.lanes.clamp(1, self.ceiling_lanes);
-            let siblings = self.rate * c.fixed;
-            if self.lingering && siblings < LINGER_OFF {
+            // Lingering pays only when lanes cannot grow (at the cap or the
+            // ceiling) while demand exceeds them, and enough calls arrive per
+            // fixed cost that waiting for them saves batches; more lanes
+            // lower latency where they can be had.
+            let siblings = self.rate * self.fixed;
+            let at_cap = (self.lanes + 1) as f64 > cap + 0.5;
+            if self.lingering && (siblings < LINGER_OFF || !at_cap) {
                 self.lingering = false;
-            } else if !self.lingering && siblings >= LINGER_ON {
+            } else if !self.lingering && siblings >= LINGER_ON && at_cap && self.queued {
                 self.lingering = true;
             }
             let target = if self.lingering {
-                Duration::from_secs_f64(c.fixed / 2.0).min(self.ceiling_window)
+                Duration::from_secs_f64(self.fixed / 2.0).min(self.ceiling_window)
             } else {
                 Duration::ZERO
             };
-            // Half the way there per decision, and all the way to zero.
+            // A quarter of the way there per decision, and all the way to zero.
             self.window = if target.is_zero() {
                 target
             } else {
-                (self.window + target) / 2
+                (self.window * 3 + target) / 4
             };
         }
         self.batches = 0;
         self.peak_used = 0;
         self.queued = false;
-        before != (self.lanes, self.window)
+        self.solos = 0;
+        self.period_start = None;
+        self.period_calls = 0;
+        true
     }
 
     pub(crate) fn view(&self) -> TuneView {
         let c = self.costs().unwrap_or_default();
         TuneView {
             lanes: self.lanes,
-            window: self.window,
+            window: self.lingers(),
             fixed_cost: Duration::from_secs_f64(c.fixed),
             per_key_cost: Duration::from_secs_f64(c.per_key),
             slowdown_per_lane: c.per_lane,
@@ -432,18 +475,41 @@ mod tests {
         let mut t = Tune::new(1, Duration::from_millis(5));
         let mut now = Instant::now();
         // 10,000 calls/s, 2 ms fixed cost: 20 arrivals per fixed cost.
-        feed(&mut t, &mut now, 10_000.0, 80, 0.0, 0);
+        feed(&mut t, &mut now, 10_000.0, 80, 0.0, 1);
         assert!(t.window > Duration::ZERO, "{t:?}");
         assert!(t.window <= Duration::from_millis(5));
         // 1,500 calls/s: 3 per fixed cost, between the thresholds: it stays.
-        feed(&mut t, &mut now, 1_500.0, 80, 0.0, 0);
+        feed(&mut t, &mut now, 1_500.0, 80, 0.0, 1);
         assert!(t.window > Duration::ZERO, "{t:?}");
         // 200 calls/s: below the lower threshold, the window goes to zero.
-        feed(&mut t, &mut now, 200.0, 80, 0.0, 0);
+        feed(&mut t, &mut now, 200.0, 80, 0.0, 1);
         assert_eq!(t.window, Duration::ZERO, "{t:?}");
         // 3 per fixed cost again: not enough to start lingering.
-        feed(&mut t, &mut now, 1_500.0, 80, 0.0, 0);
+        feed(&mut t, &mut now, 1_500.0, 80, 0.0, 1);
         assert_eq!(t.window, Duration::ZERO, "{t:?}");
+    }
+
+    #[test]
+    fn no_lingering_while_lanes_can_grow() {
+        // Many calls per fixed cost, but a backend that scales and lanes to
+        // spare: more lanes, not a window.
+        let mut t = Tune::new(8, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 10_000.0, 16, 0.0, 1);
+        assert_eq!(t.window, Duration::ZERO, "{t:?}");
+        assert!(t.lanes > 1, "{t:?}");
+    }
+
+    #[test]
+    fn lone_calls_turn_lingering_off_without_a_clock() {
+        let mut t = Tune::new(1, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 10_000.0, 80, 0.0, 1);
+        assert!(t.lingers() > Duration::ZERO, "{t:?}");
+        let published = (0..DECIDE_EVERY).map(|_| t.alone()).filter(|p| *p).count();
+        assert_eq!(published, 1);
+        assert_eq!(t.lingers(), Duration::ZERO);
+        assert_eq!(t.view().window, Duration::ZERO);
     }
 
     #[test]

@@ -243,8 +243,8 @@ impl Tune {
     }
 
     /// A batch of `size` distinct keys, started with `lanes_used` lanes in use
-    /// (itself included), ran for `run`. Returns whether the lanes or the
-    /// window changed.
+    /// (itself included), ran for `run`. Returns whether a decision was made
+    /// (its result goes to the metrics).
     pub(crate) fn finished(&mut self, size: usize, lanes_used: usize, run: Duration) -> bool {
         let size = size.max(1) as f64;
         let run = run.as_secs_f64();
@@ -285,6 +285,8 @@ impl Tune {
         })
     }
 
+    /// Sets the lanes and the window from what the period measured, and
+    /// starts a new period. Always true (a decision was made).
     fn decide(&mut self) -> bool {
         self.decisions += 1;
         if let (Some(first), Some(last)) = (self.period_start, self.last_start) {

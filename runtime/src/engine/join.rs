@@ -13,21 +13,33 @@
 //! checked there, on the key that was fetched), or "enqueue again" if not (a
 //! hash collision) or if the run was stopped or lost.
 //!
+//! The joint also keeps the open key's hash in an atomic, a hint read without
+//! its lock: a call whose key has another hash (most calls) passes a running
+//! lone call without taking its lock.
+//!
 //! Lock order: the state lock, then a cell's `st`, then its joint; a joiner's
 //! own lock is taken alone.
 
 use std::future::poll_fn;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc as StdArc;
 use std::task::{Poll, Waker};
 
 use super::batch::panic_message;
 use super::deliver::drop_quietly;
-use super::sync::{lock, Mutex};
+use super::sync::{lock, AtomicU64, Mutex};
 use crate::error::Error;
 
 /// The part of a lone call's cell that other calls join.
 pub(crate) struct Joint<K, V, E> {
+    /// The hash of the open key (a hint: 0 when closed; checked again under
+    /// the lock).
+    hash: AtomicU64,
+    st: Mutex<JointState<K, V, E>>,
+}
+
+struct JointState<K, V, E> {
     /// The key being fetched and its hash, while the run may be joined.
     key: Option<(u64, K)>,
     joiners: Vec<StdArc<Joiner<K, V, E>>>,
@@ -36,8 +48,11 @@ pub(crate) struct Joint<K, V, E> {
 impl<K, V, E> Joint<K, V, E> {
     pub(crate) fn new() -> Self {
         Joint {
-            key: None,
-            joiners: Vec::new(),
+            hash: AtomicU64::new(0),
+            st: Mutex::new(JointState {
+                key: None,
+                joiners: Vec::new(),
+            }),
         }
     }
 }
@@ -68,36 +83,44 @@ pub(crate) enum Joined<V, E> {
 }
 
 /// Opens `joint` to calls for `key` (hash `hash`).
-pub(crate) fn open<K, V, E>(joint: &Mutex<Joint<K, V, E>>, hash: u64, key: K) {
-    let old = lock(joint).key.replace((hash, key));
+pub(crate) fn open<K, V, E>(joint: &Joint<K, V, E>, hash: u64, key: K) {
+    let mut st = lock(&joint.st);
+    let old = st.key.replace((hash, key));
+    joint.hash.store(hash, Relaxed);
+    drop(st);
     drop_quietly(old);
 }
 
 /// Closes `joint`: returns its joiners and its key, to be answered and dropped
 /// outside every lock.
 #[allow(clippy::type_complexity)]
-pub(crate) fn close<K, V, E>(
-    joint: &Mutex<Joint<K, V, E>>,
-) -> (Vec<StdArc<Joiner<K, V, E>>>, Option<K>) {
-    let mut j = lock(joint);
+pub(crate) fn close<K, V, E>(joint: &Joint<K, V, E>) -> (Vec<StdArc<Joiner<K, V, E>>>, Option<K>) {
+    let mut j = lock(&joint.st);
+    joint.hash.store(0, Relaxed);
     let joiners = std::mem::take(&mut j.joiners);
     let key = j.key.take().map(|(_, k)| k);
     (joiners, key)
 }
 
 /// Whether calls wait on `joint` (a run whose first caller left goes on for them).
-pub(crate) fn has_joiners<K, V, E>(joint: &Mutex<Joint<K, V, E>>) -> bool {
-    !lock(joint).joiners.is_empty()
+pub(crate) fn has_joiners<K, V, E>(joint: &Joint<K, V, E>) -> bool {
+    !lock(&joint.st).joiners.is_empty()
 }
 
 /// Attaches a call for `key` (hash `hash`) to `joint` if its run fetches a key
 /// of that hash; gives the key back if not. Under the state lock.
 pub(crate) fn attach<K, V, E>(
-    joint: &Mutex<Joint<K, V, E>>,
+    joint: &Joint<K, V, E>,
     hash: u64,
     key: K,
 ) -> Result<StdArc<Joiner<K, V, E>>, K> {
-    let mut j = lock(joint);
+    // The hint is only ever written under the lock: a stale read either
+    // skips a run that just opened (the call fetches itself) or takes the
+    // lock for nothing.
+    if joint.hash.load(Relaxed) != hash {
+        return Err(key);
+    }
+    let mut j = lock(&joint.st);
     if !matches!(&j.key, Some((h, _)) if *h == hash) {
         return Err(key);
     }

@@ -49,7 +49,7 @@ use crate::output::Delivery;
 pub(crate) struct SoloCell<K, V, E> {
     st: Mutex<Cell<K, V, E>>,
     /// Calls for the same key that wait on this run (see `join`).
-    pub(crate) joint: Mutex<Joint<K, V, E>>,
+    pub(crate) joint: Joint<K, V, E>,
     /// A batch waits for this lane: the run must not depend on its caller.
     promote: AtomicBool,
 }
@@ -93,7 +93,7 @@ impl<K, V, E> SoloCell<K, V, E> {
                 deadline: None,
                 ancestry: Vec::new(),
             }),
-            joint: Mutex::new(Joint::new()),
+            joint: Joint::new(),
             promote: AtomicBool::new(false),
         }
     }

@@ -1173,62 +1173,38 @@ fn plot_steps(
         let p99_max = per.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
         let thr_max = per.iter().map(|p| p.2).fold(1.0, f64::max) * 1.2;
         let title = |what: &str| format!("{what} — {} backend", backend.label());
-        // Lanes.
-        let mut c = ChartBuilder::on(&areas[col])
-            .caption(title("lanes (metrics().tuned)"), ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..xmax, 0.0..lanes_max)?;
-        c.configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("lanes")
-            .draw()?;
-        c.draw_series(LineSeries::new(
+        let panel = |row: usize, what: &str, y_desc: &str, ymax: f64| {
+            // One time-series panel of the grid: row `row`, this backend's column.
+            let mut c = ChartBuilder::on(&areas[row * cols + col])
+                .caption(title(what), ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(if row == 3 { 60 } else { 50 })
+                .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+            c.configure_mesh()
+                .x_desc("time (s)")
+                .y_desc(y_desc)
+                .draw()?;
+            Ok::<_, Box<dyn std::error::Error>>(c)
+        };
+        panel(0, "lanes (metrics().tuned)", "lanes", lanes_max)?.draw_series(LineSeries::new(
             samples.iter().map(|s| (s.at.as_secs_f64(), s.lanes as f64)),
             BLUE.stroke_width(2),
         ))?;
-        // Window.
-        let mut c = ChartBuilder::on(&areas[cols + col])
-            .caption(title("window (metrics().tuned)"), ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..xmax, 0.0..window_max)?;
-        c.configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("window (ms)")
-            .draw()?;
-        c.draw_series(LineSeries::new(
-            samples.iter().map(|s| (s.at.as_secs_f64(), ms(s.window))),
-            orange.stroke_width(2),
-        ))?;
-        // p99.
-        let mut c = ChartBuilder::on(&areas[2 * cols + col])
-            .caption(title("p99 of calls started per 50 ms"), ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..xmax, 0.0..p99_max)?;
-        c.configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("p99 (ms)")
-            .draw()?;
-        c.draw_series(LineSeries::new(
-            per.iter().filter(|p| p.1 > 0.0).map(|p| (p.0, p.1)),
-            RED.stroke_width(2),
-        ))?;
+        panel(1, "window (metrics().tuned)", "window (ms)", window_max)?.draw_series(
+            LineSeries::new(
+                samples.iter().map(|s| (s.at.as_secs_f64(), ms(s.window))),
+                orange.stroke_width(2),
+            ),
+        )?;
+        panel(2, "p99 of calls started per 50 ms", "p99 (ms)", p99_max)?.draw_series(
+            LineSeries::new(
+                per.iter().filter(|p| p.1 > 0.0).map(|p| (p.0, p.1)),
+                RED.stroke_width(2),
+            ),
+        )?;
         // Throughput, with the offered load.
-        let mut c = ChartBuilder::on(&areas[3 * cols + col])
-            .caption(title("answers per second per 50 ms"), ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..xmax, 0.0..thr_max)?;
-        c.configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("calls/s")
-            .draw()?;
+        let mut c = panel(3, "answers per second per 50 ms", "calls/s", thr_max)?;
         let mut offered = Vec::new();
         let mut at = 0.0;
         for p in STEPS {

@@ -63,6 +63,9 @@ where
     clock: Clock,
     /// The idle timeout's wait, for the deadline it was made for.
     idle: Option<(Instant, Sleep)>,
+    /// Items for keys nobody asked for, or repeats: counted here and handed
+    /// to the batch when the run ends (see `Drop`), not one lock per item.
+    unrequested: u64,
 }
 
 impl<G, K, V, E> Feed<G, K, V, E>
@@ -94,6 +97,7 @@ where
             first_seen: false,
             clock: Clock::detect(),
             idle: None,
+            unrequested: 0,
         }
     }
 
@@ -106,7 +110,7 @@ where
         };
         drop_quietly(key);
         let Some(slot) = slot else {
-            self.unrequested();
+            self.unrequested += 1;
             drop_quietly(value);
             return false;
         };
@@ -120,7 +124,7 @@ where
         if s.delivered {
             // A second item for the key: the first one won.
             drop(st);
-            self.unrequested();
+            self.unrequested += 1;
             drop_quietly(value);
             return false;
         }
@@ -169,11 +173,6 @@ where
         done
     }
 
-    fn unrequested(&self) {
-        if let Some(stream) = &mut lock(&self.batch.st).entries.stream {
-            stream.unrequested += 1;
-        }
-    }
 
     /// The stream starts: the batch indexes its callers by key. False if the
     /// batch no longer runs.
@@ -218,6 +217,24 @@ where
 
 fn nothing_more<K: 'static, V: 'static, E: 'static>() -> Delivery<K, V, E> {
     Delivery::Keyed(Box::new(std::iter::empty()))
+}
+
+impl<G, K, V, E> Drop for Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// The driver drops the run before it completes the batch (and with no
+    /// lock held): the completion counts what this run ignored.
+    fn drop(&mut self) {
+        if self.unrequested > 0 {
+            if let Some(stream) = &mut lock(&self.batch.st).entries.stream {
+                stream.unrequested += self.unrequested;
+            }
+        }
+    }
 }
 
 // No field is pinned: the run and the stream are boxed and pinned on their own.

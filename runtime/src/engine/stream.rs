@@ -173,7 +173,6 @@ where
         done
     }
 
-
     /// The stream starts: the batch indexes its callers by key. False if the
     /// batch no longer runs.
     fn begin(&mut self, stream: EntryStream<K, V, E>) -> bool {

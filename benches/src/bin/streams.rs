@@ -49,8 +49,12 @@ const MEMORY_KEYS: usize = 1_000_000;
 /// Bytes of each synthetic value in the memory burst.
 const VALUE: usize = 64;
 
-const SQLITE_BY_IDS: &str = "SELECT id, name, payload FROM coalesce_bench_stream \
-                             WHERE id IN (SELECT value FROM json_each(?))";
+/// Both shapes run the same query. It walks the ids and looks each one up, so
+/// SQLite yields a row as soon as it finds one; `WHERE id IN (SELECT value FROM
+/// json_each(?))` first builds a sorted set of the 10,000 ids (first row after
+/// about 1.8 ms instead of 0.5 ms, and no faster in total).
+const SQLITE_BY_IDS: &str = "SELECT t.id, t.name, t.payload FROM json_each(?) AS j \
+                             JOIN coalesce_bench_stream AS t ON t.id = j.value";
 const PG_BY_IDS: &str = "SELECT id, name, payload FROM coalesce_bench_stream WHERE id = ANY($1)";
 
 /// One row, as each caller receives it.

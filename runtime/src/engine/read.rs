@@ -371,6 +371,26 @@ pub(crate) struct Entries<K, V, E> {
     pub(crate) stream: Option<Box<StreamState>>,
 }
 
+/// The wakers of one slot's callers, taken under the batch lock and woken
+/// after it (see [`Entries::slot_wakers`]).
+#[derive(Default)]
+pub(crate) struct SlotWakers {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
+
+impl SlotWakers {
+    /// Wakes each caller.
+    pub(crate) fn wake(self) {
+        if let Some(w) = self.first {
+            w.wake();
+        }
+        for w in self.rest {
+            w.wake();
+        }
+    }
+}
+
 /// What a streamed run has delivered so far, and which tickets wait on each
 /// slot (so that an item wakes only its own callers).
 pub(crate) struct StreamState {
@@ -445,9 +465,10 @@ impl<K, V, E> Entries<K, V, E> {
         self.stream = Some(Box::new(stream));
     }
 
-    /// The wakers of the live tickets of `slot` (streamed runs only).
-    pub(crate) fn slot_wakers(&mut self, slot: u32) -> Vec<Waker> {
-        let mut out = Vec::new();
+    /// The wakers of the live tickets of `slot` (streamed runs only). Most
+    /// keys have one caller: its waker is held inline, with no allocation.
+    pub(crate) fn slot_wakers(&mut self, slot: u32) -> SlotWakers {
+        let mut out = SlotWakers::default();
         let Some(stream) = &self.stream else {
             return out;
         };
@@ -455,7 +476,12 @@ impl<K, V, E> Entries<K, V, E> {
         while t != u32::MAX {
             let ticket = &mut self.tickets[t as usize];
             if ticket.live {
-                out.extend(ticket.waker.take());
+                if let Some(w) = ticket.waker.take() {
+                    match out.first {
+                        None => out.first = Some(w),
+                        Some(_) => out.rest.push(w),
+                    }
+                }
             }
             t = stream.next[t as usize];
         }

@@ -167,9 +167,7 @@ where
         };
         let wakers = entries.slot_wakers(slot);
         drop(st);
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake();
         done
     }
 
@@ -282,7 +280,10 @@ where
                         this.first_seen = true;
                         this.inner.rec.first_item(this.started.elapsed());
                     }
-                    this.last = Instant::now();
+                    if this.inner.config.idle_timeout.is_some() {
+                        // A clock read per item only when the gap is bounded.
+                        this.last = Instant::now();
+                    }
                     if this.deliver(key, value) {
                         return this.finish(nothing_more());
                     }

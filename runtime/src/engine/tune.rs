@@ -23,18 +23,25 @@
 //! # What it decides, every [`DECIDE_EVERY`] batches
 //!
 //! - **Lanes**: a batch may run at most `TOLERANCE` (1.5) times as long as
-//!   alone, so lanes are capped at `1 + (TOLERANCE − 1) / slowdown` (the
-//!   ceiling while no slowdown is measured). Below the cap they grow — by a
-//!   quarter, at least one — while batches queue for a lane and the group is
-//!   not app-limited (at least half its lanes in use); above it (the backend
+//!   alone, so lanes are capped at `1 + (TOLERANCE − 1) / slowdown`, with
+//!   the slowdown the samples show for sure (their mean less two standard
+//!   errors: a noisy backend that does not slow down is not capped by its
+//!   noise); the ceiling while fewer than [`MIN_SAMPLES`] are measured. The cap
+//!   the lanes follow moves only when the computed one leaves a band around
+//!   it (40%, at least one lane: hysteresis, so that a noisy slowdown
+//!   does not move the lanes). Below the cap lanes grow — by a quarter, at
+//!   least one — while batches queue for a lane and the group is not
+//!   app-limited (at least half its lanes in use); above it (the backend
 //!   saturates) they shrink half the way to it. Demand is a due batch queued
 //!   for a lane, or calls gathering while every lane is busy.
 //! - **Window**: lingering pays only where more lanes cannot be had — at the
 //!   cap or the ceiling, with demand beyond them — and enough calls arrive
 //!   within one batch's fixed cost that waiting for them saves batches
 //!   (PostgreSQL's `commit_delay` waits only when `commit_siblings` others are
-//!   active): it lingers — half the smoothed fixed cost, at most the ceiling,
-//!   reached a quarter of the way per decision — above [`LINGER_ON`] arrivals
+//!   active), and, at a measured cap, batches slow each other by at least
+//!   [`LINGER_SLOWDOWN`] per lane (half of it to go on): it lingers — half the smoothed fixed cost,
+//!   at most the ceiling, reached a quarter of the way per decision — above
+//!   [`LINGER_ON`] arrivals
 //!   per fixed cost, and stops below [`LINGER_OFF`] or when lanes can grow
 //!   again (hysteresis). It applies only while the group has a batch running
 //!   and is not mostly idle: on an idle group a call goes at once.
@@ -54,8 +61,12 @@ pub(crate) const DECIDE_EVERY: u32 = 8;
 pub(crate) const LINGER_ON: f64 = 4.0;
 /// Arrivals per fixed cost below which it stops lingering.
 pub(crate) const LINGER_OFF: f64 = 2.0;
+/// Slowdown per lane below which a measured lane cap does not make the
+/// window start lingering (each batch beside one makes it less than 10%
+/// longer); it stops below half of it.
+const LINGER_SLOWDOWN: f64 = 0.1;
 /// Decisions between two probes of the baseline.
-pub(crate) const PROBE_EVERY: u32 = 64;
+pub(crate) const PROBE_EVERY: u32 = 256;
 /// Lanes when `max_in_flight` is not set.
 pub(crate) const MAX_LANES: usize = 32;
 /// Forgetting factor of the run-time fit, per batch.
@@ -63,11 +74,17 @@ const FIT_DECAY: f64 = 0.97;
 /// Smoothing of the batch size and of the arrival rate.
 const SIZE: f64 = 0.3;
 const RATE: f64 = 0.2;
-const SLOWDOWN: f64 = 0.1;
+const SLOWDOWN: f64 = 0.05;
 const FIXED: f64 = 0.1;
 /// How much longer than alone a batch may run because of the batches beside
 /// it (Gradient2's tolerance): lanes stop growing there.
 const TOLERANCE: f64 = 1.5;
+/// Slowdown samples (batches that ran beside others) before the slowdown
+/// caps the lanes: the first few, while lanes grow, are mostly noise.
+pub(crate) const MIN_SAMPLES: u32 = 16;
+/// How far (relative; at least one lane) the computed lane cap must move
+/// from the one the lanes follow before they follow it.
+const CAP_BAND: f64 = 0.4;
 
 /// One group's controller.
 #[derive(Clone, Debug)]
@@ -78,6 +95,9 @@ pub(crate) struct Tune {
     pub(crate) window: Duration,
     ceiling_lanes: usize,
     ceiling_window: Duration,
+    /// The lane cap the lanes follow (see [`Tune::cap`]); `None` until a
+    /// slowdown is measured (the ceiling).
+    held_cap: Option<f64>,
     lingering: bool,
     /// Arrival rate, calls per second.
     rate: f64,
@@ -96,6 +116,10 @@ pub(crate) struct Tune {
     /// Relative slowdown per other batch running (see [`Costs::per_lane`]),
     /// smoothed; `None` until measured.
     slowdown: Option<f64>,
+    /// Slowdown samples so far (saturating).
+    slowdown_samples: u32,
+    /// The variance of the slowdown samples (exponentially weighted).
+    slowdown_var: f64,
     /// Smoothed batch size.
     size: f64,
     /// Since the last decision: batches finished, most lanes in use, whether a
@@ -186,6 +210,7 @@ impl Tune {
             window: Duration::ZERO,
             ceiling_lanes,
             ceiling_window: window,
+            held_cap: None,
             lingering: false,
             rate: 0.0,
             last_start: None,
@@ -195,6 +220,8 @@ impl Tune {
             fixed: 0.0,
             fit: Fit::default(),
             slowdown: None,
+            slowdown_samples: 0,
+            slowdown_var: 0.0,
             size: 1.0,
             batches: 0,
             peak_used: 0,
@@ -252,10 +279,22 @@ impl Tune {
             self.fit.add(size, run);
             self.alone_seen = true;
         } else if let Some(alone) = self.fit.alone(size).filter(|a| *a > 0.0) {
+            // Clipped at zero: a batch beside others that ran faster than
+            // the fit of batches alone says (the fit is off for its size, or
+            // it started as the others ended) tells nothing of the backend.
+            // On a backend that does not slow down this leaves a small mean
+            // of pure noise, which `sure_slowdown` tells apart.
             let sample = ((run / alone - 1.0) / (lanes_used - 1) as f64).max(0.0);
+            self.slowdown_samples = self.slowdown_samples.saturating_add(1);
             self.slowdown = Some(match self.slowdown {
                 None => sample,
-                Some(s) => s + SLOWDOWN * (sample - s),
+                Some(s) => {
+                    // Exponentially weighted mean and variance.
+                    let diff = sample - s;
+                    let step = SLOWDOWN * diff;
+                    self.slowdown_var = (1.0 - SLOWDOWN) * (self.slowdown_var + diff * step);
+                    s + step
+                }
             });
         }
         self.size += SIZE * (size - self.size);
@@ -267,13 +306,41 @@ impl Tune {
     }
 
     /// The most lanes worth running: past `1 + (TOLERANCE − 1) / slowdown`
-    /// lanes a batch runs more than `TOLERANCE` times as long as alone.
+    /// lanes a batch runs more than `TOLERANCE` times as long as alone. The
+    /// ceiling until [`MIN_SAMPLES`] slowdowns are measured, or while the
+    /// slowdown is not told apart from zero (see [`Tune::sure_slowdown`]).
     fn cap(&self) -> f64 {
-        let cap = match self.slowdown {
+        let cap = match self.sure_slowdown() {
             Some(s) if s > 1e-3 => 1.0 + (TOLERANCE - 1.0) / s,
             _ => self.ceiling_lanes as f64,
         };
         cap.clamp(1.0, self.ceiling_lanes as f64)
+    }
+
+    /// The slowdown the samples show for sure: their smoothed mean less two
+    /// standard errors (an exponentially weighted mean of factor `a` weighs
+    /// about `(2 − a) / a` samples). A backend that does not slow down but
+    /// whose run times are noisy reads a small mean with a large error; its
+    /// lanes are not capped by that noise. `None` before [`MIN_SAMPLES`].
+    fn sure_slowdown(&self) -> Option<f64> {
+        let mean = self
+            .slowdown
+            .filter(|_| self.slowdown_samples >= MIN_SAMPLES)?;
+        let weight = (2.0 - SLOWDOWN) / SLOWDOWN;
+        let error = (self.slowdown_var.max(0.0) / weight).sqrt();
+        Some((mean - 2.0 * error).max(0.0))
+    }
+
+    /// The cap the lanes follow: the computed one once it leaves the band
+    /// around the held one (hysteresis).
+    fn follow_cap(&mut self) -> f64 {
+        let cap = self.cap();
+        let held = match self.held_cap {
+            Some(h) if (cap - h).abs() < (CAP_BAND * h).max(1.0) => h,
+            _ => cap,
+        };
+        self.held_cap = Some(held);
+        held
     }
 
     fn costs(&self) -> Option<Costs> {
@@ -306,7 +373,7 @@ impl Tune {
             } else {
                 self.fixed + FIXED * (c.fixed - self.fixed)
             };
-            let cap = self.cap();
+            let cap = self.follow_cap();
             let busy = 2 * self.peak_used >= self.lanes;
             if self.lanes as f64 > cap + 0.5 {
                 // Saturated: more lanes only slow every batch down. Half the
@@ -331,9 +398,21 @@ impl Tune {
             // Lingering pays only when lanes cannot grow (at the cap or the
             // ceiling) while demand exceeds them, and enough calls arrive per
             // fixed cost that waiting for them saves batches; more lanes
-            // lower latency where they can be had.
+            // lower latency where they can be had. At a measured cap, only
+            // if batches slow each other down enough that running fewer at
+            // once pays: below that the cap is the fit's noise, not the
+            // backend's.
             let siblings = self.rate * self.fixed;
-            let at_cap = (self.lanes + 1) as f64 > cap + 0.5;
+            let at_ceiling = self.lanes >= self.ceiling_lanes;
+            // The slowdown gate has hysteresis too: on at LINGER_SLOWDOWN, off
+            // below half of it.
+            let gate = if self.lingering {
+                LINGER_SLOWDOWN / 2.0
+            } else {
+                LINGER_SLOWDOWN
+            };
+            let contended = self.sure_slowdown().is_some_and(|s| s >= gate);
+            let at_cap = (self.lanes + 1) as f64 > cap + 0.5 && (at_ceiling || contended);
             if self.lingering && (siblings < LINGER_OFF || !at_cap) {
                 self.lingering = false;
             } else if !self.lingering && siblings >= LINGER_ON && at_cap && self.queued {
@@ -512,6 +591,62 @@ mod tests {
         assert_eq!(published, 1);
         assert_eq!(t.lingers(), Duration::ZERO);
         assert_eq!(t.view().window, Duration::ZERO);
+    }
+
+    #[test]
+    fn noise_alone_does_not_cap_the_lanes() {
+        // A backend that does not slow down, whose runs vary by ±20% (a
+        // timer, a busy machine): each slowdown sample is noise, and their
+        // mean is above zero (a sample is never negative).
+        let mut t = Tune::new(16, Duration::from_millis(5));
+        let mut now = Instant::now();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            0.8 + 0.4 * (seed % 1000) as f64 / 1000.0
+        };
+        for i in 0..2000usize {
+            // Up to two batches beside it.
+            let used = 1 + i % 3;
+            now += Duration::from_micros(200);
+            t.started(now, 4, used, 1);
+            t.finished(4, used, backend(4, 1, 0.0).mul_f64(noise()));
+        }
+        // Taken at its word, the mean would cap the lanes at 11 or fewer;
+        // what it shows for sure leaves them half as many again.
+        let naive = 1.0 + 0.5 / t.slowdown.unwrap();
+        assert!(naive < 11.0, "{t:?}");
+        assert!(t.cap() > 1.4 * naive, "{} {t:?}", t.cap());
+        assert!(t.lanes >= 5, "{t:?}");
+        assert_eq!(t.window, Duration::ZERO, "{t:?}");
+    }
+
+    #[test]
+    fn a_noisy_slowdown_does_not_move_the_lanes() {
+        let mut t = Tune::new(16, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 20_000.0, 400, 0.07, 1);
+        let settled = t.lanes;
+        let mut seen = Vec::new();
+        let mut fitted = Vec::new();
+        for i in 0..40 {
+            // The backend's slowdown wanders between 0.05 and 0.09 per lane
+            // (what the fit reads on this machine's flat backend, scaled):
+            // the cap moves between 1 + 0.5 / 0.09 = 6.6 and 11 lanes.
+            let s = if i % 2 == 0 { 0.05 } else { 0.09 };
+            feed(&mut t, &mut now, 20_000.0, 4 * DECIDE_EVERY, s, 1);
+            seen.push(t.lanes);
+            fitted.push(t.slowdown.unwrap());
+        }
+        let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+        let (flo, fhi) = fitted
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(a, b), s| (a.min(*s), b.max(*s)));
+        // The fit does move (a third or more), the lanes do not.
+        assert!(fhi > 1.3 * flo, "{fitted:?}");
+        assert_eq!((*lo, *hi), (settled, settled), "{seen:?}");
     }
 
     #[test]

@@ -12,11 +12,13 @@
 //! - **Cost of a batch alone**: `run ≈ fixed + per_key × size`, fitted online
 //!   by least squares with exponential forgetting, on the batches that started
 //!   with no other batch of the group running.
-//! - **Slowdown under concurrency**: for a batch that ran beside `n` others,
-//!   `(run / alone − 1) / n`, smoothed: how much longer each batch beside it
-//!   makes it (the gradient limiters of Netflix's concurrency-limits,
-//!   `Gradient2Limit`, and Envoy's adaptive concurrency measure the same
-//!   thing as a ratio of latencies).
+//! - **Slowdown under concurrency**: for a batch that ran beside `n` others
+//!   (and is at most [`REACH`] times the largest batch seen alone, so that its
+//!   cost alone is not extrapolated), `(run / alone − 1) / n`, smoothed (with
+//!   its variance): how much longer each batch beside it makes it (the
+//!   gradient limiters of Netflix's concurrency-limits, `Gradient2Limit`, and
+//!   Envoy's adaptive concurrency measure the same thing as a ratio of
+//!   latencies).
 //! - **Lanes in use** at each batch start, and whether a due batch queued for
 //!   a lane.
 //!
@@ -79,6 +81,11 @@ const FIXED: f64 = 0.1;
 /// How much longer than alone a batch may run because of the batches beside
 /// it (Gradient2's tolerance): lanes stop growing there.
 const TOLERANCE: f64 = 1.5;
+/// How far past the largest batch seen alone the fit is trusted: a batch
+/// beside others larger than that gives no slowdown sample (its cost alone
+/// would be extrapolated, and a per-key cost fitted on small batches reads a
+/// large batch's own cost as slowdown).
+const REACH: f64 = 2.0;
 /// Slowdown samples (batches that ran beside others) before the slowdown
 /// caps the lanes: the first few, while lanes grow, are mostly noise.
 pub(crate) const MIN_SAMPLES: u32 = 16;
@@ -136,6 +143,8 @@ pub(crate) struct Tune {
 /// with forgetting.
 #[derive(Clone, Debug, Default)]
 struct Fit {
+    /// The largest batch seen alone, forgotten as the fit forgets.
+    largest: f64,
     w: f64,
     x: f64,
     y: f64,
@@ -155,6 +164,7 @@ struct Costs {
 impl Fit {
     fn add(&mut self, size: f64, run: f64) {
         let d = FIT_DECAY;
+        self.largest = (self.largest * d).max(size);
         self.w = self.w * d + 1.0;
         self.x = self.x * d + size;
         self.y = self.y * d + run;
@@ -278,7 +288,11 @@ impl Tune {
         if lanes_used <= 1 {
             self.fit.add(size, run);
             self.alone_seen = true;
-        } else if let Some(alone) = self.fit.alone(size).filter(|a| *a > 0.0) {
+        } else if let Some(alone) = self
+            .fit
+            .alone(size)
+            .filter(|a| *a > 0.0 && size <= self.fit.largest * REACH)
+        {
             // Clipped at zero: a batch beside others that ran faster than
             // the fit of batches alone says (the fit is off for its size, or
             // it started as the others ended) tells nothing of the backend.
@@ -591,6 +605,29 @@ mod tests {
         assert_eq!(published, 1);
         assert_eq!(t.lingers(), Duration::ZERO);
         assert_eq!(t.view().window, Duration::ZERO);
+    }
+
+    #[test]
+    fn large_batches_beside_others_are_not_read_against_small_ones_alone() {
+        // A burst: the batch that starts alone is small, the ones beside it
+        // are large, and the backend's cost per key is real but does not grow
+        // with concurrency. Read against the small batches' fit (all fixed
+        // cost), the large ones would show a large slowdown.
+        let mut t = Tune::new(10, Duration::from_micros(500));
+        let mut now = Instant::now();
+        for i in 0..400usize {
+            let (size, used) = if i % 10 == 0 {
+                (1 + i % 3, 1)
+            } else {
+                (1000, 2 + i % 8)
+            };
+            now += Duration::from_micros(300);
+            t.started(now, size as u64, used, 1);
+            t.finished(size, used, backend(size, 1, 0.0));
+        }
+        assert_eq!(t.slowdown, None, "{t:?}");
+        assert_eq!(t.cap(), 10.0, "{t:?}");
+        assert_eq!(t.lanes, 10, "{t:?}");
     }
 
     #[test]

@@ -200,9 +200,14 @@ impl<M: Mode> Driver<M> {
             self.start();
         } else {
             st.phase = Phase::Queued;
+            let full = st.full;
             drop(st);
             if let Some(t) = group.tune.as_mut() {
-                t.waited();
+                if full {
+                    t.backlogged();
+                } else {
+                    t.waited();
+                }
             }
             group.queue.push_back(self.batch.clone());
             let solos = group.solos.clone();

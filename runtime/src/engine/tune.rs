@@ -35,7 +35,13 @@
 //!   least one — while batches queue for a lane and the group is not
 //!   app-limited (at least half its lanes in use); above it (the backend
 //!   saturates) they shrink half the way to it. Demand is a due batch queued
-//!   for a lane, or calls gathering while every lane is busy.
+//!   for a lane, or calls gathering while every lane is busy. A **backlog** —
+//!   a full batch (`max_batch` keys) queued for a lane — is different:
+//!   batching can absorb no more, so lanes double per decision up to the
+//!   ceiling (`max_in_flight`, what the backend takes, such as its pool),
+//!   whatever the slowdown, and neither shrink to the cap nor make the
+//!   window linger until [`BACKLOG_MEMORY`] decisions without one (bursts
+//!   come back).
 //! - **Window**: lingering pays only where more lanes cannot be had — at the
 //!   cap or the ceiling, with demand beyond them — and enough calls arrive
 //!   within one batch's fixed cost that waiting for them saves batches
@@ -81,6 +87,10 @@ const FIXED: f64 = 0.1;
 /// How much longer than alone a batch may run because of the batches beside
 /// it (Gradient2's tolerance): lanes stop growing there.
 const TOLERANCE: f64 = 1.5;
+/// Decisions after a backlog during which lanes do not shrink to the cap:
+/// bursts of full batches come back (the next burst starts with the lanes
+/// the last one needed).
+const BACKLOG_MEMORY: u32 = 16;
 /// How far past the largest batch seen alone the fit is trusted: a batch
 /// beside others larger than that gives no slowdown sample (its cost alone
 /// would be extrapolated, and a per-key cost fitted on small batches reads a
@@ -134,6 +144,10 @@ pub(crate) struct Tune {
     batches: u32,
     peak_used: usize,
     queued: bool,
+    /// Since the last decision: a full batch queued for a lane.
+    backlog: bool,
+    /// Decisions since the last one that saw a backlog.
+    since_backlog: u32,
     decisions: u32,
     /// A batch ran alone since the last probe (the fit is current).
     alone_seen: bool,
@@ -236,6 +250,8 @@ impl Tune {
             batches: 0,
             peak_used: 0,
             queued: false,
+            backlog: false,
+            since_backlog: BACKLOG_MEMORY,
             decisions: 0,
             alone_seen: false,
         }
@@ -267,6 +283,15 @@ impl Tune {
     /// lane: demand beyond the lanes.
     pub(crate) fn waited(&mut self) {
         self.queued = true;
+    }
+
+    /// A full batch (`max_batch` keys) queued for a lane: a backlog that
+    /// batching cannot absorb (a larger batch is not allowed), so only more
+    /// lanes carry it faster — whatever the slowdown, as long as the backend
+    /// does more work with them (see [`Tune::decide`]).
+    pub(crate) fn backlogged(&mut self) {
+        self.queued = true;
+        self.backlog = true;
     }
 
     /// The window a batch opened now lingers for: zero while the group is
@@ -389,7 +414,19 @@ impl Tune {
             };
             let cap = self.follow_cap();
             let busy = 2 * self.peak_used >= self.lanes;
-            if self.lanes as f64 > cap + 0.5 {
+            self.since_backlog = if self.backlog {
+                0
+            } else {
+                self.since_backlog.saturating_add(1)
+            };
+            if self.backlog && busy {
+                // Full batches wait for a lane: a larger batch is not allowed,
+                // so only more lanes carry the backlog faster. Every lane the
+                // ceiling allows (`max_in_flight`: what the user says the
+                // backend takes, such as its pool), twice as many per
+                // decision, whatever each batch's own slowdown.
+                self.lanes = (self.lanes * 2).min(self.ceiling_lanes);
+            } else if self.lanes as f64 > cap + 0.5 && self.since_backlog >= BACKLOG_MEMORY {
                 // Saturated: more lanes only slow every batch down. Half the
                 // way to the cap per decision.
                 let over = self.lanes as f64 - cap;
@@ -426,7 +463,11 @@ impl Tune {
                 LINGER_SLOWDOWN
             };
             let contended = self.sure_slowdown().is_some_and(|s| s >= gate);
-            let at_cap = (self.lanes + 1) as f64 > cap + 0.5 && (at_ceiling || contended);
+            // Not after a backlog: full batches leave at once anyway, and the
+            // lanes are there to carry them, not because demand passed a cap.
+            let at_cap = (self.lanes + 1) as f64 > cap + 0.5
+                && (at_ceiling || contended)
+                && self.since_backlog >= BACKLOG_MEMORY;
             if self.lingering && (siblings < LINGER_OFF || !at_cap) {
                 self.lingering = false;
             } else if !self.lingering && siblings >= LINGER_ON && at_cap && self.queued {
@@ -447,6 +488,7 @@ impl Tune {
         self.batches = 0;
         self.peak_used = 0;
         self.queued = false;
+        self.backlog = false;
         self.solos = 0;
         self.period_start = None;
         self.period_calls = 0;
@@ -628,6 +670,40 @@ mod tests {
         assert_eq!(t.slowdown, None, "{t:?}");
         assert_eq!(t.cap(), 10.0, "{t:?}");
         assert_eq!(t.lanes, 10, "{t:?}");
+    }
+
+    #[test]
+    fn a_backlog_of_full_batches_takes_every_lane_then_gives_them_back() {
+        let mut t = Tune::new(10, Duration::from_micros(500));
+        let mut now = Instant::now();
+        // A backend that saturates (50% per batch beside it): two lanes.
+        feed(&mut t, &mut now, 20_000.0, 400, 0.5, 1);
+        assert!(t.lanes <= 3, "{t:?}");
+        // A burst: full batches queue for a lane at every decision.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            for _ in 0..DECIDE_EVERY {
+                t.backlogged();
+            }
+            feed(&mut t, &mut now, 20_000.0, DECIDE_EVERY, 0.5, 1);
+            seen.push(t.lanes);
+        }
+        assert_eq!(seen.last(), Some(&10), "{seen:?}");
+        // Doubling, not a jump.
+        assert!(seen[0] <= 6, "{seen:?}");
+        // The backlog is gone: the lanes stay for a while (bursts come
+        // back), then go back to the cap, half the way per decision.
+        feed(
+            &mut t,
+            &mut now,
+            20_000.0,
+            (BACKLOG_MEMORY - 1) * DECIDE_EVERY,
+            0.5,
+            1,
+        );
+        assert_eq!(t.lanes, 10, "{t:?}");
+        feed(&mut t, &mut now, 20_000.0, 8 * DECIDE_EVERY, 0.5, 1);
+        assert!(t.lanes <= 3, "{t:?}");
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //!   by least squares with exponential forgetting, on the batches that started
 //!   with no other batch of the group running.
 //! - **Slowdown under concurrency**: for a batch that ran beside `n` others
-//!   (and is at most [`REACH`] times the largest batch seen alone, so that its
-//!   cost alone is not extrapolated), `(run / alone − 1) / n`, smoothed (with
+//!   (whose cost alone the fit tells without much extrapolation: see
+//!   [`REACH_COST`]), `(run / alone − 1) / n`, smoothed (with
 //!   its variance): how much longer each batch beside it makes it (the
 //!   gradient limiters of Netflix's concurrency-limits, `Gradient2Limit`, and
 //!   Envoy's adaptive concurrency measure the same thing as a ratio of
@@ -92,10 +92,13 @@ const TOLERANCE: f64 = 1.5;
 /// the last one needed).
 const BACKLOG_MEMORY: u32 = 16;
 /// How far past the largest batch seen alone the fit is trusted: a batch
-/// beside others larger than that gives no slowdown sample (its cost alone
-/// would be extrapolated, and a per-key cost fitted on small batches reads a
-/// large batch's own cost as slowdown).
-const REACH: f64 = 2.0;
+/// beside others whose cost alone would be extrapolated gives no slowdown
+/// sample (a per-key cost fitted on small batches reads a large batch's own
+/// cost as slowdown): at most this share of its cost alone beyond that
+/// batch's size …
+const REACH_COST: f64 = 0.25;
+/// … and at most this many times that size.
+const REACH_SIZE: f64 = 8.0;
 /// Slowdown samples (batches that ran beside others) before the slowdown
 /// caps the lanes: the first few, while lanes grow, are mostly noise.
 pub(crate) const MIN_SAMPLES: u32 = 16;
@@ -313,11 +316,7 @@ impl Tune {
         if lanes_used <= 1 {
             self.fit.add(size, run);
             self.alone_seen = true;
-        } else if let Some(alone) = self
-            .fit
-            .alone(size)
-            .filter(|a| *a > 0.0 && size <= self.fit.largest * REACH)
-        {
+        } else if let Some(alone) = self.fit.alone(size).filter(|a| self.within_reach(size, *a)) {
             // Clipped at zero: a batch beside others that ran faster than
             // the fit of batches alone says (the fit is off for its size, or
             // it started as the others ended) tells nothing of the backend.
@@ -342,6 +341,19 @@ impl Tune {
             return false;
         }
         self.decide()
+    }
+
+    /// Whether the fit of batches alone tells the cost alone of a batch of
+    /// `size` (`alone`, as the fit says) without much extrapolation: at most
+    /// [`REACH_COST`] of it lies beyond the largest batch seen alone, and the
+    /// batch is at most [`REACH_SIZE`] times that size (a per-key cost fitted
+    /// on batches of one size is unknown, not zero).
+    fn within_reach(&self, size: f64, alone: f64) -> bool {
+        let Some((_, per_key)) = self.fit.costs() else {
+            return false;
+        };
+        let beyond = per_key * (size - self.fit.largest).max(0.0);
+        alone > 0.0 && beyond <= REACH_COST * alone && size <= REACH_SIZE * self.fit.largest
     }
 
     /// The most lanes worth running: past `1 + (TOLERANCE − 1) / slowdown`

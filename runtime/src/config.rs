@@ -32,9 +32,12 @@ pub enum Dispatch {
     /// ceilings, `max_batch` stays a hard cap. At idle the window is zero and a
     /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow while
     /// calls wait for one and more lanes do not slow the backend by more than
-    /// half, and shrink when they do; the window lingers only where lanes cannot
-    /// grow and enough calls arrive within one batch's fixed cost. The live lanes and window, and the
-    /// fitted costs, are in [`MetricsSnapshot::tuned`](crate::metrics::MetricsSnapshot::tuned).
+    /// half (judged by the slowdown the samples show beyond their noise), and
+    /// shrink when they do; a backlog of full batches (`max_batch` keys, waiting
+    /// for a lane) takes every lane up to the ceiling; the window lingers only
+    /// where lanes cannot grow and enough calls arrive within one batch's fixed
+    /// cost. The live lanes and window, and the fitted costs, are in
+    /// [`MetricsSnapshot::tuned`](crate::metrics::MetricsSnapshot::tuned).
     Auto,
 }
 

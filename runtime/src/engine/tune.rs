@@ -206,9 +206,17 @@ impl Fit {
         Some((fixed, per_key))
     }
 
-    /// The run of a batch of `size` alone.
+    /// The run of a batch of `size` alone, if the fit tells it without much
+    /// extrapolation: at most [`REACH_COST`] of it lies beyond the largest
+    /// batch seen alone, and the batch is at most [`REACH_SIZE`] times that
+    /// size (a per-key cost fitted on batches of one size is unknown, not
+    /// zero).
     fn alone(&self, size: f64) -> Option<f64> {
-        self.costs().map(|(fixed, per_key)| fixed + per_key * size)
+        let (fixed, per_key) = self.costs()?;
+        let alone = fixed + per_key * size;
+        let beyond = per_key * (size - self.largest).max(0.0);
+        (alone > 0.0 && beyond <= REACH_COST * alone && size <= REACH_SIZE * self.largest)
+            .then_some(alone)
     }
 }
 
@@ -316,7 +324,7 @@ impl Tune {
         if lanes_used <= 1 {
             self.fit.add(size, run);
             self.alone_seen = true;
-        } else if let Some(alone) = self.fit.alone(size).filter(|a| self.within_reach(size, *a)) {
+        } else if let Some(alone) = self.fit.alone(size) {
             // Clipped at zero: a batch beside others that ran faster than
             // the fit of batches alone says (the fit is off for its size, or
             // it started as the others ended) tells nothing of the backend.
@@ -341,19 +349,6 @@ impl Tune {
             return false;
         }
         self.decide()
-    }
-
-    /// Whether the fit of batches alone tells the cost alone of a batch of
-    /// `size` (`alone`, as the fit says) without much extrapolation: at most
-    /// [`REACH_COST`] of it lies beyond the largest batch seen alone, and the
-    /// batch is at most [`REACH_SIZE`] times that size (a per-key cost fitted
-    /// on batches of one size is unknown, not zero).
-    fn within_reach(&self, size: f64, alone: f64) -> bool {
-        let Some((_, per_key)) = self.fit.costs() else {
-            return false;
-        };
-        let beyond = per_key * (size - self.fit.largest).max(0.0);
-        alone > 0.0 && beyond <= REACH_COST * alone && size <= REACH_SIZE * self.fit.largest
     }
 
     /// The most lanes worth running: past `1 + (TOLERANCE − 1) / slowdown`

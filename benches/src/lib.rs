@@ -425,3 +425,64 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The first field of a `schedstat`: nanoseconds on a CPU.
+fn schedstat(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `schedstat` of every thread of a process.
+fn thread_stats(proc_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(proc_dir.join("task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .map(|t| t.path().join("schedstat"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads CPU time from `/proc/*/task/*/schedstat`: this process's threads,
+/// and (if asked) those of the `postgres` processes that ran when it was made,
+/// listed once so that a reading is cheap. Make a new one to see backends
+/// started since.
+pub struct CpuProbe {
+    server: Vec<std::path::PathBuf>,
+}
+
+impl CpuProbe {
+    /// A probe of this process, and of every `postgres` process running now
+    /// if `with_postgres`.
+    pub fn new(with_postgres: bool) -> CpuProbe {
+        let server = if !with_postgres {
+            Vec::new()
+        } else {
+            std::fs::read_dir("/proc")
+                .map(|procs| {
+                    procs
+                        .flatten()
+                        .filter(|p| {
+                            std::fs::read_to_string(p.path().join("comm"))
+                                .is_ok_and(|c| c.trim() == "postgres")
+                        })
+                        .flat_map(|p| thread_stats(&p.path()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        CpuProbe { server }
+    }
+
+    /// Nanoseconds on a CPU so far: (this process, the `postgres` processes).
+    pub fn read(&self) -> (u64, u64) {
+        let client = thread_stats(std::path::Path::new("/proc/self"))
+            .iter()
+            .map(|p| schedstat(p))
+            .sum();
+        (client, self.server.iter().map(|p| schedstat(p)).sum())
+    }
+}

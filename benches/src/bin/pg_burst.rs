@@ -166,38 +166,10 @@ async fn setup(url: &str) {
 }
 
 /// CPU time consumed so far, in nanoseconds, by this process (all its threads) and
-/// by every `postgres` process on the machine, from `/proc/*/task/*/schedstat`.
+/// by every `postgres` process running now (listed again at each reading: the
+/// pool's backends may start during a burst).
 fn cpu_ns() -> (u64, u64) {
-    fn first(path: &std::path::Path) -> u64 {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-    fn threads(dir: &std::path::Path) -> u64 {
-        std::fs::read_dir(dir.join("task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .map(|t| first(&t.path().join("schedstat")))
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    let client = threads(std::path::Path::new("/proc/self"));
-    let server = std::fs::read_dir("/proc")
-        .map(|procs| {
-            procs
-                .flatten()
-                .filter(|p| {
-                    std::fs::read_to_string(p.path().join("comm"))
-                        .is_ok_and(|c| c.trim() == "postgres")
-                })
-                .map(|p| threads(&p.path()))
-                .sum()
-        })
-        .unwrap_or(0);
-    (client, server)
+    coalesce_benches::CpuProbe::new(true).read()
 }
 
 struct Measured {

@@ -36,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use coalesce::{Coalescer, Config, Streamed};
+use coalesce_benches::CpuProbe;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, FuturesUnordered, StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -203,64 +204,6 @@ struct Burst {
     /// CPU time during the burst: this process (all its threads, SQLite's worker
     /// included) and every `postgres` process.
     cpu: (Duration, Duration),
-}
-
-/// The first field of a `schedstat`: nanoseconds on a CPU.
-fn schedstat(path: &std::path::Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The `schedstat` of every thread of a process.
-fn thread_stats(proc_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(proc_dir.join("task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .map(|t| t.path().join("schedstat"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Reads CPU time from `/proc`: this process's threads, and those of the
-/// `postgres` processes that ran when it was made (the pool's backends live as
-/// long as the pool), listed once so that a reading is cheap.
-struct CpuProbe {
-    server: Vec<std::path::PathBuf>,
-}
-
-impl CpuProbe {
-    fn new(with_postgres: bool) -> CpuProbe {
-        let server = if !with_postgres {
-            Vec::new()
-        } else {
-            std::fs::read_dir("/proc")
-                .map(|procs| {
-                    procs
-                        .flatten()
-                        .filter(|p| {
-                            std::fs::read_to_string(p.path().join("comm"))
-                                .is_ok_and(|c| c.trim() == "postgres")
-                        })
-                        .flat_map(|p| thread_stats(&p.path()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        CpuProbe { server }
-    }
-
-    /// Nanoseconds on a CPU so far: (this process, postgres).
-    fn read(&self) -> (u64, u64) {
-        let client = thread_stats(std::path::Path::new("/proc/self"))
-            .iter()
-            .map(|p| schedstat(p))
-            .sum();
-        (client, self.server.iter().map(|p| schedstat(p)).sum())
-    }
 }
 
 /// Runs `burst` on a worker and adds the CPU time it took (read outside its clock).

@@ -31,12 +31,14 @@ pub enum Dispatch {
     /// configuration gives: `window` and `max_in_flight` (32 when unset) become
     /// ceilings, `max_batch` stays a hard cap. At idle the window is zero and a
     /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow while
-    /// calls wait for one and more lanes do not slow the backend by more than
-    /// half (judged by the slowdown the samples show beyond their noise), and
-    /// shrink when they do; a backlog of full batches (`max_batch` keys, waiting
-    /// for a lane) takes every lane up to the ceiling; the window lingers only
-    /// where lanes cannot grow and enough calls arrive within one batch's fixed
-    /// cost. The live lanes and window, and the fitted costs, are in
+    /// calls wait for one and more lanes do not make a batch run more than
+    /// twice as long as alone (judged by the slowdown the samples show beyond
+    /// their noise), and shrink when they do; a backlog of full batches
+    /// (`max_batch` keys, waiting for a lane) takes every lane up to the
+    /// ceiling; the window lingers only where lanes cannot grow and enough
+    /// calls arrive within one batch's fixed cost — for an eighth of that cost
+    /// on a backend that slows down under concurrency, for half of it at the
+    /// ceiling of one that does not. The live lanes and window, and the fitted costs, are in
     /// [`MetricsSnapshot::tuned`](crate::metrics::MetricsSnapshot::tuned).
     Auto,
 }

@@ -136,15 +136,16 @@ async fn a_10x_step_settles_within_200_batches() {
     }
 }
 
-/// A backend that slows by 50% per batch beside it: lanes stay where a batch
-/// runs at most 1.5 times as long as alone (two lanes), whatever the load.
+/// A backend whose batches run twice as long per batch beside them: lanes
+/// stay where a batch runs at most twice as long as alone (two lanes),
+/// whatever the load.
 #[tokio::test(start_paused = true)]
 async fn lanes_stay_low_on_a_backend_that_saturates() {
-    let c = backend(0.5, 16);
+    let c = backend(1.0, 16);
     offer(&c, 20_000.0, 8_000).await;
     let t = tuned(&c);
     assert!(t.lanes <= 3, "{t:?}");
-    assert!(t.slowdown_per_lane > 0.3, "{t:?}");
+    assert!(t.slowdown_per_lane > 0.6, "{t:?}");
 }
 
 /// A constant load: the lanes and the window settle and stay (no oscillation).

@@ -7,16 +7,17 @@
 //! - **flat**: one 2 ms round trip per batch (`tokio::time::sleep`, as `report
 //!   load`), however many batches run at once;
 //! - **contended**: `(2 ms + 2 µs × keys) × (1 + 0.25 × other batches running
-//!   when it starts)`: the run time grows with concurrency, as a database's does
-//!   once it is busy.
+//!   when it starts)`, slept on a blocking thread (not on Tokio's 1 ms timer
+//!   grid): the run time grows with concurrency, as a database's does once it
+//!   is busy.
 //!
 //! Usage (`cargo run --release -p coalesce-benches --bin tune -- …`):
 //!
 //! - `sweep flat` / `sweep contended`: one run of the offered-load sweep on one
-//!   backend (≈2 min): at each of the 8 offered loads of `report load`, every
+//!   backend (≈5 min): at each of the 8 offered loads of `report load`, every
 //!   setting of the grid and Auto in a shuffled order, each for a 100 ms
-//!   warm-up plus 300 ms measured (at least 250 measured calls) of open-loop
-//!   arrivals; prints that run's table and appends every point to
+//!   warm-up plus 1 s measured (`TUNE_SPAN_MS` sets another; at least 250
+//!   measured calls) of open-loop arrivals; prints that run's table and appends every point to
 //!   `$TUNE_DIR/sweep.tsv` (default: `$TMPDIR/coalesce-tune`).
 //! - `summary`: the per-run summary of every run in `sweep.tsv`, and
 //!   `benches/plots/tune_sweep.svg`.
@@ -45,8 +46,18 @@ const RATES: [f64; 8] = [
 ];
 /// Arrivals before the measured part of a sweep run (not recorded).
 const WARM: Duration = Duration::from_millis(100);
-/// The measured part of a sweep run, at least.
-const SPAN: Duration = Duration::from_millis(300);
+/// The measured part of a sweep run, at least: 1 s, or `TUNE_SPAN_MS`
+/// (longer spans give each point more calls, so a steadier p99).
+fn span() -> Duration {
+    static SPAN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPAN.get_or_init(|| {
+        let ms = std::env::var("TUNE_SPAN_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        Duration::from_millis(ms)
+    })
+}
 /// Measured calls per sweep run, at least (the span is longer at low loads).
 const MIN_CALLS: f64 = 250.0;
 /// How long a run waits for its last calls after the last arrival; calls not
@@ -270,13 +281,23 @@ fn coalescer(backend: Backend, setting: Setting, name: &str) -> Coalescer<u64, u
                         let others = running.fetch_add(1, Relaxed);
                         let _leave = Leave(running);
                         let alone = ROUND_TRIP + PER_KEY * keys.len() as u32;
-                        tokio::time::sleep(alone.mul_f64(1.0 + SLOWDOWN * others as f64)).await;
+                        sleep_exact(alone.mul_f64(1.0 + SLOWDOWN * others as f64)).await;
                     }
                 }
                 keys.into_iter().map(compute).collect::<Vec<u64>>()
             }
         },
     )
+}
+
+/// Sleeps `d` on a blocking thread. Tokio's timer rounds every sleep up to
+/// its next 1 ms tick, which would turn the contended backend's cost per key
+/// and its slowdown into 1 ms steps (and make a window that ends before the
+/// next tick free); `std::thread::sleep` has no such grid (Linux's default
+/// timer slack adds about 50 µs).
+async fn sleep_exact(d: Duration) {
+    // A blocking-pool thread that cannot be spawned only ends the sleep early.
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -433,7 +454,7 @@ fn now_secs() -> u64 {
 
 /// The measured span at `rate`.
 fn measured(rate: f64) -> Duration {
-    SPAN.max(Duration::from_secs_f64(MIN_CALLS / rate))
+    span().max(Duration::from_secs_f64(MIN_CALLS / rate))
 }
 
 /// The best hand-tuned point: the lowest p99 among grid settings that keep up
@@ -468,8 +489,9 @@ async fn sweep(backend: Backend) {
         backend.describe()
     );
     println!(
-        "{} settings per load in a shuffled order, each on a fresh coalescer: {WARM:?} warm-up, then {SPAN:?} (at least {MIN_CALLS} calls) measured; max_batch {MAX_BATCH}. Best = lowest p99 among grid settings answering ≥ {:.0}% of the offered load.\n",
+        "{} settings per load in a shuffled order, each on a fresh coalescer: {WARM:?} warm-up, then {:?} (at least {MIN_CALLS} calls) measured; max_batch {MAX_BATCH}. Best = lowest p99 among grid settings answering ≥ {:.0}% of the offered load.\n",
         settings.len(),
+        span(),
         KEEPS_UP * 100.0
     );
     println!("| offered (calls/s) | best hand-tuned (this run) | its achieved | its p99 (ms) | default achieved | default p99 (ms) | auto achieved | auto p99 (ms) | auto lanes, window at the end | auto p99 / best | auto p99 / default |");

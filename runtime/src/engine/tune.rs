@@ -24,7 +24,7 @@
 //!
 //! # What it decides, every [`DECIDE_EVERY`] batches
 //!
-//! - **Lanes**: a batch may run at most `TOLERANCE` (1.5) times as long as
+//! - **Lanes**: a batch may run at most `TOLERANCE` (2) times as long as
 //!   alone, so lanes are capped at `1 + (TOLERANCE − 1) / slowdown`, with
 //!   the slowdown the samples show for sure (their mean less two standard
 //!   errors: a noisy backend that does not slow down is not capped by its
@@ -46,13 +46,22 @@
 //!   cap or the ceiling, with demand beyond them — and enough calls arrive
 //!   within one batch's fixed cost that waiting for them saves batches
 //!   (PostgreSQL's `commit_delay` waits only when `commit_siblings` others are
-//!   active), and, at a measured cap, batches slow each other by at least
-//!   [`LINGER_SLOWDOWN`] per lane (half of it to go on): it lingers — half the smoothed fixed cost,
-//!   at most the ceiling, reached a quarter of the way per decision — above
-//!   [`LINGER_ON`] arrivals
-//!   per fixed cost, and stops below [`LINGER_OFF`] or when lanes can grow
-//!   again (hysteresis). It applies only while the group has a batch running
-//!   and is not mostly idle: on an idle group a call goes at once.
+//!   active). Two cases, each with hysteresis, the window reached a quarter of
+//!   the way per decision and at most the ceiling:
+//!   - at a measured cap, where batches slow each other by at least
+//!     [`LINGER_SLOWDOWN`] per lane (half of it to go on): a short window,
+//!     [`CONTENDED_SHARE`] of the smoothed fixed cost, from
+//!     [`CONTENDED_ON`] arrivals per fixed cost until fewer than
+//!     [`CONTENDED_OFF`]. Waiting merges calls that come close together and
+//!     spares the backend a batch beside the others, but every caller pays
+//!     the whole wait;
+//!   - at the ceiling of a backend that does not slow down (more lanes would
+//!     be taken if allowed): half the smoothed fixed cost, from
+//!     [`LINGER_ON`] arrivals per fixed cost until fewer than [`LINGER_OFF`].
+//!
+//!   Lingering stops when lanes can grow again. It applies only while the
+//!   group has a batch running and is not mostly idle: on an idle group a
+//!   call goes at once.
 //! - **Probe**: if no batch ran alone for [`PROBE_EVERY`] decisions (the cost
 //!   alone is stale), one lane fewer for one period, so that the fit sees
 //!   other concurrencies again.
@@ -69,6 +78,16 @@ pub(crate) const DECIDE_EVERY: u32 = 8;
 pub(crate) const LINGER_ON: f64 = 4.0;
 /// Arrivals per fixed cost below which it stops lingering.
 pub(crate) const LINGER_OFF: f64 = 2.0;
+/// On a contended backend (batches beside each other slow each other
+/// down), the window lingers from this many arrivals per fixed cost …
+pub(crate) const CONTENDED_ON: f64 = 2.0;
+/// … until fewer than this many …
+pub(crate) const CONTENDED_OFF: f64 = 1.0;
+/// … for this share of the fixed cost: a short window. Waiting merges calls
+/// that come close together, which spares the backend a batch beside the
+/// others, but every caller pays the whole wait; a longer window merges more
+/// calls per batch only as the rate allows, and each of them waits.
+const CONTENDED_SHARE: f64 = 1.0 / 8.0;
 /// Slowdown per lane below which a measured lane cap does not make the
 /// window start lingering (each batch beside one makes it less than 10%
 /// longer); it stops below half of it.
@@ -85,8 +104,11 @@ const RATE: f64 = 0.2;
 const SLOWDOWN: f64 = 0.05;
 const FIXED: f64 = 0.1;
 /// How much longer than alone a batch may run because of the batches beside
-/// it (Gradient2's tolerance): lanes stop growing there.
-const TOLERANCE: f64 = 1.5;
+/// it (Gradient2's tolerance): lanes stop growing there. At 1.5 a lane cap
+/// lands where the load is just carried (a backend slowing 25% per lane
+/// caps at 3 lanes, which 1,000 calls/s of lone calls fill), and batches
+/// queue for a lane; at 2 they rarely do.
+const TOLERANCE: f64 = 2.0;
 /// Decisions after a backlog during which lanes do not shrink to the cap:
 /// bursts of full batches come back (the next burst starts with the lanes
 /// the last one needed).
@@ -475,13 +497,22 @@ impl Tune {
             let at_cap = (self.lanes + 1) as f64 > cap + 0.5
                 && (at_ceiling || contended)
                 && self.since_backlog >= BACKLOG_MEMORY;
-            if self.lingering && (siblings < LINGER_OFF || !at_cap) {
+            // Below the ceiling lingering happens only on a contended
+            // backend, for a short window (see `CONTENDED_SHARE`); at the
+            // ceiling of a backend that does not slow down, for half the
+            // fixed cost, which waiting for siblings saves batches of.
+            let (on, off, share) = if contended && !at_ceiling {
+                (CONTENDED_ON, CONTENDED_OFF, CONTENDED_SHARE)
+            } else {
+                (LINGER_ON, LINGER_OFF, 0.5)
+            };
+            if self.lingering && (siblings < off || !at_cap) {
                 self.lingering = false;
-            } else if !self.lingering && siblings >= LINGER_ON && at_cap && self.queued {
+            } else if !self.lingering && siblings >= on && at_cap && self.queued {
                 self.lingering = true;
             }
             let target = if self.lingering {
-                Duration::from_secs_f64(self.fixed / 2.0).min(self.ceiling_window)
+                Duration::from_secs_f64(self.fixed * share).min(self.ceiling_window)
             } else {
                 Duration::ZERO
             };
@@ -595,9 +626,9 @@ mod tests {
         feed(&mut t, &mut now, 20_000.0, 400, 0.0, 2);
         let grown = t.lanes;
         assert!(grown >= 12, "{t:?}");
-        // Each extra lane now slows every batch by 50%: past 2 lanes a batch
-        // runs more than 1.5 times as long as alone.
-        feed(&mut t, &mut now, 20_000.0, 400, 0.5, 2);
+        // Each extra lane now doubles every batch's run: past 2 lanes a
+        // batch runs more than twice as long as alone.
+        feed(&mut t, &mut now, 20_000.0, 400, 1.0, 2);
         assert!(t.lanes <= 3, "{grown} -> {t:?}");
     }
 
@@ -770,19 +801,57 @@ mod tests {
     }
 
     #[test]
+    fn a_contended_backend_lingers_for_a_short_window() {
+        // 25% slower per batch beside it: lanes stop at the cap, and 1,500
+        // calls/s is 3 arrivals per 2 ms fixed cost, enough to linger on a
+        // contended backend (not at the ceiling of one that does not slow).
+        let mut t = Tune::new(16, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 1_500.0, 800, 0.25, 1);
+        let fixed = t.costs().unwrap().fixed;
+        // An eighth of the fixed cost, not the half a flat backend's ceiling
+        // lingers for.
+        let short = Duration::from_secs_f64(fixed / 8.0);
+        assert!(t.lanes < 16, "{t:?}");
+        assert!(t.window > short.mul_f64(0.9), "{t:?}");
+        assert!(t.window < short.mul_f64(1.1), "{t:?}");
+        // The same rate at the ceiling of a backend that does not slow down:
+        // below the 4 arrivals per fixed cost that lingering there needs.
+        let mut flat = Tune::new(1, Duration::from_millis(5));
+        feed(&mut flat, &mut now, 1_500.0, 800, 0.0, 1);
+        assert_eq!(flat.window, Duration::ZERO, "{flat:?}");
+        // At 10,000 calls/s it lingers there, for half the fixed cost.
+        feed(&mut flat, &mut now, 10_000.0, 800, 0.0, 1);
+        let half = Duration::from_secs_f64(flat.costs().unwrap().fixed / 2.0);
+        assert!(flat.window > half.mul_f64(0.9), "{flat:?}");
+        // The contended group's window stops below 1 arrival per fixed cost:
+        // here one call every 5 ms (0.4 per fixed cost).
+        for i in 0..800 {
+            let used = 1 + i % 2;
+            now += Duration::from_millis(5);
+            t.started(now, 1, used, 1);
+            t.finished(1, used, backend(1, used, 0.25));
+        }
+        assert_eq!(t.window, Duration::ZERO, "{t:?}");
+    }
+
+    #[test]
     fn a_constant_load_settles_without_oscillating() {
         let mut t = Tune::new(16, Duration::from_millis(5));
         let mut now = Instant::now();
-        feed(&mut t, &mut now, 20_000.0, 400, 0.2, 1);
+        feed(&mut t, &mut now, 20_000.0, 400, 0.4, 1);
         let mut seen = Vec::new();
         for _ in 0..50 {
-            feed(&mut t, &mut now, 20_000.0, DECIDE_EVERY, 0.2, 1);
+            feed(&mut t, &mut now, 20_000.0, DECIDE_EVERY, 0.4, 1);
             seen.push(t.lanes);
         }
         let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
         // Within one lane (the periodic probe) of where it settled.
         assert!(hi - lo <= 1, "{seen:?}");
-        // 20% per extra lane: at most 1 + 0.5 / 0.2 = 3.5 lanes.
+        // 40% per extra lane: at most 1 + 1 / 0.4 = 3.5 lanes (a batch
+        // runs at most twice as long as alone) — and not the 2 lanes of a
+        // tighter tolerance (1.5 times: 1 + 0.5 / 0.4 = 2.25).
         assert!(*hi <= 4, "{seen:?}");
+        assert!(*lo >= 3, "{seen:?}");
     }
 }

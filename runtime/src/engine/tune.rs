@@ -64,7 +64,8 @@
 //!   call goes at once.
 //! - **Probe**: if no batch ran alone for [`PROBE_EVERY`] decisions (the cost
 //!   alone is stale), one lane fewer for one period, so that the fit sees
-//!   other concurrencies again.
+//!   other concurrencies again; the lane comes back at the next decision, and
+//!   the window does not stop for it.
 //!
 //! Everything here is a pure function of the samples it is given (times are
 //! passed in), so the rules are unit-tested alone (below) and through the
@@ -176,6 +177,8 @@ pub(crate) struct Tune {
     decisions: u32,
     /// A batch ran alone since the last probe (the fit is current).
     alone_seen: bool,
+    /// A probe took a lane for the current period.
+    lent: bool,
 }
 
 /// `run ≈ fixed + per_key × size` of batches that ran alone, by least squares
@@ -287,6 +290,7 @@ impl Tune {
             since_backlog: BACKLOG_MEMORY,
             decisions: 0,
             alone_seen: false,
+            lent: false,
         }
     }
 
@@ -442,6 +446,11 @@ impl Tune {
                 self.fixed + FIXED * (c.fixed - self.fixed)
             };
             let cap = self.follow_cap();
+            if self.lent {
+                // The probe's period is over: its lane comes back.
+                self.lent = false;
+                self.lanes += 1;
+            }
             let busy = 2 * self.peak_used >= self.lanes;
             self.since_backlog = if self.backlog {
                 0
@@ -471,10 +480,15 @@ impl Tune {
                     // while, so the cost alone is stale; one lane fewer for
                     // one period lets the fit see other concurrencies.
                     self.lanes -= 1;
+                    self.lent = true;
                 }
                 self.alone_seen = false;
             }
             self.lanes = self.lanes.clamp(1, self.ceiling_lanes);
+            // The lanes the window is judged against: a probe's lane is
+            // lent for one period, not given back (the window does not stop
+            // for it).
+            let lanes = self.lanes + usize::from(self.lent);
             // Lingering pays only when lanes cannot grow (at the cap or the
             // ceiling) while demand exceeds them, and enough calls arrive per
             // fixed cost that waiting for them saves batches; more lanes
@@ -483,7 +497,7 @@ impl Tune {
             // once pays: below that the cap is the fit's noise, not the
             // backend's.
             let siblings = self.rate * self.fixed;
-            let at_ceiling = self.lanes >= self.ceiling_lanes;
+            let at_ceiling = lanes >= self.ceiling_lanes;
             // The slowdown gate has hysteresis too: on at LINGER_SLOWDOWN, off
             // below half of it.
             let gate = if self.lingering {
@@ -494,7 +508,7 @@ impl Tune {
             let contended = self.sure_slowdown().is_some_and(|s| s >= gate);
             // Not after a backlog: full batches leave at once anyway, and the
             // lanes are there to carry them, not because demand passed a cap.
-            let at_cap = (self.lanes + 1) as f64 > cap + 0.5
+            let at_cap = (lanes + 1) as f64 > cap + 0.5
                 && (at_ceiling || contended)
                 && self.since_backlog >= BACKLOG_MEMORY;
             // Below the ceiling lingering happens only on a contended
@@ -833,6 +847,36 @@ mod tests {
             t.finished(1, used, backend(1, used, 0.25));
         }
         assert_eq!(t.window, Duration::ZERO, "{t:?}");
+    }
+
+    #[test]
+    fn a_probe_does_not_stop_the_window() {
+        let mut t = Tune::new(16, Duration::from_millis(5));
+        let mut now = Instant::now();
+        feed(&mut t, &mut now, 1_500.0, 800, 0.25, 1);
+        assert!(t.window > Duration::ZERO, "{t:?}");
+        // No batch runs alone any more: every PROBE_EVERY decisions the
+        // controller lends a lane to see the baseline again.
+        let mut lanes = Vec::new();
+        let mut windows = Vec::new();
+        for i in 0..(3 * PROBE_EVERY * DECIDE_EVERY) as usize {
+            let used = 2 + i % (t.lanes.max(2) - 1);
+            now += Duration::from_micros(700);
+            t.started(now, 1, used, 1);
+            if t.finished(1, used, backend(1, used, 0.25)) {
+                lanes.push(t.lanes);
+                windows.push(t.window);
+            }
+        }
+        let (lo, hi) = (lanes.iter().min().unwrap(), lanes.iter().max().unwrap());
+        assert!(lo < hi, "no probe: {lanes:?}");
+        // The lane is lent for one period: it is back at the next decision.
+        for i in 1..lanes.len() - 1 {
+            if lanes[i] < lanes[i - 1] {
+                assert_eq!(lanes[i + 1], lanes[i - 1], "{i}: {lanes:?}");
+            }
+        }
+        assert!(windows.iter().all(|w| !w.is_zero()), "{windows:?}");
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub enum Dispatch {
     /// (`max_batch` keys, waiting for a lane) takes every lane up to the
     /// ceiling; the window lingers only where lanes cannot grow and enough
     /// calls arrive within one batch's fixed cost — for an eighth of that cost
-    /// on a backend that slows down under concurrency, for half of it at the
-    /// ceiling of one that does not. The live lanes and window, and the fitted costs, are in
+    /// at the lane cap of a backend that slows down under concurrency, for half
+    /// of it at the ceiling. The live lanes and window, and the fitted costs, are in
     /// [`MetricsSnapshot::tuned`](crate::metrics::MetricsSnapshot::tuned).
     Auto,
 }

@@ -48,16 +48,17 @@
 //!   (PostgreSQL's `commit_delay` waits only when `commit_siblings` others are
 //!   active). Two cases, each with hysteresis, the window reached a quarter of
 //!   the way per decision and at most the ceiling:
-//!   - at a measured cap, where batches slow each other by at least
-//!     [`LINGER_SLOWDOWN`] per lane (half of it to go on): a short window,
-//!     [`CONTENDED_SHARE`] of the smoothed fixed cost, from
+//!   - at a measured cap below the ceiling, where batches slow each other
+//!     by at least [`LINGER_SLOWDOWN`] per lane (half of it to go on): a
+//!     short window, [`CONTENDED_SHARE`] of the smoothed fixed cost, from
 //!     [`CONTENDED_ON`] arrivals per fixed cost until fewer than
 //!     [`CONTENDED_OFF`]. Waiting merges calls that come close together and
 //!     spares the backend a batch beside the others, but every caller pays
 //!     the whole wait;
-//!   - at the ceiling of a backend that does not slow down (more lanes would
-//!     be taken if allowed): half the smoothed fixed cost, from
-//!     [`LINGER_ON`] arrivals per fixed cost until fewer than [`LINGER_OFF`].
+//!   - at the ceiling (more lanes would be taken if allowed; on a backend
+//!     that does not slow down, the only case): half the smoothed fixed
+//!     cost, from [`LINGER_ON`] arrivals per fixed cost until fewer than
+//!     [`LINGER_OFF`].
 //!
 //!   Lingering stops when lanes can grow again. It applies only while the
 //!   group has a batch running and is not mostly idle: on an idle group a

@@ -572,6 +572,21 @@ mod tests {
         Duration::from_secs_f64(base * (1.0 + slowdown * (used as f64 - 1.0)))
     }
 
+    /// One batch of `size` keys `gap` after the last, started with `used`
+    /// lanes in use and `queued` batches waiting, that ran for `run`. Returns
+    /// whether a decision was made.
+    fn one(
+        t: &mut Tune,
+        now: &mut Instant,
+        gap: Duration,
+        (size, used, queued): (usize, usize, usize),
+        run: Duration,
+    ) -> bool {
+        *now += gap;
+        t.started(*now, size as u64, used, queued);
+        t.finished(size, used, run)
+    }
+
     /// Feeds `batches` batches at `rate` calls/s: batch `i` starts with
     /// `1 + i % lanes` lanes in use (batches start at different times), and
     /// `queued` batches wait.
@@ -588,13 +603,13 @@ mod tests {
             let used = 1 + i % lanes;
             let run = backend(100, lanes, slowdown);
             let gap = run / lanes as u32;
-            let calls = (rate * gap.as_secs_f64()).round().max(1.0) as u64;
-            *now += gap;
-            t.started(*now, calls, used, queued);
-            t.finished(
-                calls as usize,
-                used,
-                backend(calls as usize, used, slowdown),
+            let calls = (rate * gap.as_secs_f64()).round().max(1.0) as usize;
+            one(
+                t,
+                now,
+                gap,
+                (calls, used, queued),
+                backend(calls, used, slowdown),
             );
         }
     }
@@ -610,9 +625,14 @@ mod tests {
             .enumerate()
         {
             let used = 1 + i % 3;
-            now += Duration::from_millis(1);
-            t.started(now, *size as u64, used, 0);
-            t.finished(*size, used, backend(*size, used, 0.25));
+            let run = backend(*size, used, 0.25);
+            one(
+                &mut t,
+                &mut now,
+                Duration::from_millis(1),
+                (*size, used, 0),
+                run,
+            );
         }
         let c = t.costs().unwrap();
         assert!((c.fixed - 0.002).abs() < 1e-6, "{c:?}");
@@ -652,9 +672,13 @@ mod tests {
         let mut t = Tune::new(8, Duration::from_millis(5));
         let mut now = Instant::now();
         for _ in 0..200 {
-            now += Duration::from_millis(10);
-            t.started(now, 1, 1, 0);
-            t.finished(1, 1, backend(1, 1, 0.0));
+            one(
+                &mut t,
+                &mut now,
+                Duration::from_millis(10),
+                (1, 1, 0),
+                backend(1, 1, 0.0),
+            );
         }
         assert_eq!(t.lanes, 1);
         assert_eq!(t.window, Duration::ZERO);
@@ -716,9 +740,14 @@ mod tests {
             } else {
                 (1000, 2 + i % 8)
             };
-            now += Duration::from_micros(300);
-            t.started(now, size as u64, used, 1);
-            t.finished(size, used, backend(size, 1, 0.0));
+            let run = backend(size, 1, 0.0);
+            one(
+                &mut t,
+                &mut now,
+                Duration::from_micros(300),
+                (size, used, 1),
+                run,
+            );
         }
         assert_eq!(t.slowdown, None, "{t:?}");
         assert_eq!(t.cap(), 10.0, "{t:?}");
@@ -776,9 +805,14 @@ mod tests {
         for i in 0..2000usize {
             // Up to two batches beside it.
             let used = 1 + i % 3;
-            now += Duration::from_micros(200);
-            t.started(now, 4, used, 1);
-            t.finished(4, used, backend(4, 1, 0.0).mul_f64(noise()));
+            let run = backend(4, 1, 0.0).mul_f64(noise());
+            one(
+                &mut t,
+                &mut now,
+                Duration::from_micros(200),
+                (4, used, 1),
+                run,
+            );
         }
         // Taken at its word, the mean would cap the lanes at 11 or fewer;
         // what it shows for sure leaves them half as many again.
@@ -843,9 +877,14 @@ mod tests {
         // here one call every 5 ms (0.4 per fixed cost).
         for i in 0..800 {
             let used = 1 + i % 2;
-            now += Duration::from_millis(5);
-            t.started(now, 1, used, 1);
-            t.finished(1, used, backend(1, used, 0.25));
+            let run = backend(1, used, 0.25);
+            one(
+                &mut t,
+                &mut now,
+                Duration::from_millis(5),
+                (1, used, 1),
+                run,
+            );
         }
         assert_eq!(t.window, Duration::ZERO, "{t:?}");
     }
@@ -862,9 +901,14 @@ mod tests {
         let mut windows = Vec::new();
         for i in 0..(3 * PROBE_EVERY * DECIDE_EVERY) as usize {
             let used = 2 + i % (t.lanes.max(2) - 1);
-            now += Duration::from_micros(700);
-            t.started(now, 1, used, 1);
-            if t.finished(1, used, backend(1, used, 0.25)) {
+            let run = backend(1, used, 0.25);
+            if one(
+                &mut t,
+                &mut now,
+                Duration::from_micros(700),
+                (1, used, 1),
+                run,
+            ) {
                 lanes.push(t.lanes);
                 windows.push(t.window);
             }

@@ -32,7 +32,7 @@ pub enum Dispatch {
     /// ceilings, `max_batch` stays a hard cap. At idle the window is zero and a
     /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow while
     /// calls wait for one and more lanes do not make a batch run more than
-    /// twice as long as alone (judged by the slowdown the samples show beyond
+    /// 1.75 times as long as alone (judged by the slowdown the samples show beyond
     /// their noise), and shrink when they do; a backlog of full batches
     /// (`max_batch` keys, waiting for a lane) takes every lane up to the
     /// ceiling; the window lingers only where lanes cannot grow and enough

@@ -222,6 +222,33 @@ async fn a_panic_mid_stream_fails_only_undelivered_keys() {
     assert_idle(&c);
 }
 
+/// A panic in the same poll as an item delivered before it: the delivered
+/// caller is still woken with its value (the driver answers callers when its
+/// poll returns, and when it unwinds).
+#[tokio::test(start_paused = true)]
+async fn a_panic_right_after_an_item_still_answers_that_items_caller() {
+    let c = Arc::new(Coalescer::new(
+        Config::new("s.panic_same_poll"),
+        |mut keys: Vec<u64>| async move {
+            keys.sort_unstable();
+            Streamed(stream::iter(keys).map(|k| {
+                assert!(k != 2, "the stream panicked");
+                Ok::<_, String>((k, k * 10))
+            }))
+        },
+    ));
+    let (one, two) = (timed(&c, 1), timed(&c, 2));
+    // A caller left unwoken would wait forever: bound it (the paused clock
+    // jumps there at once).
+    let both = tokio::time::timeout(Duration::from_secs(60), async {
+        (one.await.unwrap().0, two.await.unwrap().0)
+    });
+    let (one, two) = both.await.expect("a delivered caller was never woken");
+    assert_eq!(one.unwrap(), Some(10));
+    assert!(matches!(two, Err(Error::Panicked { .. })), "{two:?}");
+    assert_idle(&c);
+}
+
 /// `Result<stream, E>` with an `Err` fails the whole batch.
 #[tokio::test(start_paused = true)]
 async fn an_error_before_the_first_row_fails_the_batch() {

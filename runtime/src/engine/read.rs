@@ -371,26 +371,6 @@ pub(crate) struct Entries<K, V, E> {
     pub(crate) stream: Option<Box<StreamState>>,
 }
 
-/// The wakers of one slot's callers, taken under the batch lock and woken
-/// after it (see [`Entries::slot_wakers`]).
-#[derive(Default)]
-pub(crate) struct SlotWakers {
-    first: Option<Waker>,
-    rest: Vec<Waker>,
-}
-
-impl SlotWakers {
-    /// Wakes each caller.
-    pub(crate) fn wake(self) {
-        if let Some(w) = self.first {
-            w.wake();
-        }
-        for w in self.rest {
-            w.wake();
-        }
-    }
-}
-
 /// What a streamed run has delivered so far, and which tickets wait on each
 /// slot (so that an item wakes only its own callers).
 pub(crate) struct StreamState {
@@ -465,27 +445,20 @@ impl<K, V, E> Entries<K, V, E> {
         self.stream = Some(Box::new(stream));
     }
 
-    /// The wakers of the live tickets of `slot` (streamed runs only). Most
-    /// keys have one caller: its waker is held inline, with no allocation.
-    pub(crate) fn slot_wakers(&mut self, slot: u32) -> SlotWakers {
-        let mut out = SlotWakers::default();
+    /// Moves the wakers of the live tickets of `slot` (streamed runs only)
+    /// into `out`, to be woken after the batch lock is released.
+    pub(crate) fn slot_wakers(&mut self, slot: u32, out: &mut Vec<Waker>) {
         let Some(stream) = &self.stream else {
-            return out;
+            return;
         };
         let mut t = stream.heads[slot as usize];
         while t != u32::MAX {
             let ticket = &mut self.tickets[t as usize];
             if ticket.live {
-                if let Some(w) = ticket.waker.take() {
-                    match out.first {
-                        None => out.first = Some(w),
-                        Some(_) => out.rest.push(w),
-                    }
-                }
+                out.extend(ticket.waker.take());
             }
             t = stream.next[t as usize];
         }
-        out
     }
 
     /// Takes a caller out (answered or cancelled). Returns its slot and whether

@@ -10,8 +10,11 @@
 //! `Hash` and `Eq` are user code), the value is cloned for the slot's extra
 //! waiters (outside the lock), stored under the batch lock with the slot marked
 //! `delivered`, and only that slot's callers are woken (the batch indexes its
-//! tickets by slot from the stream's start). A woken caller takes its entry and
-//! leaves while the batch runs on.
+//! tickets by slot from the stream's start) — in groups of [`WAKE_EVERY`]
+//! and when the driver's poll returns, so that a task awaiting many callers is
+//! woken once per group, not once per item (if the stream panicked, when the
+//! run is dropped). A woken caller takes its entry and leaves while the batch
+//! runs on.
 //!
 //! The stream ends the run when every key sent is delivered (a stream that
 //! never ends frees its lane then), when it ends, fails or panics (the driver
@@ -24,7 +27,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc as StdArc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::batch::Phase;
@@ -38,6 +41,11 @@ use crate::output::{Delivery, EntryStream};
 
 /// Items read in one poll before the driver yields to other tasks.
 const BUDGET: usize = 256;
+/// Answered callers are woken in groups of this many (and when the poll
+/// returns): a task awaiting many callers (`join_all`, `FuturesUnordered`) is
+/// then scheduled once per group, not once per item, and no caller waits for
+/// more than this many items to be read after its own.
+const WAKE_EVERY: usize = 32;
 
 /// A read run, reading the stream its batch fn may return (see the module docs).
 pub(crate) struct Feed<G, K, V, E>
@@ -66,6 +74,8 @@ where
     /// Items for keys nobody asked for, or repeats: counted here and handed
     /// to the batch when the run ends (see `Drop`), not one lock per item.
     unrequested: u64,
+    /// Callers answered and not yet woken (see [`WAKE_EVERY`]).
+    woken: Vec<Waker>,
 }
 
 impl<G, K, V, E> Feed<G, K, V, E>
@@ -98,6 +108,7 @@ where
             clock: Clock::detect(),
             idle: None,
             unrequested: 0,
+            woken: Vec::new(),
         }
     }
 
@@ -165,9 +176,8 @@ where
             }
             None => false,
         };
-        let wakers = entries.slot_wakers(slot);
+        entries.slot_wakers(slot, &mut self.woken);
         drop(st);
-        wakers.wake();
         done
     }
 
@@ -210,51 +220,18 @@ where
         self.idle = None;
         Poll::Ready(rest)
     }
-}
 
-fn nothing_more<K: 'static, V: 'static, E: 'static>() -> Delivery<K, V, E> {
-    Delivery::Keyed(Box::new(std::iter::empty()))
-}
-
-impl<G, K, V, E> Drop for Feed<G, K, V, E>
-where
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
-    E: Send + Sync + 'static,
-{
-    /// The driver drops the run before it completes the batch (and with no
-    /// lock held): the completion counts what this run ignored.
-    fn drop(&mut self) {
-        if self.unrequested > 0 {
-            if let Some(stream) = &mut lock(&self.batch.st).entries.stream {
-                stream.unrequested += self.unrequested;
-            }
+    /// Wakes the callers answered since the last call (no lock held).
+    fn wake_answered(&mut self) {
+        for w in self.woken.drain(..) {
+            w.wake();
         }
     }
-}
 
-// No field is pinned: the run and the stream are boxed and pinned on their own.
-impl<G, K, V, E> Unpin for Feed<G, K, V, E>
-where
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
-    E: Send + Sync + 'static,
-{
-}
-
-impl<G, K, V, E> Future for Feed<G, K, V, E>
-where
-    G: Hash + Eq + Send + Sync + 'static,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + 'static,
-    E: Send + Sync + 'static,
-{
-    type Output = Delivery<K, V, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery<K, V, E>> {
-        let this = self.get_mut();
+    /// Runs the batch fn's future, then reads its stream (up to [`BUDGET`]
+    /// items), collecting the wakers of the callers it answers.
+    fn read(&mut self, cx: &mut Context<'_>) -> Poll<Delivery<K, V, E>> {
+        let this = self;
         if let Some(run) = &mut this.run {
             match run.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -287,6 +264,9 @@ where
                     if this.deliver(key, value) {
                         return this.finish(nothing_more());
                     }
+                    if this.woken.len() >= WAKE_EVERY {
+                        this.wake_answered();
+                    }
                 }
                 // Fails the keys not delivered yet; the stream is not polled
                 // again.
@@ -306,5 +286,57 @@ where
         // A stream with many items ready: let other tasks run.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+fn nothing_more<K: 'static, V: 'static, E: 'static>() -> Delivery<K, V, E> {
+    Delivery::Keyed(Box::new(std::iter::empty()))
+}
+
+impl<G, K, V, E> Drop for Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// The driver drops the run before it completes the batch (and with no
+    /// lock held): the completion counts what this run ignored.
+    fn drop(&mut self) {
+        // A poll that unwound (the stream panicked) left its answered callers
+        // unwoken: wake them now, before the completion.
+        self.wake_answered();
+        if self.unrequested > 0 {
+            if let Some(stream) = &mut lock(&self.batch.st).entries.stream {
+                stream.unrequested += self.unrequested;
+            }
+        }
+    }
+}
+
+// No field is pinned: the run and the stream are boxed and pinned on their own.
+impl<G, K, V, E> Unpin for Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+}
+
+impl<G, K, V, E> Future for Feed<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Output = Delivery<K, V, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery<K, V, E>> {
+        let this = self.get_mut();
+        let out = this.read(cx);
+        this.wake_answered();
+        out
     }
 }

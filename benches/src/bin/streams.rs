@@ -24,7 +24,10 @@
 //! warm-up; BACKEND `sqlite`, `postgres` or `none` runs that one only, for a
 //! profiler), `memory`, or nothing for both. `STREAMS_CURRENT_THREAD=1` runs on a
 //! current-thread runtime instead of the 2-worker one; `STREAMS_SHAPE=map`,
-//! `streamed` or `bare` runs only that shape's bursts (no table), for a profiler. `DATABASE_URL` (default
+//! `streamed` or `bare` runs only that shape's bursts (no table), for a profiler;
+//! `STREAMS_DETAIL=1` adds, per round, how long the streamed callers' answers
+//! trailed their rows and how many were answered on the thread that read them.
+//! `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) must point at 127.0.0.1; PostgreSQL is
 //! skipped with a note if it does not answer.
 
@@ -122,16 +125,54 @@ fn since(stamp: u64, start: Instant) -> Option<Duration> {
         .then(|| (epoch() + Duration::from_nanos(stamp - 1)).saturating_duration_since(start))
 }
 
+/// Per id (streamed shape): when its row came, and on which thread (a number per
+/// thread, from one).
+fn row_seen() -> &'static [(AtomicU64, AtomicU64)] {
+    static SEEN: OnceLock<Vec<(AtomicU64, AtomicU64)>> = OnceLock::new();
+    SEEN.get_or_init(|| {
+        (0..=ROWS)
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect()
+    })
+}
+
+/// This thread's number (from one).
+fn thread_number() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static NUMBER: u64 = NEXT.fetch_add(1, Relaxed));
+    NUMBER.with(|n| *n)
+}
+
 fn reset_stamps() {
     for s in [&CALLED, &FIRST_ROW, &LAST_ROW] {
         s.store(0, Relaxed);
     }
+    if detail() {
+        for (at, thread) in row_seen() {
+            at.store(0, Relaxed);
+            thread.store(0, Relaxed);
+        }
+    }
 }
 
-fn mark_row() {
+/// `STREAMS_DETAIL=1`: each row's arrival and thread are recorded, and the
+/// tables are followed by each round's callers' lag behind their rows.
+fn detail() -> bool {
+    static DETAIL: OnceLock<bool> = OnceLock::new();
+    *DETAIL.get_or_init(|| std::env::var_os("STREAMS_DETAIL").is_some())
+}
+
+fn mark_row(id: i64) {
     let now = stamp();
     let _ = FIRST_ROW.compare_exchange(0, now, Relaxed, Relaxed);
     LAST_ROW.store(now, Relaxed);
+    if !detail() {
+        return;
+    }
+    if let Some((at, thread)) = usize::try_from(id).ok().and_then(|i| row_seen().get(i)) {
+        at.store(now, Relaxed);
+        thread.store(thread_number(), Relaxed);
+    }
 }
 
 fn config(name: &'static str, keys: usize) -> Config {
@@ -180,7 +221,7 @@ fn streamed_shape(backend: &Backend) -> Loader {
         let rows = fetch(ids);
         async move {
             Streamed(rows.map_ok(|r| {
-                mark_row();
+                mark_row(r.id);
                 (r.id, r)
             }))
         }
@@ -204,6 +245,10 @@ struct Burst {
     /// CPU time during the burst: this process (all its threads, SQLite's worker
     /// included) and every `postgres` process.
     cpu: (Duration, Duration),
+    /// Streamed shape: per caller, from its row's arrival to its answer, sorted;
+    /// and how many callers were answered on the thread that read their row.
+    lags: Vec<Duration>,
+    same_thread: usize,
 }
 
 /// Runs `burst` on a worker and adds the CPU time it took (read outside its clock).
@@ -242,18 +287,27 @@ async fn burst(loader: Loader, ids: Arc<Vec<i64>>) -> Burst {
                 // The call is made at the future's first poll.
                 let called = Instant::now();
                 let row = loader.load(id).await;
-                (id, row, called, Instant::now())
+                (id, row, called, Instant::now(), thread_number())
             }
         })
         .collect();
     let mut latencies = Vec::with_capacity(ids.len());
     let mut own = Vec::with_capacity(ids.len());
-    while let Some((id, row, called, at)) = calls.next().await {
+    let (mut lags, mut same_thread) = (Vec::new(), 0);
+    while let Some((id, row, called, at, thread)) = calls.next().await {
         let row = row.expect("query").expect("every id has a row");
         assert!(row.id == id && !row.name.is_empty() && row.payload.len() == PAYLOAD);
         latencies.push(at - start);
         own.push(at - called);
+        let seen = detail().then(|| usize::try_from(id).ok().and_then(|i| row_seen().get(i)));
+        if let Some((row_at, row_thread)) = seen.flatten() {
+            if let Some(lag) = since(row_at.load(Relaxed), start) {
+                lags.push((at - start).saturating_sub(lag));
+                same_thread += usize::from(row_thread.load(Relaxed) == thread);
+            }
+        }
     }
+    lags.sort_unstable();
     drop(calls);
     let after = loader.metrics();
     assert_eq!(after.batches - before.batches, 1, "one batch per burst");
@@ -267,6 +321,8 @@ async fn burst(loader: Loader, ids: Arc<Vec<i64>>) -> Burst {
         first_row: since(FIRST_ROW.load(Relaxed), start),
         last_row: since(LAST_ROW.load(Relaxed), start).expect("rows"),
         cpu: Default::default(),
+        lags,
+        same_thread,
     }
 }
 
@@ -289,6 +345,8 @@ async fn bare(fetch: Fetch, ids: Arc<Vec<i64>>) -> Burst {
         last_row: latencies[latencies.len() - 1],
         latencies,
         cpu: Default::default(),
+        lags: Vec::new(),
+        same_thread: 0,
     }
 }
 
@@ -454,6 +512,27 @@ async fn latency_of(backend: Backend, rounds: usize) {
         ROWS - 1,
         spread(tail, 2)
     );
+    if detail() {
+        println!(
+            "- streamed shape: each caller answered {} ms after its row came (p90 {} ms); {} of {ROWS} answered on the thread that read their row",
+            spread(runs[1].iter().map(|s| ms(pct(&s.lags, 50))), 3),
+            spread(runs[1].iter().map(|s| ms(pct(&s.lags, 90))), 3),
+            spread(runs[1].iter().map(|s| s.same_thread as f64), 0),
+        );
+        // Per round: the ratio, the streamed callers' lag behind their rows,
+        // and how many were answered on the thread that read their row.
+        for (i, (s, r)) in runs[1].iter().zip(&ratios).enumerate() {
+            let first = s.first_row.unwrap_or_default();
+            println!(
+                "  - round {i}: ratio {r:.3}, lag p50 {:.3} p90 {:.3} ms, same thread {}, {:.0} ns between rows, first row {:.2} ms",
+                ms(pct(&s.lags, 50)),
+                ms(pct(&s.lags, 90)),
+                s.same_thread,
+                (s.last_row - first).as_secs_f64() * 1e9 / (ROWS - 1) as f64,
+                ms(first.saturating_sub(s.called)),
+            );
+        }
+    }
     println!(
         "- bare `fetch()`: {} ns between rows",
         spread(per_row(&runs[2]), 0)

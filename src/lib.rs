@@ -257,7 +257,8 @@
 //!
 //! A batch fn may return its rows as they arrive, `impl Stream<Item = Result<(K, V),
 //! E>>` (sqlx's `fetch()`, a Redis pipeline, a server-streaming response): each
-//! caller resolves the moment its own row comes, and the batch never holds all of
+//! caller resolves as its own row comes (callers are woken in groups of 32, and
+//! whenever the stream has nothing more ready), and the batch never holds all of
 //! them. The first item for a key wins; keys never yielded get `None`; an `Err`
 //! item, a panic, the `timeout` or the idle timeout fails only the keys not yet
 //! delivered. See [`Streamed`] for every rule.

@@ -164,8 +164,11 @@ where
 
 /// Entries streamed by key: a batch fn that returns its rows as they arrive
 /// (`sqlx`'s `fetch`, a Redis pipeline, NDJSON or gRPC server streaming), so
-/// that each caller resolves the moment its own row arrives and the batch never
-/// holds all rows at once.
+/// that each caller resolves as its own row arrives and the batch never holds
+/// all rows at once. Callers are woken in groups: once 32 are answered, and
+/// whenever the driver stops reading (the stream has nothing more ready, or
+/// 256 items were read in a row), so that a task awaiting thousands of callers
+/// is scheduled once per group, not once per item.
 ///
 /// - Items are `(key, value)` pairs: a positional stream could shift values
 ///   between callers. The first item for a key wins; later ones, and items

@@ -44,7 +44,8 @@ const BUDGET: usize = 256;
 /// Answered callers are woken in groups of this many (and when the poll
 /// returns): a task awaiting many callers (`join_all`, `FuturesUnordered`) is
 /// then scheduled once per group, not once per item, and no caller waits for
-/// more than this many items to be read after its own.
+/// more than this many further answers or the poll's end (at most [`BUDGET`]
+/// items).
 const WAKE_EVERY: usize = 32;
 
 /// A read run, reading the stream its batch fn may return (see the module docs).

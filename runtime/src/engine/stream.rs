@@ -232,53 +232,52 @@ where
     /// Runs the batch fn's future, then reads its stream (up to [`BUDGET`]
     /// items), collecting the wakers of the callers it answers.
     fn read(&mut self, cx: &mut Context<'_>) -> Poll<Delivery<K, V, E>> {
-        let this = self;
-        if let Some(run) = &mut this.run {
+        if let Some(run) = &mut self.run {
             match run.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Delivery::Streamed(stream)) => {
-                    this.run = None;
-                    if !this.begin(stream) {
+                    self.run = None;
+                    if !self.begin(stream) {
                         return Poll::Ready(nothing_more());
                     }
                 }
                 Poll::Ready(other) => {
-                    this.run = None;
+                    self.run = None;
                     return Poll::Ready(other);
                 }
             }
         }
         for _ in 0..BUDGET {
-            let Some(stream) = &mut this.stream else {
+            let Some(stream) = &mut self.stream else {
                 return Poll::Ready(nothing_more());
             };
             match stream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok((key, value)))) => {
-                    if !this.first_seen {
-                        this.first_seen = true;
-                        this.inner.rec.first_item(this.started.elapsed());
+                    if !self.first_seen {
+                        self.first_seen = true;
+                        self.inner.rec.first_item(self.started.elapsed());
                     }
-                    if this.inner.config.idle_timeout.is_some() {
+                    if self.inner.config.idle_timeout.is_some() {
                         // A clock read per item only when the gap is bounded.
-                        this.last = Instant::now();
+                        self.last = Instant::now();
                     }
-                    if this.deliver(key, value) {
-                        return this.finish(nothing_more());
+                    if self.deliver(key, value) {
+                        return self.finish(nothing_more());
                     }
-                    if this.woken.len() >= WAKE_EVERY {
-                        this.wake_answered();
+                    if self.woken.len() >= WAKE_EVERY {
+                        self.wake_answered();
                     }
                 }
                 // Fails the keys not delivered yet; the stream is not polled
                 // again.
-                Poll::Ready(Some(Err(e))) => return this.finish(Delivery::Failed(e)),
-                Poll::Ready(None) => return this.finish(nothing_more()),
+                Poll::Ready(Some(Err(e))) => return self.finish(Delivery::Failed(e)),
+                Poll::Ready(None) => return self.finish(nothing_more()),
                 Poll::Pending => {
-                    if this.idle_passed(cx) {
-                        if let Some(stream) = &mut lock(&this.batch.st).entries.stream {
+                    if self.idle_passed(cx) {
+                        if let Some(stream) = &mut lock(&self.batch.st).entries.stream {
                             stream.idle_timed_out = true;
                         }
-                        return this.finish(nothing_more());
+                        return self.finish(nothing_more());
                     }
                     return Poll::Pending;
                 }

@@ -30,8 +30,8 @@ pub enum Dispatch {
     /// slows down when others run beside it — between the bounds the
     /// configuration gives: `window` and `max_in_flight` (32 when unset) become
     /// ceilings, `max_batch` stays a hard cap. At idle the window is zero and a
-    /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow while
-    /// calls wait for one and more lanes do not make a batch run more than
+    /// lone call goes at once (as in [`Dispatch::Adaptive`]); lanes grow, one
+    /// per decision (every 8 batches), while calls wait for one and more lanes do not make a batch run more than
     /// 1.75 times as long as alone (judged by the slowdown the samples show beyond
     /// their noise), and shrink when they do; a backlog of full batches
     /// (`max_batch` keys, waiting for a lane) takes every lane up to the

@@ -31,10 +31,11 @@
 //!   noise); the ceiling while fewer than [`MIN_SAMPLES`] are measured. The cap
 //!   the lanes follow moves only when the computed one leaves a band around
 //!   it (40%, at least one lane: hysteresis, so that a noisy slowdown
-//!   does not move the lanes). Below the cap lanes grow — by a quarter, at
-//!   least one — while batches queue for a lane and the group is not
-//!   app-limited (at least half its lanes in use); above it (the backend
-//!   saturates) they shrink half the way to it. Demand is a due batch queued
+//!   does not move the lanes). Below the cap lanes grow — one per decision
+//!   (additive increase: a late step is one lane, not a quarter more) —
+//!   while batches queue for a lane and the group is not app-limited (at
+//!   least half its lanes in use); above it (the backend saturates) they
+//!   shrink half the way to it (multiplicative decrease). Demand is a due batch queued
 //!   for a lane, or calls gathering while every lane is busy. A **backlog** —
 //!   a full batch (`max_batch` keys) queued for a lane — is different:
 //!   batching can absorb no more, so lanes double per decision up to the
@@ -474,9 +475,11 @@ impl Tune {
                 self.lanes -= ((over / 2.0).ceil() as usize).max(1);
             } else if self.queued && busy && ((self.lanes + 1) as f64) <= cap + 0.5 {
                 // Batches wait for a lane, and more do not slow the backend
-                // past the tolerance: a quarter more per decision (at least one).
-                let room = (cap + 0.5) as usize - self.lanes;
-                self.lanes += (self.lanes / 4).clamp(1, room.max(1));
+                // past the tolerance: one more per decision. A decision comes
+                // every few batches, so this is quick in time where batches
+                // are many; and where lanes are many, a step late in a steady
+                // load moves them by one, not by a quarter.
+                self.lanes += 1;
             } else if self.decisions % PROBE_EVERY == 0 {
                 if !self.alone_seen && self.lanes > 1 && busy {
                     // A probe of the baseline: no batch ran alone for a
@@ -654,6 +657,25 @@ mod tests {
         let mut now = Instant::now();
         feed(&mut t, &mut now, 20_000.0, 400, 0.0, 2);
         assert_eq!(t.lanes, 8, "{t:?}");
+    }
+
+    #[test]
+    fn lanes_grow_one_per_decision() {
+        let mut t = Tune::new(32, Duration::from_millis(5));
+        let mut now = Instant::now();
+        let mut seen = vec![t.lanes];
+        for _ in 0..300 {
+            // Every lane busy, batches queued, a backend that scales.
+            let used = t.lanes;
+            let run = backend(40, used, 0.0);
+            one(&mut t, &mut now, run / used as u32, (40, used, 2), run);
+            if seen.last() != Some(&t.lanes) {
+                seen.push(t.lanes);
+            }
+        }
+        let expected: Vec<usize> = (1..=seen.len()).collect();
+        assert_eq!(seen, expected, "{t:?}");
+        assert!(t.lanes >= 24, "{t:?}");
     }
 
     #[test]

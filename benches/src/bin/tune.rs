@@ -14,7 +14,7 @@
 //! Usage (`cargo run --release -p coalesce-benches --bin tune -- …`):
 //!
 //! - `sweep flat` / `sweep contended`: one run of the offered-load sweep on one
-//!   backend (≈5 min): at each of the 8 offered loads of `report load`, every
+//!   backend (≈5.5 min): at each of the 8 offered loads of `report load`, every
 //!   setting of the grid and Auto in a shuffled order, each for a 100 ms
 //!   warm-up plus 1 s measured (`TUNE_SPAN_MS` sets another; at least 250
 //!   measured calls) of open-loop arrivals; then that load's best grid

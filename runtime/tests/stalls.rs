@@ -339,6 +339,64 @@ async fn re_entrant_batch_functions_complete() {
     }
 }
 
+/// A re-entrant batch takes a lane past `max_in_flight`; when it ends, that
+/// lane is given up, not handed to the next queued batch: the batches that are
+/// not re-entrant never run more than `max_in_flight` at once. (The lane used
+/// to be handed over, so that a queue that never emptied kept one batch more
+/// than the limit in flight for as long as it lasted.)
+#[tokio::test(start_paused = true)]
+async fn a_re_entrant_batch_gives_its_extra_lane_up() {
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+    static NESTING: LazyLock<Coalescer<u64, u64>> = LazyLock::new(|| {
+        Coalescer::new(
+            Config::new("s.reentrant.lane")
+                .window(Duration::from_millis(1))
+                .max_in_flight(1),
+            |keys: Vec<u64>| async move {
+                let outer = keys.iter().any(|&k| k >= 1000);
+                if outer {
+                    let now = RUNNING.fetch_add(1, SeqCst) + 1;
+                    PEAK.fetch_max(now, SeqCst);
+                }
+                let mut out = HashMap::new();
+                for k in keys {
+                    let v = if k >= 1000 {
+                        // Nested: an exempt batch past the limit.
+                        NESTING.load(k - 1000).await.unwrap().unwrap_or(0)
+                    } else {
+                        k
+                    };
+                    out.insert(k, v);
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                if outer {
+                    RUNNING.fetch_sub(1, SeqCst);
+                }
+                out
+            },
+        )
+    });
+    // Pairs of calls 2.5 ms apart, every 20 ms. The first one's batch runs
+    // from 1 ms and makes a nested call at once, whose batch (exempt, past
+    // the limit) gathers until 2 ms and runs until 5 ms; the second one's
+    // batch is due at 3.5 ms and queues. At 5 ms the exempt batch's lane
+    // must not go to it: the first batch runs until 8 ms.
+    let calls = (0..8u64).map(|i| async move {
+        let at = 20_000 * (i / 2) + 2_500 * (i % 2);
+        tokio::time::sleep(Duration::from_micros(at)).await;
+        NESTING.load(1000 + i).await
+    });
+    let out = no_hang(join_all(calls)).await;
+    for (i, r) in out.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), Some(i as u64));
+    }
+    let m = NESTING.metrics();
+    assert!(m.reentrant_batches >= 4, "{m}");
+    assert_eq!(PEAK.load(SeqCst), 1, "{m}");
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
 /// `window = "0ms"` dispatches at the next scheduling point: calls made in the
 /// same instant share a batch (it used to send each alone). On an adaptive road
 /// a call that finds the road empty still goes alone (that is the policy); calls

@@ -122,8 +122,17 @@ pub(crate) enum Release {
 }
 
 /// The release rule. `open` is whether the group has a batch gathering.
+///
+/// A group can run more batches than its lanes: a re-entrant batch takes a
+/// lane past the limit, and [`Dispatch::Auto`]'s controller lowers its lanes
+/// under batches already running. Then a lane given back is given up — not
+/// handed to a queued batch, nor offered to the open one — until the batches
+/// in flight are within the limit again; else a queue that never empties
+/// would keep the group over its limit for as long as the load lasts.
 pub(crate) fn release(dispatch: Dispatch, road: Road, open: bool) -> Release {
-    if road.queued > 0 {
+    if road.lanes_used > road.lanes {
+        Release::Free
+    } else if road.queued > 0 {
         Release::HandOver
     } else if matches!(dispatch, Dispatch::Adaptive | Dispatch::Auto) && open {
         Release::FreeAndKick
@@ -289,6 +298,19 @@ mod tests {
             release(Dispatch::Window, road(1, 1, 0), true),
             Release::Free
         );
+    }
+
+    #[test]
+    fn a_lane_past_the_limit_is_given_up_not_handed_over() {
+        // Three batches running where the limit is two (an exempt batch took
+        // a lane past it, or the controller lowered the lanes): the lane goes,
+        // the queue waits for one within the limit.
+        for dispatch in [Dispatch::Window, Dispatch::Adaptive, Dispatch::Auto] {
+            assert_eq!(release(dispatch, road(3, 2, 1), true), Release::Free);
+            assert_eq!(release(dispatch, road(3, 2, 0), true), Release::Free);
+            // Back at the limit, the queue comes first again.
+            assert_eq!(release(dispatch, road(2, 2, 1), true), Release::HandOver);
+        }
     }
 
     #[test]

@@ -567,7 +567,8 @@ pub struct MetricsSnapshot {
     /// clone per request without `instance = …`.
     pub split_batches: u64,
     /// Batches that went past `max_in_flight` because a batch function awaited
-    /// this coalescer (directly or through others) while holding a lane.
+    /// this coalescer (directly or through others) while holding a lane. Each
+    /// gives its extra lane up when it ends (no queued batch inherits it).
     pub reentrant_batches: u64,
     /// Batches whose driver was dropped before they finished (the runtime
     /// running it shut down); their callers enqueued their keys again.

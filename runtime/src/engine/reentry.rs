@@ -7,7 +7,9 @@
 //! waits for it: its *ancestry*. A call admitted from inside a poll records the
 //! current stack in the batch it joins, so the ancestry follows the work across
 //! tasks. A call whose coalescer is on the stack is re-entrant: its batch is
-//! exempt from `max_in_flight` (see `Batch::exempt`).
+//! exempt from `max_in_flight` (see `Batch::exempt`). The lane it takes past
+//! the limit is given up when it ends, not handed to a queued batch (see
+//! `policy::release`), so the group is back within its limit.
 //!
 //! Every call reads the stack and every poll of a run pushes on it, so the stack
 //! lives in thread-locals without destructors (the cheapest to reach): a depth

@@ -35,7 +35,9 @@ pub enum Dispatch {
     /// 1.75 times as long as alone (judged by the slowdown the samples show beyond
     /// their noise), and shrink when they do; a backlog of full batches
     /// (`max_batch` keys, waiting for a lane) takes every lane up to the
-    /// ceiling; the window lingers only where lanes cannot grow and enough
+    /// ceiling, and for a while after one a batch opened beside running ones
+    /// gathers until it is full (for at most one fixed cost) instead of
+    /// leaving small; otherwise the window lingers only where lanes cannot grow and enough
     /// calls arrive within one batch's fixed cost — for an eighth of that cost
     /// at the lane cap of a backend that slows down under concurrency, for half
     /// of it at the ceiling. The live lanes and window, and the fitted costs, are in

@@ -12,24 +12,29 @@ use coalesce_runtime::{Coalescer, Config, Dispatch};
 
 /// A backend of `2 ms + 2 µs × keys`, times `1 + slowdown × (others running)`.
 fn backend(slowdown: f64, max_in_flight: usize) -> Arc<Coalescer<u64, u64>> {
-    let running = Arc::new(AtomicUsize::new(0));
-    Arc::new(Coalescer::new(
+    scripted(
         Config::new("tune.backend")
             .dispatch(Dispatch::Auto)
             .window(Duration::from_millis(5))
             .max_in_flight(max_in_flight),
-        move |keys: Vec<u64>| {
-            let running = running.clone();
-            async move {
-                let others = running.fetch_add(1, SeqCst);
-                let base = 0.002 + 0.000_002 * keys.len() as f64;
-                let run = base * (1.0 + slowdown * others as f64);
-                tokio::time::sleep(Duration::from_secs_f64(run)).await;
-                running.fetch_sub(1, SeqCst);
-                keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
-            }
-        },
-    ))
+        slowdown,
+    )
+}
+
+/// The scripted backend under `config`.
+fn scripted(config: Config, slowdown: f64) -> Arc<Coalescer<u64, u64>> {
+    let running = Arc::new(AtomicUsize::new(0));
+    Arc::new(Coalescer::new(config, move |keys: Vec<u64>| {
+        let running = running.clone();
+        async move {
+            let others = running.fetch_add(1, SeqCst);
+            let base = 0.002 + 0.000_002 * keys.len() as f64;
+            let run = base * (1.0 + slowdown * others as f64);
+            tokio::time::sleep(Duration::from_secs_f64(run)).await;
+            running.fetch_sub(1, SeqCst);
+            keys.into_iter().map(|k| (k, k)).collect::<HashMap<_, _>>()
+        }
+    }))
 }
 
 /// Offers `calls` calls at `rate` calls/s (one task each), and waits for all.
@@ -166,4 +171,54 @@ async fn a_constant_load_settles() {
         .iter()
         .fold((f64::MAX, 0.0f64), |(a, b), w| (a.min(*w), b.max(*w)));
     assert!(whi - wlo <= 0.1 * whi.max(1e-9), "{windows:?}");
+}
+
+/// Offers `calls` calls at `rate` calls/s, and returns the keys per batch of
+/// the batches they made.
+async fn keys_per_batch(c: &Arc<Coalescer<u64, u64>>, rate: f64, calls: u64) -> f64 {
+    let before = c.metrics();
+    offer(c, rate, calls).await;
+    let after = c.metrics();
+    (after.keys - before.keys) as f64 / (after.batches - before.batches) as f64
+}
+
+/// After a burst of full batches queued for a lane (a backlog), a batch
+/// opened beside running ones gathers until it is full, for at most one fixed
+/// cost, instead of leaving with the calls of its instant and taking a lane
+/// that a full batch needs; once no backlog has come for a while, such a
+/// batch leaves at once again.
+#[tokio::test(start_paused = true)]
+async fn after_a_burst_batches_gather_until_full() {
+    let c = scripted(
+        Config::new("tune.burst")
+            .dispatch(Dispatch::Auto)
+            .window(Duration::from_millis(5))
+            .max_batch(8)
+            .max_in_flight(4),
+        0.0,
+    );
+    // 1,000 calls/s, one per 1 ms tick: warm, then measured. A call that
+    // finds a batch running leaves with the calls of its instant.
+    offer(&c, 1_000.0, 2_000).await;
+    let before = keys_per_batch(&c, 1_000.0, 400).await;
+    assert!(before < 2.0, "{before}");
+    // A burst: 400 calls at once, 50 full batches for 4 lanes.
+    let tasks: Vec<_> = (0..400u64)
+        .map(|k| {
+            let c = c.clone();
+            tokio::spawn(async move { c.load(10_000 + k).await })
+        })
+        .collect();
+    for (k, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap(), Some(10_000 + k as u64));
+    }
+    // The same load just after: batches gather for one fixed cost (3 ms on
+    // the paused clock), about three calls each.
+    let after = keys_per_batch(&c, 1_000.0, 200).await;
+    assert!(after >= 2.5, "{before} then {after}");
+    // Long after (far more than 16 decisions of 8 batches without a
+    // backlog): at once again.
+    offer(&c, 1_000.0, 2_000).await;
+    let later = keys_per_batch(&c, 1_000.0, 400).await;
+    assert!(later < 2.0, "{before}, {after}, then {later}");
 }

@@ -41,8 +41,8 @@
 //!   batching can absorb no more, so lanes double per decision up to the
 //!   ceiling (`max_in_flight`, what the backend takes, such as its pool),
 //!   whatever the slowdown, and neither shrink to the cap nor make the
-//!   window linger until [`BACKLOG_MEMORY`] decisions without one (bursts
-//!   come back).
+//!   window linger by the rules below until [`BACKLOG_MEMORY`] decisions
+//!   without one (bursts come back).
 //! - **Window**: lingering pays only where more lanes cannot be had — at the
 //!   cap or the ceiling, with demand beyond them — and enough calls arrive
 //!   within one batch's fixed cost that waiting for them saves batches
@@ -61,9 +61,19 @@
 //!     cost, from [`LINGER_ON`] arrivals per fixed cost until fewer than
 //!     [`LINGER_OFF`].
 //!
-//!   Lingering stops when lanes can grow again. It applies only while the
-//!   group has a batch running and is not mostly idle: on an idle group a
-//!   call goes at once.
+//!   Lingering stops when lanes can grow again.
+//! - **After a backlog** (within [`BACKLOG_MEMORY`] decisions of one, and at
+//!   once when it comes), a batch opened beside running ones gathers until
+//!   it is full, for at most one smoothed fixed cost (and at most the
+//!   ceiling), instead of leaving with the calls of its instant: calls come
+//!   faster than full batches carry them, and a batch that left small would
+//!   take a lane, and a fixed cost, that a full batch needs. On PostgreSQL
+//!   (`pg_burst`: 10,000 calls, `max_batch` 1,000) this halves the queries
+//!   a burst sends (12–14 a round against 20–26, the window's 11).
+//!
+//! A window, lingering or after a backlog, applies only while the group has
+//! a batch running and is not mostly idle: on an idle group a call goes at
+//! once.
 //! - **Probe**: if no batch ran alone for [`PROBE_EVERY`] decisions (the cost
 //!   alone is stale), one lane fewer for one period, so that the fit sees
 //!   other concurrencies again; the lane comes back at the next decision, and
@@ -340,9 +350,21 @@ impl Tune {
     pub(crate) fn lingers(&self) -> Duration {
         if self.solos >= DECIDE_EVERY {
             Duration::ZERO
+        } else if self.backlog || self.since_backlog < BACKLOG_MEMORY {
+            self.window.max(self.burst_window())
         } else {
             self.window
         }
+    }
+
+    /// After a backlog (full batches queued for a lane, within
+    /// [`BACKLOG_MEMORY`] decisions), a batch opened beside running ones
+    /// gathers until it is full, for at most one fixed cost (and at most the
+    /// ceiling): calls come faster than full batches carry them, so one that
+    /// left with whatever came in the same instant would take a lane, and pay
+    /// a fixed cost, that a full batch needs.
+    fn burst_window(&self) -> Duration {
+        Duration::from_secs_f64(self.fixed).min(self.ceiling_window)
     }
 
     /// A batch of `size` distinct keys, started with `lanes_used` lanes in use
@@ -810,6 +832,46 @@ mod tests {
         assert_eq!(t.lanes, 10, "{t:?}");
         feed(&mut t, &mut now, 20_000.0, 8 * DECIDE_EVERY, 0.5, 1);
         assert!(t.lanes <= 3, "{t:?}");
+    }
+
+    #[test]
+    fn after_a_backlog_a_batch_gathers_for_one_fixed_cost() {
+        let mut t = Tune::new(10, Duration::from_millis(5));
+        let mut now = Instant::now();
+        // A backend that scales, below its ceiling: no window.
+        feed(&mut t, &mut now, 2_000.0, 400, 0.0, 0);
+        assert_eq!(t.lingers(), Duration::ZERO, "{t:?}");
+        // A full batch queues for a lane: at once, the next batch gathers for
+        // one fixed cost (2 ms and a little per key).
+        t.backlogged();
+        let fixed = t.lingers();
+        assert!(
+            fixed >= Duration::from_millis(2) && fixed < Duration::from_micros(2_100),
+            "{t:?}"
+        );
+        // It remembers the backlog for BACKLOG_MEMORY decisions after the
+        // one that saw it, then goes at once again.
+        feed(
+            &mut t,
+            &mut now,
+            2_000.0,
+            BACKLOG_MEMORY * DECIDE_EVERY,
+            0.0,
+            0,
+        );
+        assert!(t.lingers() >= Duration::from_millis(2), "{t:?}");
+        feed(&mut t, &mut now, 2_000.0, DECIDE_EVERY, 0.0, 0);
+        assert_eq!(t.lingers(), Duration::ZERO, "{t:?}");
+        // At most the ceiling.
+        let mut short = Tune::new(10, Duration::from_micros(500));
+        feed(&mut short, &mut now, 2_000.0, 400, 0.0, 0);
+        short.backlogged();
+        assert_eq!(short.lingers(), Duration::from_micros(500), "{short:?}");
+        // An idle group still goes at once.
+        for _ in 0..DECIDE_EVERY {
+            short.alone();
+        }
+        assert_eq!(short.lingers(), Duration::ZERO, "{short:?}");
     }
 
     #[test]

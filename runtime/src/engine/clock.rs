@@ -54,6 +54,16 @@ impl Clock {
     }
 }
 
+/// `from + duration`, or, when that is past what an [`Instant`] holds (a
+/// window or timeout of [`Duration::MAX`], meant as "never"), a point about 30
+/// years on: a deadline that does not come, not an overflow.
+pub(crate) fn after(from: Instant, duration: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    from.checked_add(duration)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
+}
+
 /// A wait until a deadline, on the clock it was made for.
 pub(crate) struct Sleep(Kind);
 
@@ -66,9 +76,10 @@ impl Sleep {
     /// A wait of `duration` from now.
     pub(crate) fn new(clock: Clock, duration: Duration) -> Sleep {
         match clock {
-            Clock::Real => Sleep(Kind::Precise(PreciseSleep::until(
-                Instant::now() + duration,
-            ))),
+            Clock::Real => Sleep(Kind::Precise(PreciseSleep::until(after(
+                Instant::now(),
+                duration,
+            )))),
             Clock::Paused => Sleep(Kind::Tokio(Box::pin(tokio::time::sleep(duration)))),
         }
     }

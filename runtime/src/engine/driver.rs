@@ -29,7 +29,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::batch::{Batch, Phase};
-use super::clock::{Clock, Sleep};
+use super::clock::{self, Clock, Sleep};
 use super::deliver::{catching, drop_quietly, Outcome};
 use super::group::Group;
 use super::mode::{Freeze, Mode, RunOf};
@@ -164,8 +164,9 @@ impl<M: Mode> Driver<M> {
                     }
                 }
                 Gather::Wait => {
-                    let window =
-                        window.get_or_insert_with(|| Sleep::until(self.clock, opened + length));
+                    let window = window.get_or_insert_with(|| {
+                        Sleep::until(self.clock, clock::after(opened, length))
+                    });
                     match window.poll(cx) {
                         Poll::Ready(()) => *window_over = true,
                         Poll::Pending => return Poll::Pending,
@@ -324,7 +325,7 @@ impl<M: Mode> Driver<M> {
         let timeout = inner
             .config
             .timeout
-            .map(|t| Sleep::until(self.clock, started + t));
+            .map(|t| Sleep::until(self.clock, clock::after(started, t)));
         self.step = Step::Run(Box::new(Running {
             run,
             frozen,

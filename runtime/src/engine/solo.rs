@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use std::hash::Hash;
 
-use super::clock::{Clock, Sleep};
+use super::clock::{self, Clock, Sleep};
 use super::deliver::{self, catching, drop_quietly, Lookup, Outcome};
 use super::group::GroupKey;
 use super::join::{self, Joint};
@@ -201,7 +201,7 @@ where
                 Some(Ran::Outcome(Outcome::Panicked(message)))
             }
             Ok(run) => {
-                let deadline = self.config.timeout.map(|t| started + t);
+                let deadline = self.config.timeout.map(|t| clock::after(started, t));
                 let mut timer = deadline.map(|d| Sleep::until(Clock::detect(), d));
                 // The first poll needs no cell: a run that is done at once (the
                 // common lone call) never touches it. Pending, it moves into the

@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::batch::Phase;
-use super::clock::{Clock, Sleep};
+use super::clock::{self, Clock, Sleep};
 use super::deliver::{catching, drop_quietly, Lookup};
 use super::read::{Frozen, Read, ReadBatch};
 use super::sync::lock;
@@ -204,7 +204,7 @@ where
         let Some(idle) = self.inner.config.idle_timeout else {
             return false;
         };
-        let deadline = self.last + idle;
+        let deadline = clock::after(self.last, idle);
         if !matches!(&self.idle, Some((d, _)) if *d == deadline) {
             self.idle = Some((deadline, Sleep::until(self.clock, deadline)));
         }

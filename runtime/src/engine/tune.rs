@@ -364,7 +364,7 @@ impl Tune {
     /// left with whatever came in the same instant would take a lane, and pay
     /// a fixed cost, that a full batch needs.
     fn burst_window(&self) -> Duration {
-        Duration::from_secs_f64(self.fixed).min(self.ceiling_window)
+        secs(self.fixed).min(self.ceiling_window)
     }
 
     /// A batch of `size` distinct keys, started with `lanes_used` lanes in use
@@ -554,7 +554,7 @@ impl Tune {
                 self.lingering = true;
             }
             let target = if self.lingering {
-                Duration::from_secs_f64(self.fixed * share).min(self.ceiling_window)
+                secs(self.fixed * share).min(self.ceiling_window)
             } else {
                 Duration::ZERO
             };
@@ -562,7 +562,7 @@ impl Tune {
             self.window = if target.is_zero() {
                 target
             } else {
-                (self.window * 3 + target) / 4
+                self.window.saturating_mul(3).saturating_add(target) / 4
             };
         }
         self.batches = 0;
@@ -580,11 +580,22 @@ impl Tune {
         TuneView {
             lanes: self.lanes,
             window: self.lingers(),
-            fixed_cost: Duration::from_secs_f64(c.fixed),
-            per_key_cost: Duration::from_secs_f64(c.per_key),
+            fixed_cost: secs(c.fixed),
+            per_key_cost: secs(c.per_key),
             slowdown_per_lane: c.per_lane,
             arrival_rate: self.rate,
         }
+    }
+}
+
+/// Seconds as a [`Duration`], saturating (zero for a negative or NaN value,
+/// [`Duration::MAX`] past it): the fitted costs are finite and not negative,
+/// but arithmetic on the batch fn's timings must not panic in the engine.
+fn secs(x: f64) -> Duration {
+    if x.is_nan() || x <= 0.0 {
+        Duration::ZERO
+    } else {
+        Duration::try_from_secs_f64(x).unwrap_or(Duration::MAX)
     }
 }
 
@@ -665,6 +676,15 @@ mod tests {
         assert!((c.fixed - 0.002).abs() < 1e-6, "{c:?}");
         assert!((c.per_key - 0.000_002).abs() < 1e-9, "{c:?}");
         assert!((c.per_lane - 0.25).abs() < 1e-3, "{c:?}");
+    }
+
+    #[test]
+    fn seconds_saturate_instead_of_panicking() {
+        assert_eq!(secs(0.5), Duration::from_millis(500));
+        assert_eq!(secs(-1.0), Duration::ZERO);
+        assert_eq!(secs(f64::NAN), Duration::ZERO);
+        assert_eq!(secs(f64::INFINITY), Duration::MAX);
+        assert_eq!(secs(1e30), Duration::MAX);
     }
 
     #[test]

@@ -101,6 +101,10 @@ impl Config {
     /// precise to some tens of microseconds: a 200 µs window lasts about 250 µs,
     /// not 1–2 ms. Whichever fires first ends the window, so under a paused Tokio
     /// clock (`start_paused` tests) every window still follows that clock.
+    ///
+    /// Any length is accepted: a window past what the clock can hold
+    /// (`Duration::MAX`) never ends, and batches leave when full, when a
+    /// lane frees (adaptive dispatch) or on `dispatch_now`.
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
@@ -145,7 +149,8 @@ impl Config {
     }
 
     /// A batch that runs longer than this is abandoned and its callers get
-    /// [`Error::Timeout`](crate::Error::Timeout).
+    /// [`Error::Timeout`](crate::Error::Timeout). Unset, or a length past
+    /// what the clock can hold (`Duration::MAX`), it never times out.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -156,7 +161,8 @@ impl Config {
     /// the longest gap between two items (or before the first). When it
     /// passes, the stream is dropped and the keys not yet delivered fail with
     /// [`Error::Timeout`](crate::Error::Timeout); delivered ones stand. The
-    /// `timeout` bounds the whole run as well.
+    /// `timeout` bounds the whole run as well. `Duration::MAX` (like unset)
+    /// never passes.
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = Some(idle);

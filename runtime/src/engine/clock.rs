@@ -59,6 +59,8 @@ impl Clock {
 /// years on: a deadline that does not come, not an overflow.
 pub(crate) fn after(from: Instant, duration: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    // Every `Instant` of the platforms Rust supports holds 30 more years; the
+    // last fallback only keeps this total.
     from.checked_add(duration)
         .or_else(|| from.checked_add(FAR))
         .unwrap_or(from)

@@ -145,14 +145,16 @@ impl<M: Mode> Group<M> {
     /// controller set (adaptive while its window is zero, the bus while it
     /// lingers).
     pub(crate) fn policy(&self, dispatch: Dispatch, window: Duration) -> (Dispatch, Duration) {
-        match (dispatch, &self.tune) {
-            // Lingering applies while traffic flows: on an idle group a call
-            // goes at once.
-            (Dispatch::Auto, Some(t)) if !t.lingers().is_zero() && self.lanes_used > 0 => {
-                (Dispatch::Window, t.lingers())
-            }
-            (Dispatch::Auto, _) => (Dispatch::Adaptive, window),
-            _ => (dispatch, window),
+        if dispatch != Dispatch::Auto {
+            return (dispatch, window);
+        }
+        let linger = self.tune.as_ref().map_or(Duration::ZERO, |t| t.lingers());
+        // Lingering applies while traffic flows: on an idle group a call goes
+        // at once.
+        if !linger.is_zero() && self.lanes_used > 0 {
+            (Dispatch::Window, linger)
+        } else {
+            (Dispatch::Adaptive, window)
         }
     }
 

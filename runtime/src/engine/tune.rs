@@ -188,6 +188,10 @@ pub(crate) struct Tune {
     backlog: bool,
     /// Decisions since the last one that saw a backlog.
     since_backlog: u32,
+    /// What a batch opened beside running ones gathers for after a backlog
+    /// (see [`Tune::lingers`]): one smoothed fixed cost, at most the
+    /// ceiling; set at each decision, as the fixed cost is.
+    burst: Duration,
     decisions: u32,
     /// A batch ran alone since the last probe (the fit is current).
     alone_seen: bool,
@@ -302,6 +306,7 @@ impl Tune {
             queued: false,
             backlog: false,
             since_backlog: BACKLOG_MEMORY,
+            burst: Duration::ZERO,
             decisions: 0,
             alone_seen: false,
             lent: false,
@@ -350,21 +355,21 @@ impl Tune {
     pub(crate) fn lingers(&self) -> Duration {
         if self.solos >= DECIDE_EVERY {
             Duration::ZERO
-        } else if self.backlog || self.since_backlog < BACKLOG_MEMORY {
-            self.window.max(self.burst_window())
+        } else if self.remembers_backlog() {
+            self.window.max(self.burst)
         } else {
             self.window
         }
     }
 
-    /// After a backlog (full batches queued for a lane, within
-    /// [`BACKLOG_MEMORY`] decisions), a batch opened beside running ones
-    /// gathers until it is full, for at most one fixed cost (and at most the
-    /// ceiling): calls come faster than full batches carry them, so one that
-    /// left with whatever came in the same instant would take a lane, and pay
-    /// a fixed cost, that a full batch needs.
-    fn burst_window(&self) -> Duration {
-        secs(self.fixed).min(self.ceiling_window)
+    /// A backlog came since the last decision or within [`BACKLOG_MEMORY`]
+    /// decisions. Then a batch opened beside running ones gathers until it
+    /// is full, for at most one fixed cost (`burst`): calls come faster than
+    /// full batches carry them, so one that left with whatever came in the
+    /// same instant would take a lane, and pay a fixed cost, that a full
+    /// batch needs.
+    fn remembers_backlog(&self) -> bool {
+        self.backlog || self.since_backlog < BACKLOG_MEMORY
     }
 
     /// A batch of `size` distinct keys, started with `lanes_used` lanes in use
@@ -471,6 +476,7 @@ impl Tune {
             } else {
                 self.fixed + FIXED * (c.fixed - self.fixed)
             };
+            self.burst = secs(self.fixed).min(self.ceiling_window);
             let cap = self.follow_cap();
             if self.lent {
                 // The probe's period is over: its lane comes back.
@@ -490,7 +496,7 @@ impl Tune {
                 // backend takes, such as its pool), twice as many per
                 // decision, whatever each batch's own slowdown.
                 self.lanes = (self.lanes * 2).min(self.ceiling_lanes);
-            } else if self.lanes as f64 > cap + 0.5 && self.since_backlog >= BACKLOG_MEMORY {
+            } else if self.lanes as f64 > cap + 0.5 && !self.remembers_backlog() {
                 // Saturated: more lanes only slow every batch down. Half the
                 // way to the cap per decision.
                 let over = self.lanes as f64 - cap;
@@ -538,7 +544,7 @@ impl Tune {
             // lanes are there to carry them, not because demand passed a cap.
             let at_cap = (lanes + 1) as f64 > cap + 0.5
                 && (at_ceiling || contended)
-                && self.since_backlog >= BACKLOG_MEMORY;
+                && !self.remembers_backlog();
             // Below the ceiling lingering happens only on a contended
             // backend, for a short window (see `CONTENDED_SHARE`); at the
             // ceiling of a backend that does not slow down, for half the

@@ -428,9 +428,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// The first field of a `schedstat`: nanoseconds on a CPU.
 fn schedstat(path: &std::path::Path) -> u64 {
+    schedstat_field(path, 0)
+}
+
+/// Field `n` of a `schedstat`: 0, nanoseconds on a CPU; 1, nanoseconds
+/// runnable but waiting on a run queue (another thread had the CPU).
+fn schedstat_field(path: &std::path::Path, n: usize) -> u64 {
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .and_then(|s| s.split_whitespace().nth(n)?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -484,5 +490,16 @@ impl CpuProbe {
             .map(|p| schedstat(p))
             .sum();
         (client, self.server.iter().map(|p| schedstat(p)).sum())
+    }
+
+    /// Nanoseconds runnable but waiting for a CPU so far (another thread held
+    /// it): (this process, the `postgres` processes).
+    pub fn waited(&self) -> (u64, u64) {
+        let client = thread_stats(std::path::Path::new("/proc/self"))
+            .iter()
+            .map(|p| schedstat_field(p, 1))
+            .sum();
+        let server = self.server.iter().map(|p| schedstat_field(p, 1)).sum();
+        (client, server)
     }
 }

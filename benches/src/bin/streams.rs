@@ -12,6 +12,10 @@
 //!   (each row's arrival from the query's start): the floor of the streamed shape.
 //!   A third table runs both shapes with no database (rows cloned from memory):
 //!   the engine's own cost per delivered row.
+//!   Beside the CPU time of each burst, how long this process's threads (and
+//!   PostgreSQL's) were runnable but waiting for a CPU (`schedstat`): on two
+//!   cores, the streamed shape's reader, its callers and the database's
+//!   thread run at once.
 //! - `memory`: 1,000,000 (and 250,000) concurrent callers in one batch of a
 //!   synthetic batch fn (64-byte `String` values, no database), each variant in its
 //!   own child process of this binary so that peaks do not mix: `baseline` (the
@@ -245,6 +249,10 @@ struct Burst {
     /// CPU time during the burst: this process (all its threads, SQLite's worker
     /// included) and every `postgres` process.
     cpu: (Duration, Duration),
+    /// Time runnable but waiting for a CPU during the burst (another thread
+    /// held it), as `cpu`: on two cores, the reader, the callers and the
+    /// database's threads take turns.
+    waited: (Duration, Duration),
     /// Streamed shape: per caller, from its row's arrival to its answer, sorted;
     /// and how many callers were answered on the thread that read their row.
     lags: Vec<Duration>,
@@ -256,13 +264,17 @@ async fn on_worker(
     probe: &CpuProbe,
     burst: impl std::future::Future<Output = Burst> + Send + 'static,
 ) -> Burst {
-    let before = probe.read();
+    let (before, waited_before) = (probe.read(), probe.waited());
     let mut b = tokio::spawn(burst).await.expect("burst");
-    let after = probe.read();
-    b.cpu = (
-        Duration::from_nanos(after.0.saturating_sub(before.0)),
-        Duration::from_nanos(after.1.saturating_sub(before.1)),
-    );
+    let (after, waited_after) = (probe.read(), probe.waited());
+    let since = |a: (u64, u64), b: (u64, u64)| {
+        (
+            Duration::from_nanos(a.0.saturating_sub(b.0)),
+            Duration::from_nanos(a.1.saturating_sub(b.1)),
+        )
+    };
+    b.cpu = since(after, before);
+    b.waited = since(waited_after, waited_before);
     b
 }
 
@@ -321,6 +333,7 @@ async fn burst(loader: Loader, ids: Arc<Vec<i64>>) -> Burst {
         first_row: since(FIRST_ROW.load(Relaxed), start),
         last_row: since(LAST_ROW.load(Relaxed), start).expect("rows"),
         cpu: Default::default(),
+        waited: Default::default(),
         lags,
         same_thread,
     }
@@ -345,6 +358,7 @@ async fn bare(fetch: Fetch, ids: Arc<Vec<i64>>) -> Burst {
         last_row: latencies[latencies.len() - 1],
         latencies,
         cpu: Default::default(),
+        waited: Default::default(),
         lags: Vec::new(),
         same_thread: 0,
     }
@@ -524,15 +538,30 @@ async fn latency_of(backend: Backend, rounds: usize) {
         for (i, (s, r)) in runs[1].iter().zip(&ratios).enumerate() {
             let first = s.first_row.unwrap_or_default();
             println!(
-                "  - round {i}: ratio {r:.3}, lag p50 {:.3} p90 {:.3} ms, same thread {}, {:.0} ns between rows, first row {:.2} ms",
+                "  - round {i}: ratio {r:.3}, lag p50 {:.3} p90 {:.3} ms, same thread {}, {:.0} ns between rows, first row {:.2} ms, waited for a CPU {:.1} + {:.1} ms",
                 ms(pct(&s.lags, 50)),
                 ms(pct(&s.lags, 90)),
                 s.same_thread,
                 (s.last_row - first).as_secs_f64() * 1e9 / (ROWS - 1) as f64,
                 ms(first.saturating_sub(s.called)),
+                ms(s.waited.0),
+                ms(s.waited.1),
             );
         }
     }
+    let waited = |bursts: &[Burst]| {
+        format!(
+            "{} + {}",
+            spread(bursts.iter().map(|b| ms(b.waited.0)), 1),
+            spread(bursts.iter().map(|b| ms(b.waited.1)), 1)
+        )
+    };
+    println!(
+        "- runnable but waiting for a CPU during a burst, this process + postgres (ms): map {}, streamed {}, bare {}",
+        waited(&runs[0]),
+        waited(&runs[1]),
+        waited(&runs[2])
+    );
     println!(
         "- bare `fetch()`: {} ns between rows",
         spread(per_row(&runs[2]), 0)

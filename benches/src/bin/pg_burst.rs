@@ -7,6 +7,11 @@
 //! 127.0.0.1. Queries are counted on the server: `pg_stat_user_tables.idx_scan` of
 //! `users` (one per executed lookup) and `pg_stat_database.xact_commit`.
 //!
+//! Each round runs every mode once, in an order that rotates from round to
+//! round. After the per-round table, Auto is set against each fixed setting
+//! round by round: the difference of the two modes' wall and p99 in the same
+//! round, and in how many rounds Auto's was at most the other's.
+//!
 //! Usage: `cargo run --release -p coalesce-benches --bin pg_burst [-- ROUNDS [MODE]]`
 //! where MODE (`naive`, `window`, `adaptive` or `auto`) runs that mode only, for a
 //! profiler.
@@ -284,7 +289,11 @@ async fn main() {
         measure(&url, mode, 0).await;
     }
     for round in 1..=rounds {
-        for &mode in &modes {
+        // The modes take turns in a rotating order, so that no mode always
+        // follows the same one (a server's state after a mode, drift in the
+        // machine's speed).
+        for turn in 0..modes.len() {
+            let mode = modes[(round as usize + turn) % modes.len()];
             let m = measure(&url, mode, round).await;
             let tuned = (mode == Mode::Auto)
                 .then(|| coalesce::metrics::get("pg.auto").and_then(|m| m.tuned))
@@ -364,11 +373,57 @@ async fn main() {
             },
         );
     }
+    paired(&results, rounds);
     if let Some(t) = coalesce::metrics::get("pg.auto").and_then(|m| m.tuned) {
         println!(
             "\nauto at the end: {} lanes, window {:?}; fitted fixed cost {:?}, per key {:?}, slowdown per lane {:.3}\n",
             t.lanes, t.window, t.fixed_cost, t.per_key_cost, t.slowdown_per_lane
         );
+    }
+}
+
+/// Auto against each fixed setting round by round (the modes of one round
+/// ran back to back): the difference of each round's wall and p99, and in how
+/// many rounds Auto's was at most the other's.
+fn paired(results: &HashMap<&str, Vec<Measured>>, rounds: u64) {
+    let Some(auto) = results.get(label(Mode::Auto)) else {
+        return;
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let fixed = [Mode::Window, Mode::Adaptive];
+    let mut lines = Vec::new();
+    for other in fixed {
+        let Some(rs) = results.get(label(other)) else {
+            continue;
+        };
+        for (what, f) in [
+            (
+                "wall",
+                (&|m: &Measured| ms(m.run.wall)) as &dyn Fn(&Measured) -> f64,
+            ),
+            ("p99", &|m: &Measured| ms(m.run.quantile(0.99))),
+        ] {
+            let mut d: Vec<f64> = auto.iter().zip(rs).map(|(a, o)| f(a) - f(o)).collect();
+            let at_most = d.iter().filter(|&&x| x <= 0.0).count();
+            d.sort_by(f64::total_cmp);
+            lines.push(format!(
+                "| auto − {} | {what} | {:+.2} ({:+.2} to {:+.2}) | {at_most} of {} |",
+                label(other),
+                d[d.len() / 2],
+                d[0],
+                d[d.len() - 1],
+                d.len()
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    println!("\nAuto against each fixed setting, round by round ({rounds} rounds; the modes of a round ran back to back):\n");
+    println!("| pair | figure | difference, ms: median (min to max) | rounds where auto's is at most the other's |");
+    println!("|---|---|---:|---:|");
+    for l in lines {
+        println!("{l}");
     }
 }
 

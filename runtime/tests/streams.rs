@@ -364,6 +364,55 @@ async fn all_callers_cancelled_drops_the_stream() {
     assert_idle(&c);
 }
 
+/// One caller leaves, then the last one takes its item while the stream runs
+/// on: nobody waits for the rest, so the stream is dropped and its lane freed
+/// (the next call is not held up behind a stream that never ends), on every
+/// dispatch mode.
+#[tokio::test(start_paused = true)]
+async fn the_last_caller_taking_its_item_after_a_cancel_stops_the_stream() {
+    for (name, dispatch) in [
+        ("s.lasttake.window", Dispatch::Window),
+        ("s.lasttake.adaptive", Dispatch::Adaptive),
+        ("s.lasttake.auto", Dispatch::Auto),
+    ] {
+        let (c, seen) = coalescer(
+            Config::new(name).dispatch(dispatch).max_in_flight(1),
+            vec![After(20, ok(1)), Forever],
+        );
+        let kept = timed(&c, 1);
+        let gone = timed(&c, 2);
+        tokio::time::sleep(ms(10)).await;
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(kept.await.unwrap().0.unwrap(), Some(10), "{name}");
+        tokio::time::sleep(ms(1)).await;
+        assert!(seen.dropped.load(SeqCst), "{name}: the stream was kept");
+        let m = c.metrics();
+        assert_eq!((m.in_flight, m.cancelled_batches), (0, 1), "{name}: {m}");
+        // The lane is free: a later call runs (its batch streams the same
+        // script, whose first item is key 1).
+        let later = tokio::time::timeout(ms(1000), c.load(1)).await;
+        assert_eq!(later.expect(name).unwrap(), Some(10), "{name}");
+        assert_idle(&c);
+    }
+}
+
+/// Every caller takes its item: the run ends as delivered, not as cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_stream_whose_every_key_is_taken_is_not_a_cancellation() {
+    let (c, seen) = coalescer(
+        Config::new("s.alltaken"),
+        vec![After(5, ok(1)), After(5, ok(2)), Forever],
+    );
+    let (a, b) = tokio::join!(c.load(1), c.load(2));
+    assert_eq!((a.unwrap(), b.unwrap()), (Some(10), Some(20)));
+    tokio::time::sleep(ms(1)).await;
+    assert!(seen.dropped.load(SeqCst));
+    let m = c.metrics();
+    assert_eq!((m.cancelled_batches, m.batches), (0, 1), "{m}");
+    assert_idle(&c);
+}
+
 /// Two callers of one key (deduplicated) are both fed from its one item.
 #[tokio::test(start_paused = true)]
 async fn two_deduplicated_callers_are_fed_from_one_item() {

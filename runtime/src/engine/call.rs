@@ -641,10 +641,13 @@ where
 {
     /// Takes an entry delivered by a stream while its batch still runs (or
     /// after the batch was lost: a delivered value stands), and counts the
-    /// caller out of `pending` if the batch's end has not.
+    /// caller out of `pending` if the batch's end has not. The last caller
+    /// to leave a stream that still owes keys (their callers all left)
+    /// stops its run, as a cancellation does (see `leave`).
     fn take_early(&mut self) -> Result<Option<V>, Error<E>> {
         let inner = &**self.inner;
         let mut guard = lock(&inner.state);
+        let state = &mut *guard;
         let mut st = lock(&self.batch.st);
         let counted_out = st.phase.is_over();
         let failure = match &st.phase {
@@ -653,13 +656,39 @@ where
         };
         let result = st.entries.take(self.ticket, failure.as_ref(), &inner.name);
         self.done = true;
-        drop(st);
-        if !counted_out {
-            guard.pending -= 1;
+        let stop = st.entries.callers == 0
+            && matches!(st.phase, Phase::Running)
+            && st
+                .entries
+                .stream
+                .as_ref()
+                .is_some_and(|s| s.delivered < s.target);
+        let mut wake = None;
+        if stop {
+            // Nobody waits for the rest: the driver drops the stream and
+            // frees the lane.
+            st.phase = Phase::Abandoned;
+            wake = st.driver_waker();
         }
-        let gauges = (guard.in_flight, guard.pending);
+        drop(st);
+        if stop {
+            if let Some(g) = state
+                .groups
+                .by_key(self.batch.group_hash, &self.batch.group)
+            {
+                g.forget(&self.batch);
+            }
+            inner.rec.cancelled_batch();
+        }
+        if !counted_out {
+            state.pending -= 1;
+        }
+        let gauges = (state.in_flight, state.pending);
         drop(guard);
         inner.rec.gauges(gauges.0, gauges.1);
+        if let Some(w) = wake {
+            w.wake();
+        }
         if let Err(e) = &result {
             inner.rec.failed(e);
         }

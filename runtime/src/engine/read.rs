@@ -376,6 +376,8 @@ pub(crate) struct Entries<K, V, E> {
 pub(crate) struct StreamState {
     /// Slots delivered.
     pub(crate) delivered: usize,
+    /// Slots sent (whose keys the batch fn got): the stream owes this many.
+    pub(crate) target: usize,
     /// Items for keys nobody asked for, or for a key delivered already.
     pub(crate) unrequested: u64,
     /// The gap between items passed the idle timeout.
@@ -429,9 +431,10 @@ impl<K, V, E> Entries<K, V, E> {
     }
 
     /// A stream starts: index the tickets by slot.
-    pub(crate) fn begin_stream(&mut self) {
+    pub(crate) fn begin_stream(&mut self, target: usize) {
         let mut stream = StreamState {
             delivered: 0,
+            target,
             unrequested: 0,
             idle_timed_out: false,
             heads: vec![u32::MAX; self.slots.len()],

@@ -173,7 +173,7 @@ where
         let done = match &mut entries.stream {
             Some(stream) => {
                 stream.delivered += 1;
-                stream.delivered >= self.target
+                stream.delivered >= stream.target
             }
             None => false,
         };
@@ -191,7 +191,7 @@ where
             drop_quietly(stream);
             return false;
         }
-        st.entries.begin_stream();
+        st.entries.begin_stream(self.target);
         drop(st);
         self.stream = Some(stream);
         self.last = Instant::now();

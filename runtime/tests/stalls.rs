@@ -119,6 +119,59 @@ async fn a_key_whose_clone_hash_or_eq_panics_fails_alone() {
     }
 }
 
+/// A batch whose every key's `Clone` panics at dispatch sends nothing: its
+/// callers fail with that at once, and the batch fn is not called with no
+/// keys. A streamed batch fn whose stream never ends used to be called, owe
+/// nothing, and hold its callers forever.
+#[tokio::test(start_paused = true)]
+async fn a_batch_whose_every_key_clone_panics_fails_at_once() {
+    quiet();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let map = Coalescer::new(
+        Config::new("s.unsent.map").window(Duration::from_millis(1)),
+        move |keys: Vec<Touchy>| {
+            seen.fetch_add(1, SeqCst);
+            async move { tens(keys) }
+        },
+    );
+    let seen = calls.clone();
+    let streamed = Coalescer::new(
+        Config::new("s.unsent.stream").window(Duration::from_millis(1)),
+        move |keys: Vec<Touchy>| {
+            seen.fetch_add(1, SeqCst);
+            let items = futures::stream::iter(keys.into_iter().map(|k| {
+                let v = k.0 * 10;
+                Ok::<_, String>((k, v))
+            }));
+            async move {
+                coalesce_runtime::Streamed(futures::StreamExt::chain(
+                    items,
+                    futures::stream::pending(),
+                ))
+            }
+        },
+    );
+    // Each shape on its own road first: the batch fn runs.
+    assert_eq!(no_hang(map.load(Touchy(1))).await.unwrap(), Some(10));
+    assert_eq!(no_hang(streamed.load(Touchy(1))).await.unwrap(), Some(10));
+    assert_eq!(calls.load(SeqCst), 2);
+    let (a, b) = no_hang(async { tokio::join!(map.load(Touchy(13)), map.load(Touchy(13))) }).await;
+    assert!(
+        panicked_in(&a, "`Clone`") && panicked_in(&b, "`Clone`"),
+        "{a:?} {b:?}"
+    );
+    let s = no_hang(streamed.load(Touchy(13))).await;
+    assert!(
+        matches!(&s, Err(Error::Panicked { message, .. }) if message.contains("`Clone`")),
+        "{s:?}"
+    );
+    assert_eq!(calls.load(SeqCst), 2, "a batch fn was called with no keys");
+    for m in [map.metrics(), streamed.metrics()] {
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}
+
 /// A `Hash` panic used to leak the `pending` count: after `max_pending` such
 /// calls, every later call was `Overloaded`.
 #[tokio::test(start_paused = true)]

@@ -124,6 +124,15 @@ where
         let target = frozen.keys.dispatched() - failed.len();
         let unsent: Vec<u32> = failed.iter().map(|(slot, _)| *slot).collect();
         frozen.failed = failed;
+        if target == 0 {
+            // Every key's `Clone` panicked: nothing to send. The batch fn is
+            // not called with no keys (a stream would owe nothing and might
+            // never end), and each caller gets its key's failure.
+            drop_quietly(keys);
+            return Box::pin(std::future::ready(Delivery::Keyed(Box::new(
+                std::iter::empty(),
+            ))));
+        }
         let run = inner.start_run(maker.clone(), group.clone(), keys);
         // A run that returns a stream is read here, item by item, as the
         // driver polls it (see `stream::Feed`).

@@ -116,9 +116,17 @@ where
     /// Hands one item to its slot's callers. True: the run is over (every key
     /// delivered, or the batch stopped).
     fn deliver(&mut self, key: K, value: V) -> bool {
-        let slot = match self.keys.slot_of(&key, &self.inner.hasher) {
-            Ok(Some(i)) if self.keys.was_dispatched(i) && !self.unsent.contains(&i) => Some(i),
-            _ => None,
+        let sent = |i: u32| self.keys.was_dispatched(i) && !self.unsent.contains(&i);
+        let (slot, value) = match self.keys.slot_of(&key, &self.inner.hasher) {
+            Ok(Some(i)) if sent(i) => (Some(i), Some(value)),
+            // `Eq` of the item's key panicked against this slot's: the
+            // slot's callers fail with that (as for a map), the item is not
+            // theirs to take.
+            Err(i) if sent(i) => {
+                drop_quietly(value);
+                (Some(i), None)
+            }
+            _ => (None, Some(value)),
         };
         drop_quietly(key);
         let Some(slot) = slot else {
@@ -141,9 +149,14 @@ where
             return false;
         }
         let extra = s.waiters.saturating_sub(1) as usize;
-        let mut entry = Ok(value);
+        let mut entry = value.ok_or_else(|| Error::Panicked {
+            name: self.inner.name.clone(),
+            message: "`Eq` of this call's key panicked while the batch's output was matched \
+                      to its callers"
+                .into(),
+        });
         let mut copies = Vec::new();
-        if extra > 0 {
+        if extra > 0 && entry.is_ok() {
             // One clone per deduplicated caller, made outside the lock (user
             // `Clone`); callers that join meanwhile clone for themselves.
             drop(st);

@@ -107,13 +107,7 @@ where
         keys: impl IntoIterator<Item = K>,
     ) -> impl Future<Output = Result<std::collections::HashMap<K, V>, Error<E>>> + Send + '_ {
         let keys = crate::engine::many::distinct(keys);
-        async move {
-            let keys = keys.map_err(|p| Error::Panicked {
-                name: std::sync::Arc::from(self.core.config().name()),
-                message: format!("`Hash` or `Eq` of a key panicked: {}", p.0).into(),
-            })?;
-            crate::engine::many::by_key(keys, |k| self.load(k)).await
-        }
+        async move { crate::engine::many::load(self.core.config().name(), keys, |k| self.load(k)).await }
     }
 
     /// Fewer than `max_pending` calls wait now: a call would be admitted.

@@ -172,6 +172,115 @@ async fn a_batch_whose_every_key_clone_panics_fails_at_once() {
     }
 }
 
+/// A key whose `Clone` panics once a shared budget of clones is spent: run
+/// with every budget, it reaches each place that clones a key.
+#[derive(Debug)]
+struct Budget(u64, Arc<AtomicUsize>);
+
+impl Clone for Budget {
+    fn clone(&self) -> Self {
+        if self
+            .1
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            panic!("provoked: Clone past the budget");
+        }
+        Budget(self.0, self.1.clone())
+    }
+}
+
+impl Hash for Budget {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Budget {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Budget {}
+
+/// `load_many` and `load_many_ordered` (on `Coalescer` and `Core`) turn a
+/// panic in a key's `Clone`, `Hash` or `Eq` into `Error::Panicked` for that
+/// call: whichever clone panics, nothing reaches the caller, and nothing
+/// stays pending. (`load_many_ordered` cloned the keys outside any guard.)
+#[tokio::test(start_paused = true)]
+async fn load_many_lets_no_key_panic_through() {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    quiet();
+    let budget = Arc::new(AtomicUsize::new(0));
+    let c = Coalescer::new(
+        Config::new("s.many.budget").window(Duration::from_millis(1)),
+        |keys: Vec<Budget>| async move {
+            keys.into_iter()
+                .map(|k| (k.0, k.0 * 10))
+                .map(|(id, v)| (Budget(id, Arc::new(AtomicUsize::new(usize::MAX))), v))
+                .collect::<HashMap<_, _>>()
+        },
+    );
+    let core: Core<(), Budget, u64> = Core::new(Config::new("s.many.budget.core"));
+    let batch = |_: &(), keys: Vec<Budget>| async move {
+        keys.into_iter()
+            .map(|k| {
+                let v = k.0 * 10;
+                (k, v)
+            })
+            .collect::<HashMap<_, _>>()
+    };
+    let keys = |b: &Arc<AtomicUsize>| [1, 2, 1, 3].map(|id| Budget(id, b.clone()));
+    let (mut ok, mut failed) = (0, 0);
+    for n in 0..40 {
+        budget.store(n, SeqCst);
+        let many = AssertUnwindSafe(c.load_many(keys(&budget)))
+            .catch_unwind()
+            .await;
+        budget.store(n, SeqCst);
+        let ordered = AssertUnwindSafe(core.load_many_ordered((), keys(&budget), batch))
+            .catch_unwind()
+            .await;
+        budget.store(n, SeqCst);
+        let by_key = AssertUnwindSafe(core.load_many((), keys(&budget), batch))
+            .catch_unwind()
+            .await;
+        let many = many.unwrap_or_else(|_| panic!("load_many panicked with {n} clones"));
+        let ordered =
+            ordered.unwrap_or_else(|_| panic!("load_many_ordered panicked with {n} clones"));
+        let by_key = by_key.unwrap_or_else(|_| panic!("Core::load_many panicked with {n} clones"));
+        match ordered {
+            Ok(values) => {
+                assert_eq!(values, [Some(10), Some(20), Some(10), Some(30)]);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(&e, Error::Panicked { message, .. } if message.contains("`Clone`")),
+                    "{e:?}"
+                );
+                failed += 1;
+            }
+        }
+        for r in [many.map(|m| m.len()), by_key.map(|m| m.len())] {
+            match r {
+                Ok(n) => assert_eq!(n, 3),
+                Err(e) => assert!(
+                    matches!(&e, Error::Panicked { message, .. } if message.contains("`Clone`")),
+                    "{e:?}"
+                ),
+            }
+        }
+    }
+    // Every budget too small failed, every large enough one loaded.
+    assert!(ok > 0 && failed > 0, "{ok} {failed}");
+    for m in [c.metrics(), core.metrics()] {
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}
+
 /// A `Hash` panic used to leak the `pending` count: after `max_pending` such
 /// calls, every later call was `Overloaded`.
 #[tokio::test(start_paused = true)]

@@ -383,8 +383,10 @@ where
     {
         let keys = many::distinct(keys);
         async move {
-            let keys = keys.map_err(|p| self.inner.user_panic("`Hash` or `Eq` of a key", p))?;
-            many::by_key(keys, |k| self.load(group.clone(), k, batch.clone())).await
+            many::load(&self.inner.name, keys, |k| {
+                self.load(group.clone(), k, batch.clone())
+            })
+            .await
         }
     }
 
@@ -402,11 +404,12 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
-        let keys: Vec<K> = keys.into_iter().collect();
+        let keys = many::ordered(keys);
         async move {
-            let order = keys.clone();
-            let found = self.load_many(group, keys, batch).await?;
-            many::in_order(order, found).map_err(|p| self.inner.user_panic("`Clone` of a value", p))
+            many::load_ordered(&self.inner.name, keys, |k| {
+                self.load(group.clone(), k, batch.clone())
+            })
+            .await
         }
     }
 

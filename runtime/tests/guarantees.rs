@@ -623,6 +623,92 @@ async fn a_caller_dropped_after_its_result_is_ready_but_unread_cancels_nobody_el
     assert_idle(&c);
 }
 
+/// A value whose `Drop` panics (user code) for one id.
+#[derive(Debug, PartialEq)]
+struct Bomb(u64);
+
+impl Clone for Bomb {
+    fn clone(&self) -> Self {
+        Bomb(self.0)
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.0 == 666 && !std::thread::panicking() {
+            panic!("provoked: Drop of 666");
+        }
+    }
+}
+
+/// A caller that leaves after its entry is ready leaves it in the batch,
+/// which whoever lets go of the batch last drops. That may be another caller:
+/// a panic in the value's `Drop` must not reach it (it did), for a map or a
+/// streamed batch, with the first caller dropped before or after the other
+/// reads its answer.
+#[tokio::test(start_paused = true)]
+async fn a_value_dropped_by_another_callers_call_cannot_panic_into_it() {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let provoked = info
+            .payload()
+            .downcast_ref::<&str>()
+            .is_some_and(|s| s.starts_with("provoked"));
+        if !provoked {
+            quiet(info);
+        }
+    }));
+    let bomb = |k: u64| Bomb(if k == 1 { 666 } else { k });
+    let map = Coalescer::new(
+        Config::new("g.bomb.map").window(Duration::from_millis(1)),
+        move |keys: Vec<u64>| async move {
+            Ok::<_, String>(
+                keys.into_iter()
+                    .map(|k| (k, bomb(k)))
+                    .collect::<HashMap<_, _>>(),
+            )
+        },
+    );
+    let streamed = Coalescer::new(
+        Config::new("g.bomb.stream").window(Duration::from_millis(1)),
+        move |keys: Vec<u64>| async move {
+            coalesce_runtime::Streamed(futures::stream::iter(
+                keys.into_iter().map(move |k| Ok::<_, String>((k, bomb(k)))),
+            ))
+        },
+    );
+    for c in [&map, &streamed] {
+        for first_leaves_first in [true, false] {
+            let mut a = Box::pin(c.load(1));
+            let mut b = Box::pin(c.load(2));
+            assert!(futures::poll!(a.as_mut()).is_pending());
+            assert!(futures::poll!(b.as_mut()).is_pending());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if first_leaves_first {
+                drop(a);
+                let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(b)).await;
+                assert_eq!(
+                    r.expect("a panic reached the other caller").unwrap(),
+                    Some(Bomb(2))
+                );
+            } else {
+                let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(b.as_mut()))
+                    .await;
+                assert_eq!(
+                    r.expect("a panic reached the caller").unwrap(),
+                    Some(Bomb(2))
+                );
+                drop(b);
+                let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(a)));
+                assert!(dropped.is_ok(), "a cancelled caller's drop panicked");
+            }
+            let m = c.metrics();
+            assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+        }
+    }
+    let _ = std::panic::take_hook();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_key_whose_callers_all_left_before_dispatch_is_not_sent() {
     // Ordered `Vec` output: the positions must map back past the dropped key.

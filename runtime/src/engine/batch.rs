@@ -131,6 +131,18 @@ pub(crate) struct BatchState<M: Mode> {
     pub(crate) window: std::time::Duration,
 }
 
+impl<M: Mode> Drop for BatchState<M> {
+    /// The last holder of a batch may be any of its callers, a group's list
+    /// or a driver: the keys, values and errors it still holds (an entry a
+    /// cancelled caller never took, a shared failure) are user types, and a
+    /// panic in their `Drop` must not reach whoever that is.
+    fn drop(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Abandoned);
+        let entries = std::mem::replace(&mut self.entries, M::entries(0));
+        super::deliver::drop_quietly((phase, entries));
+    }
+}
+
 impl<M: Mode> BatchState<M> {
     pub(crate) fn new(capacity: usize, settle: bool, window: std::time::Duration) -> Self {
         BatchState {

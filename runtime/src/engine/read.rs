@@ -729,6 +729,14 @@ pub(crate) struct Frozen<K> {
     order: Option<Vec<u32>>,
 }
 
+impl<K> Drop for Frozen<K> {
+    /// Shared by a running batch, its group's list and its stream reader:
+    /// whichever lets go last drops the keys (user types) here, quietly.
+    fn drop(&mut self) {
+        drop_quietly(std::mem::take(&mut self.keys));
+    }
+}
+
 impl<K: Clone> Frozen<K> {
     /// Clones the dispatched keys for the batch function. A key whose `Clone`
     /// panics is left out; its slot is returned with the panic's message.

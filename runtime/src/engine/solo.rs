@@ -64,6 +64,15 @@ struct Cell<K, V, E> {
     ancestry: Vec<u64>,
 }
 
+impl<K, V, E> Drop for Cell<K, V, E> {
+    /// Shared by a lone call, its promoted task and the calls that joined
+    /// it: the run or its outcome (user types) are dropped here, quietly,
+    /// whichever lets go last.
+    fn drop(&mut self) {
+        drop_quietly(std::mem::replace(&mut self.state, State::Lost));
+    }
+}
+
 enum State<K, V, E> {
     Starting,
     Inline(Run<K, V, E>),

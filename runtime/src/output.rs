@@ -89,7 +89,10 @@ pub trait BatchOutput<K> {
     type Error;
     /// Whether the result is a stream of entries ([`Streamed`]): its calls
     /// always go through a shared batch, whose driver feeds each caller as its
-    /// entry arrives.
+    /// entry arrives. An output that may stream without saying so (such as
+    /// [`Delivery`], or an impl that returns [`Delivery::Streamed`] with this
+    /// left `false`) still works: a call that ran alone (adaptive dispatch on
+    /// an idle road) reads the stream up to its own key, then drops it.
     const STREAMED: bool = false;
     /// Converts the batch result.
     fn into_delivery(self) -> Delivery<K, Self::Value, Self::Error>;

@@ -557,3 +557,85 @@ async fn an_item_whose_key_eq_panics_fails_that_keys_callers() {
         "{m}"
     );
 }
+
+/// A batch fn whose output streams without saying so (`Delivery::Streamed`,
+/// whose `BatchOutput` says `STREAMED = false`): on an idle adaptive road
+/// its call runs alone, and the stream is read there up to the call's key
+/// (it used to fail with an internal error).
+#[tokio::test(start_paused = true)]
+async fn a_stream_the_output_type_does_not_announce_is_read_on_the_lone_road() {
+    use coalesce_runtime::Delivery;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let c = Coalescer::new(
+        Config::new("s.lone.delivery").dispatch(Dispatch::Adaptive),
+        move |keys: Vec<u64>| {
+            let seen = Seen {
+                dropped: d.clone(),
+                ..Seen::default()
+            };
+            let k = keys[0];
+            // A stranger, then the key, then nothing more, ever: read up to
+            // the key, then dropped.
+            let probe = match k {
+                4 => scripted(vec![After(1, ok(9)), After(1, ok(4)), Forever], &seen),
+                5 => scripted(vec![After(1, ok(9))], &seen),
+                _ => scripted(
+                    vec![After(1, Err("down".to_owned())), After(1, ok(k))],
+                    &seen,
+                ),
+            };
+            async move { Delivery::<u64, u64, String>::Streamed(Box::pin(probe)) }
+        },
+    );
+    assert_eq!(c.load(4).await.unwrap(), Some(40));
+    assert!(
+        dropped.load(SeqCst),
+        "the stream was kept after the call's item"
+    );
+    assert_eq!(
+        c.load(5).await.unwrap(),
+        None,
+        "the stream ended without the key"
+    );
+    let failed = c.load(6).await;
+    assert!(
+        matches!(&failed, Err(Error::Batch { source, .. }) if source.as_str() == "down"),
+        "{failed:?}"
+    );
+    let m = c.metrics();
+    assert_eq!(m.batches, 3, "{m}");
+    assert_idle(&c);
+}
+
+/// The same, when the lone run is promoted to a task of its own (a batch
+/// waits for its lane and its caller is not polled): the task reads the
+/// stream up to the call's key.
+#[tokio::test(start_paused = true)]
+async fn a_promoted_lone_run_reads_an_unannounced_stream() {
+    use coalesce_runtime::Delivery;
+    let c = Arc::new(Coalescer::new(
+        Config::new("s.lone.promoted")
+            .dispatch(Dispatch::Adaptive)
+            .max_in_flight(1),
+        move |keys: Vec<u64>| async move {
+            tokio::time::sleep(ms(10)).await;
+            let items = keys.into_iter().rev().map(|k| Ok::<_, String>((k, k * 10)));
+            Delivery::<u64, u64, String>::Streamed(Box::pin(
+                stream::iter(items).chain(stream::pending()),
+            ))
+        },
+    ));
+    let mut alone = Box::pin(c.load(1));
+    assert!(futures::poll!(alone.as_mut()).is_pending());
+    // A second call queues for the lane; the lone run moves to a task and
+    // goes on without its caller being polled.
+    let next = timed(&c, 2);
+    let (second, _) = tokio::time::timeout(ms(1000), next)
+        .await
+        .expect("the queued call waited behind the promoted run")
+        .unwrap();
+    assert_eq!(second.unwrap(), Some(20));
+    assert_eq!(alone.await.unwrap(), Some(10));
+    assert_idle(&c);
+}

@@ -185,8 +185,8 @@ where
             });
         }
         Outcome::Delivered(Delivery::Streamed(stream)) => {
-            // A batch's driver reads a stream as it runs, and a streamed call
-            // never runs alone: this is not reached.
+            // A batch's driver reads a stream as it runs (`stream::Feed`), and
+            // so does a lone call's run (`solo::poll_lone`): not reached.
             drop_quietly(stream);
             settled.failure = Some(Error::Panicked {
                 name: name.clone(),

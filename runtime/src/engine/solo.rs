@@ -62,6 +62,9 @@ struct Cell<K, V, E> {
     deadline: Option<Instant>,
     /// See [`Solo::ancestry`].
     ancestry: Vec<u64>,
+    /// The call's key, for the task the run is promoted to (see
+    /// `poll_lone`); taken by that task.
+    key: Option<K>,
 }
 
 impl<K, V, E> Drop for Cell<K, V, E> {
@@ -101,6 +104,7 @@ impl<K, V, E> SoloCell<K, V, E> {
                 owner: None,
                 deadline: None,
                 ancestry: Vec::new(),
+                key: None,
             }),
             joint: Joint::new(),
             promote: AtomicBool::new(false),
@@ -340,10 +344,12 @@ where
         group_hash: u64,
     ) {
         let clock = Clock::detect();
+        let key = lock(&cell.st).key.take();
         super::spawn::spawn(Promoted {
             inner: self.clone(),
             cell,
             run: Some(run),
+            key,
             timer: deadline.map(|d| Sleep::until(clock, d)),
             ancestry,
             group,
@@ -370,7 +376,7 @@ where
     ) -> Poll<Option<Ran<K, V, E>>> {
         let polled = {
             let _frame = reentry::enter(self.inner.id, &self.solo.ancestry);
-            catching(|| run.as_mut().poll(cx))
+            catching(|| poll_lone(&mut run, cx, Some(&self.solo.key)))
         };
         let outcome = match polled {
             Ok(Poll::Ready(delivery)) => Outcome::Delivered(delivery),
@@ -394,6 +400,9 @@ where
                     }
                 }
                 let mut st = lock(&cell.st);
+                // For a task this run may be promoted to: should the run
+                // turn out to stream, it reads the stream for this key.
+                let stale = std::mem::replace(&mut st.key, catching(|| s.key.clone()).ok());
                 st.deadline = deadline;
                 st.ancestry.clone_from(&self.solo.ancestry);
                 keep_waker(&mut st.owner, cx);
@@ -401,6 +410,7 @@ where
                     // A batch waits for this lane already.
                     st.state = State::Promoted { task: None };
                     drop(st);
+                    drop_quietly(stale);
                     self.inner.spawn_promoted(
                         cell.clone(),
                         run,
@@ -411,6 +421,8 @@ where
                     );
                 } else {
                     st.state = State::Inline(run);
+                    drop(st);
+                    drop_quietly(stale);
                 }
                 return Poll::Pending;
             }
@@ -437,7 +449,7 @@ where
             State::Inline(run) => {
                 let polled = {
                     let _frame = reentry::enter(self.inner.id, &self.solo.ancestry);
-                    catching(|| run.as_mut().poll(cx))
+                    catching(|| poll_lone(run, cx, Some(&self.solo.key)))
                 };
                 let outcome = match polled {
                     Ok(Poll::Ready(delivery)) => Outcome::Delivered(delivery),
@@ -473,8 +485,9 @@ where
                     }
                 };
                 let run = std::mem::replace(&mut st.state, State::Cancelled);
+                let key = st.key.take();
                 drop(st);
-                drop_quietly(run);
+                drop_quietly((run, key));
                 self.finish_inline();
                 Poll::Ready(Some(Ran::Outcome(outcome)))
             }
@@ -591,12 +604,25 @@ where
     inner: StdArc<Inner<Read<G, K, V, E>>>,
     cell: StdArc<SoloCell<K, V, E>>,
     run: Option<Run<K, V, E>>,
+    /// The call's key, should its run turn out to stream (see `poll_lone`);
+    /// `None` if its `Clone` panicked.
+    key: Option<K>,
     timer: Option<Sleep>,
     ancestry: Vec<u64>,
     /// The address of its group's key (see `Solo::group_addr`).
     group: usize,
     group_hash: u64,
     ended: bool,
+}
+
+// No field is pinned: the run is boxed and pinned on its own.
+impl<G, K, V, E> Unpin for Promoted<G, K, V, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
 }
 
 impl<G, K, V, E> Future for Promoted<G, K, V, E>
@@ -638,7 +664,7 @@ where
         };
         let polled = {
             let _frame = reentry::enter(this.inner.id, &this.ancestry);
-            catching(|| run.as_mut().poll(cx))
+            catching(|| poll_lone(run, cx, this.key.as_ref()))
         };
         let outcome = match polled {
             Ok(Poll::Ready(delivery)) => Outcome::Delivered(delivery),
@@ -665,7 +691,7 @@ where
     fn end(&mut self, outcome: Option<Outcome<Delivery<K, V, E>>>) {
         self.ended = true;
         let run = self.run.take();
-        drop_quietly(run);
+        drop_quietly((run, self.key.take()));
         // The calls that joined the run are answered here, whether or not its
         // first caller is polled (or still there).
         let (joiners, key) = join::close(&self.cell.joint);
@@ -763,6 +789,62 @@ where
         }
         drop(garbage);
     }
+}
+
+/// Polls a lone call's run. A batch fn whose output streams without saying
+/// so (a [`BatchOutput`](crate::BatchOutput) whose `STREAMED` is false that
+/// returns [`Delivery::Streamed`]) ran alone: its stream is read here, up to
+/// the call's own key, by a run that takes the first one's place, so that
+/// the lane, the timeout and promotion hold as for any run.
+fn poll_lone<K, V, E>(
+    run: &mut Run<K, V, E>,
+    cx: &mut Context<'_>,
+    key: Option<&K>,
+) -> Poll<Delivery<K, V, E>>
+where
+    K: Eq + Clone + Send + Sync + 'static,
+    V: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    loop {
+        match run.as_mut().poll(cx) {
+            Poll::Ready(Delivery::Streamed(stream)) => {
+                let Some(key) = key else {
+                    drop_quietly(stream);
+                    panic!("`Clone` of the key panicked before its stream could be read");
+                };
+                *run = Box::pin(read_one(stream, key.clone()));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reads `stream` to the first item for `key` (see `poll_lone`): that item,
+/// or no entry if the stream ends without one; an `Err` item fails the call.
+/// Items for other keys are dropped as they come, and the stream as soon as
+/// the call's item is read.
+async fn read_one<K, V, E>(
+    mut stream: crate::output::EntryStream<K, V, E>,
+    key: K,
+) -> Delivery<K, V, E>
+where
+    K: Eq + Send + 'static,
+    V: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    let found = loop {
+        match futures_util::StreamExt::next(&mut stream).await {
+            Some(Ok((k, v))) if k == key => {
+                break Delivery::Keyed(Box::new(std::iter::once((k, Ok(v)))))
+            }
+            Some(Ok(other)) => drop_quietly(other),
+            Some(Err(e)) => break Delivery::Failed(e),
+            None => break Delivery::Keyed(Box::new(std::iter::empty())),
+        }
+    };
+    drop_quietly((stream, key));
+    found
 }
 
 /// Unreachable: a lone call of a coalescer with `isolate` always holds its

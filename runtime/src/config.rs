@@ -183,6 +183,13 @@ impl Config {
     /// [`Error::Key`](crate::Error::Key). Each split costs one more call of the batch
     /// function per half; `0` (the default) never retries. A panic is not retried:
     /// it fails the whole batch.
+    ///
+    /// A half whose batch function streams ([`Streamed`](crate::Streamed)) is
+    /// read until each of its keys has an item (then dropped, as an unsplit
+    /// stream is), until it ends or fails, or until it goes quiet for the
+    /// `idle_timeout` (its keys not delivered then fail with
+    /// [`Error::Timeout`](crate::Error::Timeout)); the split batch's callers are
+    /// answered once both halves are read.
     #[must_use]
     pub fn isolate(mut self, depth: u32) -> Self {
         self.isolate = depth;

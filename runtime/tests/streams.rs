@@ -639,3 +639,91 @@ async fn a_promoted_lone_run_reads_an_unannounced_stream() {
     assert_eq!(alone.await.unwrap(), Some(10));
     assert_idle(&c);
 }
+
+/// With `isolate`, a batch that fails as a whole is split and its halves run
+/// again. A half that streams is read until each of its keys has an item:
+/// a stream that never ends after that is dropped, as an unsplit one is
+/// (both callers used to hang).
+#[tokio::test(start_paused = true)]
+async fn split_halves_that_stream_are_read_until_their_keys_are_in() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let c = Coalescer::new(
+        Config::new("s.isolate").isolate(2),
+        move |keys: Vec<u64>| {
+            let r = if keys.contains(&2) {
+                Err("poison".to_owned())
+            } else {
+                let guard = Guard(d.clone());
+                let items = stream::iter(keys.into_iter().map(|k| Ok((k, k * 10))));
+                Ok(items.chain(stream::pending()).map(move |x| {
+                    let _ = &guard;
+                    x
+                }))
+            };
+            async move { streamed(r) }
+        },
+    );
+    let (a, b, d3) = tokio::time::timeout(ms(1000), async {
+        tokio::join!(c.load(1), c.load(2), c.load(3))
+    })
+    .await
+    .expect("a split batch's callers hung");
+    assert_eq!((a.unwrap(), d3.unwrap()), (Some(10), Some(30)));
+    assert!(
+        matches!(&b, Err(Error::Key { source, .. }) if source.as_str() == "poison"),
+        "{b:?}"
+    );
+    assert_eq!(
+        dropped.load(SeqCst),
+        2,
+        "each streamed half's stream is dropped"
+    );
+    assert_idle(&c);
+}
+
+/// Counts its drops.
+struct Guard(Arc<AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// The idle timeout bounds a split batch's streamed halves too: a half that
+/// goes quiet fails its keys not delivered with `Timeout`; its delivered key
+/// and the other half's keys stand.
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_bounds_split_halves_that_stream() {
+    let c = Coalescer::new(
+        Config::new("s.isolate.idle")
+            .isolate(1)
+            .idle_timeout(ms(50)),
+        |keys: Vec<u64>| {
+            let r = if keys.len() > 2 {
+                Err("the whole batch fails".to_owned())
+            } else if keys.contains(&1) {
+                // Key 1 comes, key 2 never does: the half goes quiet.
+                Ok(stream::iter([Ok((1, 10))]).chain(stream::pending()).boxed())
+            } else {
+                Ok(stream::iter(keys.into_iter().map(|k| Ok((k, k * 10)))).boxed())
+            };
+            async move { streamed(r) }
+        },
+    );
+    let t0 = Instant::now();
+    let (a, b, x, y) = tokio::time::timeout(ms(10_000), async {
+        tokio::join!(c.load(1), c.load(2), c.load(3), c.load(4))
+    })
+    .await
+    .expect("a quiet half held its callers past the idle timeout");
+    assert_eq!(a.unwrap(), Some(10));
+    assert!(
+        matches!(b, Err(Error::Timeout { after, .. }) if after == ms(50)),
+        "{b:?}"
+    );
+    assert_eq!((x.unwrap(), y.unwrap()), (Some(30), Some(40)));
+    assert!(t0.elapsed() < ms(1000), "{:?}", t0.elapsed());
+    assert_idle(&c);
+}

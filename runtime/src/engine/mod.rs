@@ -446,12 +446,14 @@ where
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
 {
-    /// One run of `maker` over `keys`, bisected on failure when `isolate` is set.
+    /// One run of `maker` over `keys`, bisected on failure when `isolate` is
+    /// set (with `idle`, the idle timeout that bounds the halves' streams).
     pub(crate) fn start_run(
         &self,
         maker: Maker<G, K, V, E>,
         group: StdArc<GroupKey<G>>,
         keys: Vec<K>,
+        idle: Option<isolate::Idle>,
     ) -> Run<K, V, E> {
         let depth = self.config.isolate;
         if depth == 0 {
@@ -461,6 +463,7 @@ where
             StdArc::new(move |keys| maker(&group.group, keys)),
             keys,
             depth,
+            idle,
         )
     }
 }

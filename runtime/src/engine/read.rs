@@ -133,7 +133,18 @@ where
                 std::iter::empty(),
             ))));
         }
-        let run = inner.start_run(maker.clone(), group.clone(), keys);
+        // Halves of a split batch that stream are read by `isolate`, under
+        // the idle timeout too; one that went idle says so here.
+        let idle = match inner.config.idle_timeout {
+            Some(after) if inner.config.isolate > 0 => Some(crate::isolate::Idle {
+                after,
+                clock: super::clock::Clock::detect(),
+                timed_out: StdArc::new(std::sync::atomic::AtomicBool::new(false)),
+            }),
+            _ => None,
+        };
+        let split_idle = idle.as_ref().map(|i| i.timed_out.clone());
+        let run = inner.start_run(maker.clone(), group.clone(), keys, idle);
         // A run that returns a stream is read here, item by item, as the
         // driver polls it (see `stream::Feed`).
         Box::pin(super::stream::Feed::new(
@@ -143,6 +154,7 @@ where
             unsent,
             target,
             run,
+            split_idle,
         ))
     }
 

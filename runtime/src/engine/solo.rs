@@ -204,7 +204,7 @@ where
                     SoloGroup::Shared(key) => key.clone(),
                     SoloGroup::Own(_) => unreachable_group(),
                 };
-                self.start_run(maker, group, vec![key])
+                self.start_run(maker, group, vec![key], None)
             };
             crate::recorder::instrument(run, &span)
         });

@@ -77,6 +77,9 @@ where
     unrequested: u64,
     /// Callers answered and not yet woken (see [`WAKE_EVERY`]).
     woken: Vec<Waker>,
+    /// Set by `isolate` when a streamed half of a split batch went idle past
+    /// the idle timeout: the keys it did not deliver fail with the timeout.
+    split_idle: Option<StdArc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<G, K, V, E> Feed<G, K, V, E>
@@ -93,6 +96,7 @@ where
         unsent: Vec<u32>,
         target: usize,
         run: Run<K, V, E>,
+        split_idle: Option<StdArc<std::sync::atomic::AtomicBool>>,
     ) -> Self {
         let now = Instant::now();
         Feed {
@@ -110,6 +114,7 @@ where
             idle: None,
             unrequested: 0,
             woken: Vec::new(),
+            split_idle,
         }
     }
 
@@ -256,6 +261,22 @@ where
                 }
                 Poll::Ready(other) => {
                     self.run = None;
+                    if self
+                        .split_idle
+                        .as_ref()
+                        .is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+                    {
+                        // A half went idle: its keys with no entry fail with
+                        // the idle timeout (as a stream's would), the entries
+                        // read stand.
+                        let mut st = lock(&self.batch.st);
+                        if matches!(st.phase, Phase::Running) {
+                            st.entries.begin_stream(self.target);
+                            if let Some(stream) = &mut st.entries.stream {
+                                stream.idle_timed_out = true;
+                            }
+                        }
+                    }
                     return Poll::Ready(other);
                 }
             }

@@ -281,6 +281,44 @@ fn a_streamed_caller_leaving_races_its_item() {
     });
 }
 
+/// A stream that yields key 2's item (if it was asked for) and then never ends.
+fn key_two_then_forever(
+    _: &(),
+    keys: Vec<u64>,
+) -> impl Future<Output = Streamed<futures::stream::BoxStream<'static, Result<(u64, u64), Infallible>>>>
+{
+    async move {
+        YieldOnce(false).await;
+        let items = futures::stream::iter(
+            keys.into_iter()
+                .filter(|&k| k == 2)
+                .map(|k| Ok((k, k * 10))),
+        );
+        Streamed(futures::StreamExt::boxed(futures::StreamExt::chain(
+            items,
+            futures::stream::pending(),
+        )))
+    }
+}
+
+/// Streamed, never ending: key 1's caller leaves after one poll while key 2's
+/// takes its item. Whichever goes last stops the run, so the stream (which
+/// owes key 1 forever) is dropped and the lane given back: every driver ends.
+#[test]
+fn the_last_caller_of_a_stream_that_owes_keys_stops_it() {
+    model_bounded(1, || {
+        let c = core(Config::new("loom").max_batch(8));
+        let c2 = c.clone();
+        let t = thread::spawn(move || {
+            poll_once_then_leave(c2.load((), 1, key_two_then_forever));
+        });
+        let mine = block_on(c.load((), 2, key_two_then_forever));
+        assert_eq!(mine.unwrap(), Some(20));
+        t.join().unwrap();
+        assert_idle(&c);
+    });
+}
+
 /// One lane: a batch runs; the only caller of a second, queued batch leaves while
 /// the first hands it the lane. The lane is given back exactly once.
 #[test]

@@ -372,3 +372,95 @@ fn overlapping_bursts_on_many_threads_get_their_own_values() {
         assert_eq!(m.calls, m.keys + m.dedup_hits, "{m}");
     }
 }
+
+/// A key whose `Drop` panics for the instance a call was made with (its
+/// clones drop quietly): user code.
+#[derive(Debug)]
+struct Fragile {
+    id: u64,
+    bomb: bool,
+}
+
+impl Clone for Fragile {
+    fn clone(&self) -> Self {
+        Fragile {
+            id: self.id,
+            bomb: false,
+        }
+    }
+}
+
+impl Hash for Fragile {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.id.hash(h);
+    }
+}
+
+impl PartialEq for Fragile {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Fragile {}
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        if self.bomb && !std::thread::panicking() {
+            panic!("provoked: Drop of a joiner's key");
+        }
+    }
+}
+
+/// A call joins a lone run and leaves; its key is then dropped by whoever
+/// answers the run's joiners (the run's task). A panic in that `Drop` stays
+/// there: the run still ends, its caller is answered and its lane given back
+/// (the task used to unwind before it gave the lane back, stalling the road).
+#[tokio::test(start_paused = true)]
+async fn a_joiners_key_whose_drop_panics_stalls_nobody() {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let provoked = info
+            .payload()
+            .downcast_ref::<&str>()
+            .is_some_and(|s| s.starts_with("provoked"));
+        if !provoked {
+            quiet(info);
+        }
+    }));
+    let c = Arc::new(Coalescer::new(
+        Config::new("j.fragile")
+            .dispatch(Dispatch::Adaptive)
+            .max_in_flight(1),
+        |keys: Vec<Fragile>| async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            keys.iter()
+                .map(|k| (k.clone(), k.id * 10))
+                .collect::<HashMap<_, _>>()
+        },
+    ));
+    let mut first = Box::pin(c.load(Fragile { id: 4, bomb: false }));
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    let mut joiner = Box::pin(c.load(Fragile { id: 4, bomb: true }));
+    assert!(futures::poll!(joiner.as_mut()).is_pending());
+    assert_eq!(c.metrics().joined_running, 1);
+    // The joiner leaves; a panic from its own key here is its own call's.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(joiner)));
+    let answered = tokio::time::timeout(Duration::from_secs(5), first).await;
+    assert_eq!(
+        answered.expect("the lone caller stalled").unwrap(),
+        Some(40)
+    );
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.load(Fragile { id: 5, bomb: false }),
+    )
+    .await;
+    assert_eq!(
+        next.expect("the lane was never given back").unwrap(),
+        Some(50)
+    );
+    let m = c.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    let _ = std::panic::take_hook();
+}

@@ -163,6 +163,9 @@ pub(crate) fn answer<K: Eq, V: Clone, E>(
             })),
         };
         settle(&joiner, state);
+        // A joiner that left holds its key only here now: its `Drop` (user
+        // code) runs quietly, not in the answering call.
+        drop_quietly(joiner);
     }
 }
 
@@ -170,6 +173,7 @@ pub(crate) fn answer<K: Eq, V: Clone, E>(
 pub(crate) fn retry<K, V, E>(joiners: Vec<StdArc<Joiner<K, V, E>>>) {
     for joiner in joiners {
         settle(&joiner, JoinerState::Retry);
+        drop_quietly(joiner);
     }
 }
 

@@ -907,3 +907,164 @@ async fn a_merge_coalescer_never_resends_a_failed_batch() {
     assert!(r.iter().all(|r| matches!(r, Err(Error::Batch { .. }))));
     assert_eq!(calls.load(SeqCst), 1);
 }
+
+static ARM_CLONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A key whose `Clone` panics once, when armed.
+#[derive(PartialEq, Eq, Hash, Debug)]
+struct FlakyClone(u32);
+
+impl Clone for FlakyClone {
+    fn clone(&self) -> Self {
+        if ARM_CLONE.swap(false, SeqCst) {
+            panic!("provoked: Clone of a key");
+        }
+        FlakyClone(self.0)
+    }
+}
+
+/// A key whose `Clone` panicked when its batch was sent fails that write
+/// only: the key stops "running" with the batch, so its next write goes out
+/// (it was held back behind the unsent one forever).
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_clone_panicked_writes_again() {
+    quiet();
+    let core: WriteCore<(), FlakyClone, u32> =
+        WriteCore::new(Config::new("w.clone_once").window(Duration::from_millis(1)));
+    let ok = |_: &(), _: Vec<(FlakyClone, u32)>| async {};
+    ARM_CLONE.store(true, SeqCst);
+    let r = no_hang(core.save((), FlakyClone(1), 1, ok)).await;
+    assert!(matches!(r, Err(Error::Panicked { .. })), "{r:?}");
+    let again = no_hang(core.save((), FlakyClone(1), 2, ok)).await;
+    assert!(again.is_ok(), "{again:?}");
+    let m = core.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
+static ARM_E_DROP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A batch fn error whose `Drop` panics, when armed.
+#[derive(Debug)]
+struct BoomOnDrop;
+
+impl Drop for BoomOnDrop {
+    fn drop(&mut self) {
+        if ARM_E_DROP.swap(false, SeqCst) {
+            panic!("provoked: Drop of the batch error");
+        }
+    }
+}
+
+/// A failed batch whose writers all left: the driver holds the last
+/// reference to the error, and its `Drop` panics. The lane is given back all
+/// the same (it leaked, and every later write stalled).
+#[tokio::test(start_paused = true)]
+async fn an_error_whose_drop_panics_leaks_no_lane() {
+    quiet();
+    let core: WriteCore<(), u32, u32, BoomOnDrop> = WriteCore::new(
+        Config::new("w.e_drop")
+            .window(Duration::from_millis(1))
+            .max_in_flight(1),
+    );
+    let batch = |_: &(), items: Vec<(u32, u32)>| async move {
+        if items.iter().any(|(k, _)| *k == 1) {
+            Err(BoomOnDrop)
+        } else {
+            Ok(())
+        }
+    };
+    ARM_E_DROP.store(true, SeqCst);
+    {
+        let mut w = Box::pin(core.save((), 1, 1, batch));
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = no_hang(core.save((), 2, 2, batch)).await;
+    assert!(r.is_ok(), "{r:?}");
+    let m = core.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
+static ARM_K_DROP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A key whose `Drop` panics for an original (not a clone), when armed.
+#[derive(PartialEq, Eq, Hash, Debug)]
+struct DropBomb(u32);
+
+impl Clone for DropBomb {
+    fn clone(&self) -> Self {
+        DropBomb(self.0 + 1000)
+    }
+}
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        if self.0 < 1000 && ARM_K_DROP.swap(false, SeqCst) {
+            panic!("provoked: Drop of a key");
+        }
+    }
+}
+
+/// The runtime running a write batch goes away, and a key's `Drop` panics as
+/// the lost batch lets go of it: a writer waiting on another runtime is
+/// still answered (it was never woken, and `pending` leaked).
+#[test]
+fn a_lost_batch_whose_key_drop_panics_still_answers_its_writers() {
+    quiet();
+    let core: &'static WriteCore<(), DropBomb, u32> = Box::leak(Box::new(WriteCore::new(
+        Config::new("w.k_drop").window(Duration::from_millis(5)),
+    )));
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let survivor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hang = |_: &(), _: Vec<(DropBomb, u32)>| std::future::pending::<()>();
+    let opener = doomed.spawn(core.save((), DropBomb(1), 1, hang));
+    std::thread::sleep(Duration::from_millis(2));
+    #[allow(clippy::async_yields_async)]
+    let joined = survivor.block_on(async {
+        let mut w = Box::pin(core.save((), DropBomb(2), 2, hang));
+        assert!(futures::poll!(w.as_mut()).is_pending());
+        w
+    });
+    // Generous: the batch runs once its 5 ms window has passed on the doomed
+    // runtime's worker.
+    for _ in 0..200 {
+        if core.metrics().in_flight == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(core.metrics().in_flight, 1, "the batch runs");
+    drop(opener);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        ARM_K_DROP.store(true, SeqCst);
+        drop(doomed);
+    });
+    let r = survivor.block_on(async {
+        let mut joined = joined;
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(60)) => None,
+            r = &mut joined => Some(r),
+        }
+    });
+    killer.join().unwrap();
+    assert!(
+        matches!(
+            r,
+            Some(Err(Error::MaybeCommitted {
+                why: Unsure::Shutdown,
+                ..
+            }))
+        ),
+        "the writer was never answered: {r:?}"
+    );
+    assert_eq!(core.metrics().pending, 0);
+}

@@ -263,6 +263,10 @@ pub(crate) struct WriteFrozen<K, W, E> {
     /// Keys and values folded away while the locks were held, dropped with the
     /// rest outside them.
     garbage: Vec<Garbage<K, W>>,
+    /// Hashes marked running at the freeze whose slot was not sent (its key's
+    /// `Clone` panicked): they stop running when the batch ends, as sent ones
+    /// do, and release the writes of their key held behind them.
+    unsent: Vec<u64>,
 }
 
 impl<G, K, W, E> Mode for Write<G, K, W, E>
@@ -345,6 +349,7 @@ where
                 index: HashTable::new(),
                 failed,
                 garbage,
+                unsent: Vec::new(),
             },
         }
     }
@@ -404,6 +409,7 @@ where
             slots,
             failed,
             garbage: folded,
+            unsent,
             ..
         } = frozen;
         // Each sent slot's answer: the batch's failure, its key's own error, or
@@ -438,6 +444,10 @@ where
                 }
                 released.push(slot.hash);
             }
+            for &hash in &unsent {
+                group.extra.stop_running(hash);
+                released.push(hash);
+            }
             for hash in released {
                 let held = group.extra.held.take_hash(hash);
                 if !held.is_empty() {
@@ -466,7 +476,9 @@ where
         lock(&batch.st).phase = Phase::Done { failure: None };
         drop(guard);
         inner.rec.gauges(gauges.0, gauges.1);
-        drop_quietly((slots, failed, garbage, folded));
+        // The failure may hold the last reference to the batch fn's error (no
+        // writer kept a clone): its `Drop` is user code.
+        drop_quietly((slots, failed, garbage, folded, failure));
         Completed {
             label,
             ran,
@@ -496,9 +508,10 @@ where
                     .by_addr(batch.group_hash, StdArc::as_ptr(&batch.group) as usize);
                 let mut held = Vec::new();
                 if let Some(group) = group {
-                    for slot in &frozen.slots {
-                        group.extra.stop_running(slot.hash);
-                        held.extend(group.extra.held.take_hash(slot.hash));
+                    let hashes = frozen.slots.iter().map(|s| s.hash);
+                    for hash in hashes.chain(frozen.unsent.iter().copied()) {
+                        group.extra.stop_running(hash);
+                        held.extend(group.extra.held.take_hash(hash));
                     }
                 }
                 for slot in &frozen.slots {
@@ -512,6 +525,9 @@ where
                 for slot in held.iter().chain(frozen.failed.iter().map(|(s, _)| s)) {
                     out.answer(&mut state.extra, &slot.acks, Err(shutdown()));
                 }
+                // Their keys and values are user types: dropped quietly (the
+                // locks are held, and the writers must still be answered).
+                drop_quietly((held, frozen));
                 0
             }
             None => {
@@ -562,6 +578,9 @@ impl Answering {
                 self.wakers.extend(wakers);
             }
         }
+        // It may hold the last reference to a batch fn's error (every ack
+        // answered already): its `Drop` is user code, and locks are held.
+        drop_quietly(result);
         self.writers += n;
         n
     }
@@ -689,9 +708,12 @@ impl<K: Clone, W, E> WriteFrozen<K, W, E> {
                     }
                     None => drop_quietly(copy),
                 },
-                Err(message) => self
-                    .failed
-                    .push((slot, format!("`Clone` of the key panicked: {message}"))),
+                Err(message) => {
+                    // Marked running at the freeze, but not sent.
+                    self.unsent.push(slot.hash);
+                    self.failed
+                        .push((slot, format!("`Clone` of the key panicked: {message}")));
+                }
             }
         }
         let mut index = HashTable::with_capacity(kept.len());

@@ -821,3 +821,266 @@ fn windows_never_end_before_their_length() {
         );
     }
 }
+
+/// A coalescer whose batch fn sleeps `run` (Tokio's clock), then answers
+/// `k -> k * 10`.
+fn sleepy(config: Config, run: Duration) -> Arc<Coalescer<u64, u64>> {
+    Arc::new(Coalescer::new(config, move |keys: Vec<u64>| async move {
+        tokio::time::sleep(run).await;
+        keys.into_iter()
+            .map(|k| (k, k * 10))
+            .collect::<HashMap<_, _>>()
+    }))
+}
+
+/// On an adaptive road a lone call holds the one lane; its caller is polled
+/// once, then never. A second call's batch waits for that lane: the lone run
+/// moves to a task of its own as soon as the batch opens, so the batch leaves
+/// when it ends, not at its window's end (10 s), nor never (`Duration::MAX`).
+#[tokio::test(start_paused = true)]
+async fn an_unpolled_lone_caller_holds_no_batch_for_its_window() {
+    for dispatch in [Dispatch::Adaptive, Dispatch::Auto] {
+        for window in [Duration::from_secs(10), Duration::MAX] {
+            let c = sleepy(
+                Config::new("s.unpolled.window")
+                    .dispatch(dispatch)
+                    .window(window),
+                Duration::from_millis(10),
+            );
+            let mut first = Box::pin(c.load(1));
+            assert!(futures::poll!(first.as_mut()).is_pending());
+            let start = tokio::time::Instant::now();
+            let second = no_hang(c.load(2)).await;
+            assert_eq!(second.unwrap(), Some(20));
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "{dispatch:?} {window:?}: {took:?}"
+            );
+            assert_eq!(first.await.unwrap(), Some(10));
+            let m = c.metrics();
+            assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+        }
+    }
+}
+
+/// A batch fn that loads keys of its own coalescer (`k >= 100` loads
+/// `k - 100`), with one lane.
+fn self_calling(dispatch: Dispatch, window: Duration) -> Arc<Coalescer<u64, u64>> {
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<Coalescer<u64, u64>>>> = Arc::default();
+    let s = slot.clone();
+    let c = Arc::new(Coalescer::new(
+        Config::new("s.reentrant.window")
+            .dispatch(dispatch)
+            .window(window)
+            .max_in_flight(1),
+        move |keys: Vec<u64>| {
+            let me = s.get().and_then(std::sync::Weak::upgrade);
+            async move {
+                let mut out = HashMap::new();
+                for k in keys {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let v = match (&me, k >= 100) {
+                        (Some(me), true) => me.load(k - 100).await.unwrap().unwrap_or(0) + 1,
+                        _ => k,
+                    };
+                    out.insert(k, v);
+                }
+                out
+            }
+        },
+    ));
+    slot.set(Arc::downgrade(&c)).ok();
+    c
+}
+
+/// A re-entrant batch (its batch fn waits for a batch of its own
+/// coalescer, which waits for the lane the first holds) leaves once the
+/// calls of its instant have joined: it used to wait out its window at every
+/// level (30 s for three levels of a 10 s window), and forever with
+/// `Duration::MAX` on an adaptive road. Only the outer call's own batch
+/// waits a window, and only with window dispatch (the bus).
+#[tokio::test(start_paused = true)]
+async fn a_re_entrant_batch_does_not_wait_out_its_window() {
+    let ten = Duration::from_secs(10);
+    for (dispatch, window, outer) in [
+        (Dispatch::Window, ten, ten),
+        (Dispatch::Adaptive, ten, Duration::ZERO),
+        (Dispatch::Adaptive, Duration::MAX, Duration::ZERO),
+        (Dispatch::Auto, ten, Duration::ZERO),
+        (Dispatch::Auto, Duration::MAX, Duration::ZERO),
+    ] {
+        let c = self_calling(dispatch, window);
+        let start = tokio::time::Instant::now();
+        let r = no_hang(c.load(305)).await;
+        assert_eq!(r.unwrap(), Some(8), "{dispatch:?} {window:?}");
+        let took = start.elapsed();
+        assert!(
+            took >= outer && took < outer + Duration::from_secs(1),
+            "{dispatch:?} {window:?}: {took:?}"
+        );
+        let m = c.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}
+
+/// `Auto` with one lane under a steady load: a batch opened while the group
+/// ran adaptive waits for the lane to free. If the controller starts to
+/// linger meanwhile, the batch is still told when the lane frees: it used to
+/// wait out the `window` ceiling (10 s, or forever).
+#[tokio::test(start_paused = true)]
+async fn auto_frees_a_batch_opened_before_it_started_to_linger() {
+    for ceiling in [Duration::from_secs(10), Duration::MAX] {
+        let c = sleepy(
+            Config::new("s.auto.ceiling")
+                .dispatch(Dispatch::Auto)
+                .max_in_flight(1)
+                .window(ceiling),
+            Duration::from_millis(10),
+        );
+        let mut calls = Vec::new();
+        for i in 0..200u64 {
+            let c = c.clone();
+            calls.push(tokio::spawn(async move {
+                let t0 = tokio::time::Instant::now();
+                let r = no_hang(c.load(i)).await;
+                (r.unwrap(), t0.elapsed())
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for (i, call) in calls.into_iter().enumerate() {
+            let (r, took) = call.await.unwrap();
+            assert_eq!(r, Some(i as u64 * 10));
+            assert!(
+                took < Duration::from_secs(1),
+                "{ceiling:?}: call {i} took {took:?}"
+            );
+        }
+        let m = c.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}
+
+/// A group value whose `Drop` panics for the instance a call was made with
+/// (user code; `Hash` and `Eq` read `id` only).
+#[derive(Debug)]
+struct Tenant {
+    id: u64,
+    boom: bool,
+}
+
+impl PartialEq for Tenant {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Tenant {}
+
+impl Clone for Tenant {
+    /// Clones are quiet: only the instance the call was made with panics.
+    fn clone(&self) -> Self {
+        Tenant {
+            id: self.id,
+            boom: false,
+        }
+    }
+}
+
+impl Hash for Tenant {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.id.hash(h);
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        if self.boom && !std::thread::panicking() {
+            panic!("provoked: Drop of a group value");
+        }
+    }
+}
+
+async fn tenant_rows(keys: Vec<u64>) -> HashMap<u64, u64> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    keys.into_iter().map(|k| (k, k * 10)).collect()
+}
+
+/// A call's group value, or key, is dropped by the engine once the call is
+/// admitted (its group exists already) or answered; a panic in its `Drop`
+/// neither reaches the caller nor leaves a lane or a pending count behind
+/// (the group's later calls stalled), in every dispatch mode, alone, joined
+/// to a lone run, or in a batch.
+#[tokio::test(start_paused = true)]
+async fn a_group_value_whose_drop_panics_leaks_nothing() {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    quiet();
+    let tenant = |id, boom| Tenant { id, boom };
+    for dispatch in [Dispatch::Window, Dispatch::Adaptive, Dispatch::Auto] {
+        for isolate in [0, 1] {
+            let core: Core<Tenant, u64, u64> = Core::new(
+                Config::new("s.group.drop")
+                    .dispatch(dispatch)
+                    .isolate(isolate)
+                    .window(Duration::from_millis(5)),
+            );
+            let load = |g, k| core.load(g, k, |_: &Tenant, k| tenant_rows(k));
+            assert_eq!(no_hang(load(tenant(1, false), 1)).await.unwrap(), Some(10));
+            // Alone (or in a batch of its own), then joined to a running call.
+            let alone = AssertUnwindSafe(load(tenant(1, true), 2))
+                .catch_unwind()
+                .await;
+            let (first, joined) = no_hang(async {
+                tokio::join!(
+                    load(tenant(1, false), 4),
+                    AssertUnwindSafe(load(tenant(1, true), 4)).catch_unwind()
+                )
+            })
+            .await;
+            let again = no_hang(load(tenant(1, false), 3)).await;
+            let label = format!("{dispatch:?}, isolate {isolate}");
+            assert_eq!(alone.expect(&label).unwrap(), Some(20), "{label}");
+            assert_eq!(first.unwrap(), Some(40), "{label}");
+            assert_eq!(joined.expect(&label).unwrap(), Some(40), "{label}");
+            assert_eq!(again.unwrap(), Some(30), "{label}");
+            let m = core.metrics();
+            assert_eq!((m.pending, m.in_flight), (0, 0), "{label}: {m}");
+        }
+    }
+}
+
+/// A lone call's own key whose `Drop` panics: the call still gets its value
+/// (it got the raw panic on the lone road, where a batch dropped it quietly).
+#[tokio::test(start_paused = true)]
+async fn a_lone_calls_key_whose_drop_panics_still_answers() {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    quiet();
+    for dispatch in [Dispatch::Window, Dispatch::Adaptive, Dispatch::Auto] {
+        let core: Core<(), Tenant, u64> = Core::new(Config::new("s.key.drop").dispatch(dispatch));
+        let batch = |_: &(), keys: Vec<Tenant>| async move {
+            keys.iter()
+                .map(|k| {
+                    (
+                        Tenant {
+                            id: k.id,
+                            boom: false,
+                        },
+                        k.id * 10,
+                    )
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        let r = AssertUnwindSafe(core.load((), Tenant { id: 13, boom: true }, batch))
+            .catch_unwind()
+            .await;
+        assert_eq!(
+            r.expect("a panic reached the caller").unwrap(),
+            Some(130),
+            "{dispatch:?}"
+        );
+        let m = core.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}

@@ -112,6 +112,9 @@ pub(crate) struct BatchState<M: Mode> {
     pub(crate) full: bool,
     /// Asked to leave now (a lane freed on an adaptive road).
     pub(crate) kicked: bool,
+    /// Opened on an adaptive road: it leaves when a lane frees (its window is
+    /// a bound), whatever policy its group runs by then.
+    pub(crate) awaits_lane: bool,
     /// It leaves once the calls made in the same instant have joined.
     pub(crate) settle: bool,
     /// Re-entrant: a caller's own batch of this coalescer (or of one that waits
@@ -151,6 +154,7 @@ impl<M: Mode> BatchState<M> {
             driver: None,
             full: false,
             kicked: false,
+            awaits_lane: false,
             settle,
             exempt: false,
             ancestry: Vec::new(),

@@ -266,7 +266,7 @@ where
             Ok(slot) => slot,
             Err(e) => {
                 drop(guard);
-                drop(spare);
+                drop_quietly(spare);
                 return Err(e);
             }
         };
@@ -279,7 +279,7 @@ where
             match in_flight_slot(&group.extra, key_hash, &key, join_running) {
                 Err(p) => {
                     drop(guard);
-                    drop(spare);
+                    drop_quietly(spare);
                     return Err(self.user_panic("`Eq` of the key", p));
                 }
                 Ok(Some((batch, slot, running))) => {
@@ -300,7 +300,7 @@ where
                         self.rec.joined_running();
                     }
                     self.rec.gauges(gauges.0, gauges.1);
-                    drop(spare);
+                    drop_quietly(spare);
                     drop_quietly(key);
                     if let Some(w) = kick {
                         w.wake();
@@ -331,7 +331,7 @@ where
                         drop(guard);
                         self.rec.joined_running();
                         self.rec.gauges(gauges.0, gauges.1);
-                        drop(spare);
+                        drop_quietly(spare);
                         return Ok((attached, group_slot));
                     }
                     Err(k) => key = k,
@@ -340,6 +340,7 @@ where
         }
         group.tuned(config);
         let (dispatch, window) = group.policy(config.dispatch, config.window);
+        let mut promote = Vec::new();
         let (batch, opened) = match &group.open {
             Some(b) => (b.clone(), false),
             None => match policy::arrival(dispatch, group.road(self.lanes), window.is_zero()) {
@@ -392,7 +393,7 @@ where
                     }
                     drop(guard);
                     self.rec.gauges(gauges.0, gauges.1);
-                    drop(spare);
+                    drop_quietly(spare);
                     return Ok((Admitted::Alone(solo), group_slot));
                 }
                 Arrival::Open { settle } => {
@@ -400,6 +401,13 @@ where
                         // Calls gather behind busy lanes: demand beyond them.
                         if let Some(t) = group.tune.as_mut() {
                             t.waited();
+                        }
+                        // Lone calls hold those lanes: their runs go on
+                        // without their callers from now on, so that one
+                        // alive but not polled cannot hold this batch back
+                        // (until its window ends, or forever).
+                        if !group.solos.is_empty() {
+                            promote = group.solos.clone();
                         }
                     }
                     (
@@ -425,7 +433,7 @@ where
                     drop(st);
                 }
                 drop(guard);
-                drop(spare);
+                drop_quietly(spare);
                 return Err(self.user_panic("`Eq` of the key", p));
             }
         };
@@ -442,9 +450,12 @@ where
         }
         drop(guard);
         self.rec.gauges(gauges.0, gauges.1);
-        drop(spare);
+        drop_quietly(spare);
         if let Some(w) = kick {
             w.wake();
+        }
+        if !promote.is_empty() {
+            self.promote(promote, &batch.group, group_hash);
         }
         Ok((
             Admitted::Joined {

@@ -517,6 +517,16 @@ impl<M: Mode> Inner<M> {
             Release::Free => {
                 group.lanes_used -= 1;
                 state.in_flight -= 1;
+                // A batch opened on an adaptive road waits for a lane to free
+                // (its window is only a bound), whatever the group runs now
+                // (`Auto` may have started to linger since it opened).
+                if let Some(open) = &group.open {
+                    let mut st = lock(&open.st);
+                    if st.awaits_lane && !st.kicked && road.lanes_used <= road.lanes {
+                        st.kicked = true;
+                        wake = st.driver_waker();
+                    }
+                }
             }
         }
         let garbage = if state.groups.len() > group::IDLE_KEPT {
@@ -542,11 +552,13 @@ impl<M: Mode> Inner<M> {
         settle: bool,
     ) -> sync::Arc<batch::Batch<M>> {
         let capacity = group.hint.min(self.config.max_batch);
-        let (_, window) = group.policy(self.config.dispatch, self.config.window);
+        let (dispatch, window) = group.policy(self.config.dispatch, self.config.window);
+        let mut state = batch::BatchState::new(capacity, settle, window);
+        state.awaits_lane = dispatch == crate::config::Dispatch::Adaptive;
         let batch = sync::Arc::new(batch::Batch {
             group: group.key.clone(),
             group_hash,
-            st: Mutex::new(batch::BatchState::new(capacity, settle, window)),
+            st: Mutex::new(state),
         });
         group.open = Some(batch.clone());
         if *gathering > 0 {
@@ -577,8 +589,17 @@ impl<M: Mode> Inner<M> {
             // A batch this one must not wait for is running: leave past the limit.
             st.exempt = true;
             self.rec.reentrant();
-            if matches!(st.phase, batch::Phase::Queued) {
-                kick = st.driver_waker();
+            match st.phase {
+                batch::Phase::Queued => kick = st.driver_waker(),
+                // Its ancestor holds the lane it would wait for, and waits for
+                // it: it leaves once the calls of this instant have joined,
+                // not at its window's end (or never, for a window that never
+                // ends).
+                batch::Phase::Gathering if !st.kicked => {
+                    st.kicked = true;
+                    kick = st.driver_waker();
+                }
+                _ => {}
             }
         }
         if M::live_keys(&st.entries) >= self.config.max_batch && !st.full {

@@ -233,13 +233,8 @@ where
                 owner.ended = true;
                 drop(owner);
                 self.leave_alone(false);
-                return match catching(|| solo.key.clone()) {
-                    Ok(key) => Ended::Lost(key, solo.group),
-                    Err(message) => Ended::Done(Err(Error::Panicked {
-                        name: self.name.clone(),
-                        message: format!("`Clone` of the key panicked: {message}").into(),
-                    })),
-                };
+                // The call's own key and group go back to be enqueued again.
+                return Ended::Lost(solo.key, solo.group);
             }
         };
         owner.ended = true;
@@ -274,6 +269,9 @@ where
         if let Err(e) = &one.result {
             self.rec.failed(e);
         }
+        // The call's key and group value are user types: a panic in their
+        // `Drop` does not replace the answer.
+        drop_quietly(solo);
         Ended::Done(one.result)
     }
 

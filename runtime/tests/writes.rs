@@ -1068,3 +1068,58 @@ fn a_lost_batch_whose_key_drop_panics_still_answers_its_writers() {
     );
     assert_eq!(core.metrics().pending, 0);
 }
+
+/// Writes held behind their key's running write join the open batch when it
+/// ends; one that fills it to `max_batch` closes it, so the next write of a
+/// new key opens another batch (it went into that one: 3 keys against a
+/// `max_batch` of 2).
+#[tokio::test(start_paused = true)]
+async fn held_writes_never_push_a_batch_past_max_batch() {
+    let sizes: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let core: Arc<WriteCore<(), u32, u32>> = Arc::new(WriteCore::new(
+        Config::new("w.held.max_batch")
+            .window(Duration::from_millis(10))
+            .max_batch(2)
+            .max_in_flight(2),
+    ));
+    let (s, g, ret) = (sizes.clone(), gate.clone(), returned.clone());
+    let batch = move |_: &(), items: Vec<(u32, u32)>| {
+        let (s, g, ret) = (s.clone(), g.clone(), ret.clone());
+        async move {
+            let mut keys: Vec<u32> = items.iter().map(|(k, _)| *k).collect();
+            keys.sort_unstable();
+            let first = keys == [100] && s.lock().unwrap().is_empty();
+            s.lock().unwrap().push(keys);
+            if first {
+                let _permit = g.acquire().await.unwrap();
+                ret.store(true, SeqCst);
+            }
+        }
+    };
+    let spawn = |k: u32, v: u32| {
+        let (c, b) = (core.clone(), batch.clone());
+        tokio::spawn(async move { c.save((), k, v, b).await })
+    };
+    let w1 = spawn(100, 1);
+    tokio::time::sleep(Duration::from_millis(20)).await; // [100] runs
+    let w2 = spawn(100, 2);
+    tokio::time::sleep(Duration::from_millis(20)).await; // held behind it
+    let w3 = spawn(1, 1);
+    tokio::task::yield_now().await; // an open batch with [1]
+    gate.add_permits(1);
+    while !returned.load(SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    // The held write of 100 joins [1]: full. A new key, admitted now.
+    let mut w4 = Box::pin(core.save((), 2, 1, batch.clone()));
+    assert!(futures::poll!(w4.as_mut()).is_pending());
+    for w in [w1, w2, w3] {
+        no_hang(w).await.unwrap().unwrap();
+    }
+    no_hang(w4).await.unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|b| b.len() <= 2), "{sizes:?}");
+    assert_eq!(sizes.iter().map(Vec::len).sum::<usize>(), 4, "{sizes:?}");
+}

@@ -654,6 +654,15 @@ fn place_held<G, K, W, E>(
                         st.kicked = true;
                         out.wakers.extend(st.driver_waker());
                     }
+                    // Filled to `max_batch`: it takes no more writes (the next
+                    // admission would go past the bound).
+                    if st.entries.len() >= max && !st.full {
+                        st.full = true;
+                        drop(st);
+                        if group.close(&target) {
+                            *gathering -= 1;
+                        }
+                    }
                     garbage.push(g);
                     break;
                 }

@@ -1123,3 +1123,56 @@ async fn held_writes_never_push_a_batch_past_max_batch() {
     assert!(sizes.iter().all(|b| b.len() <= 2), "{sizes:?}");
     assert_eq!(sizes.iter().map(Vec::len).sum::<usize>(), 4, "{sizes:?}");
 }
+
+/// A drain whose deadline passes while a full batch waits for its driver
+/// (neither open nor queued): its writes were never sent, so they fail with
+/// `Drained` and are not sent later. They were answered `MaybeCommitted`,
+/// sent anyway, and a later write of their key was answered at once with the
+/// drain's error, leaving `pending` above zero for good.
+#[test]
+fn a_drain_fails_a_full_batch_its_driver_has_not_taken() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sent: Arc<Mutex<Vec<Vec<(u32, u32)>>>> = Arc::default();
+        let core: WriteCore<(), u32, u32> = WriteCore::new(
+            Config::new("w.drain.full")
+                .window(Duration::from_secs(3600))
+                .max_batch(2),
+        );
+        let s = sent.clone();
+        let batch = move |_: &(), mut items: Vec<(u32, u32)>| {
+            let s = s.clone();
+            async move {
+                items.sort_unstable();
+                s.lock().unwrap().push(items);
+            }
+        };
+        // One poll of this task: the full batch's driver has not run yet.
+        let mut w1 = Box::pin(core.save((), 1, 10, batch.clone()));
+        let mut w2 = Box::pin(core.save((), 2, 20, batch.clone()));
+        assert!(futures::poll!(w1.as_mut()).is_pending());
+        assert!(futures::poll!(w2.as_mut()).is_pending());
+        let mut d = Box::pin(core.drain(Duration::from_millis(5)));
+        assert!(futures::poll!(d.as_mut()).is_pending());
+        std::thread::sleep(Duration::from_millis(30));
+        let std::task::Poll::Ready(drained) = futures::poll!(d.as_mut()) else {
+            panic!("the drain is not over after its deadline");
+        };
+        assert_eq!((drained.dropped, drained.unsure), (2, 0), "{drained:?}");
+        for w in [w1, w2] {
+            assert!(matches!(w.await, Err(Error::Drained { .. })));
+        }
+        // A write after the drain is accepted as usual, and sent by a flush.
+        let mut w3 = Box::pin(core.save((), 1, 30, batch.clone()));
+        assert!(futures::poll!(w3.as_mut()).is_pending());
+        core.flush().await;
+        w3.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(sent.lock().unwrap().clone(), [vec![(1, 30)]]);
+        let m = core.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    });
+}

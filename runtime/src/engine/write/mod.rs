@@ -628,8 +628,18 @@ where
         };
         let super::State { groups, extra, .. } = state;
         for group in groups.iter_mut() {
-            let batches = group.open.iter().chain(group.queue.iter());
-            for batch in batches {
+            let mut batches: Vec<_> = group
+                .open
+                .iter()
+                .chain(group.queue.iter())
+                .cloned()
+                .collect();
+            for b in group.extra.unsent() {
+                if !batches.iter().any(|x| super::sync::Arc::ptr_eq(x, &b)) {
+                    batches.push(b);
+                }
+            }
+            for batch in &batches {
                 let mut st = lock(&batch.st);
                 if !st.phase.is_before_run() {
                     continue;

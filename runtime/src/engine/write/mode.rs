@@ -242,6 +242,19 @@ where
         }
     }
 
+    /// The batches not yet sent that hold keys, each once: besides the open
+    /// one and those queued for a lane, a full one whose driver has not taken
+    /// it yet is only here.
+    pub(crate) fn unsent(&self) -> Vec<WriteBatch<G, K, W, E>> {
+        let mut out: Vec<WriteBatch<G, K, W, E>> = Vec::new();
+        for p in &self.placed {
+            if !out.iter().any(|b| Arc::ptr_eq(b, &p.batch)) {
+                out.push(p.batch.clone());
+            }
+        }
+        out
+    }
+
     /// Forgets every key of the batches whose entries are empty now (a drain).
     pub(crate) fn unplace_emptied(&mut self) {
         self.placed

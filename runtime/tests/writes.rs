@@ -1124,6 +1124,9 @@ async fn held_writes_never_push_a_batch_past_max_batch() {
     assert_eq!(sizes.iter().map(Vec::len).sum::<usize>(), 4, "{sizes:?}");
 }
 
+/// The batches a batch fn was given.
+type Sent = Arc<Mutex<Vec<Vec<(u32, u32)>>>>;
+
 /// A drain whose deadline passes while a full batch waits for its driver
 /// (neither open nor queued): its writes were never sent, so they fail with
 /// `Drained` and are not sent later. They were answered `MaybeCommitted`,
@@ -1136,7 +1139,7 @@ fn a_drain_fails_a_full_batch_its_driver_has_not_taken() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let sent: Arc<Mutex<Vec<Vec<(u32, u32)>>>> = Arc::default();
+        let sent: Sent = Arc::default();
         let core: WriteCore<(), u32, u32> = WriteCore::new(
             Config::new("w.drain.full")
                 .window(Duration::from_secs(3600))

@@ -1179,3 +1179,94 @@ fn a_drain_fails_a_full_batch_its_driver_has_not_taken() {
         assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
     });
 }
+
+/// What a `save_for` batch fn saw: the instance it ran with, and its items.
+type BySchema = Arc<Mutex<Vec<(&'static str, Vec<(u32, u32)>)>>>;
+
+#[derive(Clone)]
+struct Repo {
+    schema: &'static str,
+}
+
+/// A boxed write, as `by_schema` makes them.
+type Boxed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn by_schema(
+    seen: &BySchema,
+    run: Duration,
+) -> impl Fn(Repo, &(), Vec<(u32, u32)>) -> Boxed + Clone + Send + Sync + 'static {
+    let seen = seen.clone();
+    move |repo: Repo, _: &(), mut items: Vec<(u32, u32)>| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            tokio::time::sleep(run).await;
+            items.sort_unstable();
+            seen.lock().unwrap().push((repo.schema, items));
+        })
+    }
+}
+
+/// Writes through an object (`save_for`) group by its address. A writer
+/// leaves before its answer, its object is dropped, and another object is
+/// made at the same address: its write runs with its own instance, not with
+/// the first object's clone (it joined that batch: tenant B's write went to
+/// tenant A's schema).
+#[tokio::test(start_paused = true)]
+async fn a_new_object_at_a_gone_objects_address_writes_through_itself() {
+    let seen: BySchema = Arc::default();
+    let core: WriteCore<(), u32, u32> =
+        WriteCore::new(Config::new("w.addr.reuse").window(Duration::from_millis(10)));
+    let batch = by_schema(&seen, Duration::from_millis(1));
+    let mut repo = Repo { schema: "tenant_a" };
+    {
+        let mut w = Box::pin(core.save_for(&repo, (), 1, 1, batch.clone()));
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    repo = Repo { schema: "tenant_b" };
+    no_hang(core.save_for(&repo, (), 2, 2, batch.clone()))
+        .await
+        .unwrap();
+    no_hang(core.flush()).await;
+    let mut got = seen.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [("tenant_a", vec![(1, 1)]), ("tenant_b", vec![(2, 2)])]
+    );
+    let m = core.metrics();
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+}
+
+/// The same object writes a key, its writer leaves, and it writes the key
+/// again: the second write waits for the first, so they commit in call order
+/// (the last write wins), whether the first is still gathering, running, or
+/// held behind an earlier one.
+#[tokio::test(start_paused = true)]
+async fn an_object_writing_again_after_its_writer_left_keeps_call_order() {
+    for first_runs in [false, true] {
+        let seen: BySchema = Arc::default();
+        let core: WriteCore<(), u32, u32> =
+            WriteCore::new(Config::new("w.addr.order").window(Duration::from_millis(10)));
+        let batch = by_schema(&seen, Duration::from_millis(30));
+        let repo = Repo { schema: "tenant_a" };
+        {
+            let mut w = Box::pin(core.save_for(&repo, (), 7, 1, batch.clone()));
+            assert!(futures::poll!(w.as_mut()).is_pending());
+        }
+        if first_runs {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        no_hang(core.save_for(&repo, (), 7, 2, batch.clone()))
+            .await
+            .unwrap();
+        no_hang(core.flush()).await;
+        let got = seen.lock().unwrap().clone();
+        let values: Vec<u32> = got
+            .iter()
+            .flat_map(|(_, items)| items.iter().map(|(_, v)| *v))
+            .collect();
+        assert_eq!(values.last(), Some(&2), "first_runs {first_runs}: {got:?}");
+        let m = core.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    }
+}

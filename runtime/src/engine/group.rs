@@ -165,7 +165,7 @@ impl<M: Mode> Group<M> {
         }
     }
 
-    fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.open.is_none() && self.queue.is_empty() && self.lanes_used == 0 && M::idle(&self.extra)
     }
 }

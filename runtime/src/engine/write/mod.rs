@@ -364,7 +364,27 @@ where
         let group_hash = hash_of(&self.hasher, &target)
             .map_err(|p| self.write_panic("`Hash` of the group", p.0))?;
         let accepted = Instant::now();
-        let (ack, opened) = self.admit(target, group_hash, key_hash, key, value)?;
+        let object = matches!(target.identity, Identity::Object { .. });
+        let (mut target, mut key, mut value) = (target, key, value);
+        let (ack, opened, group) = loop {
+            match self.admit(target, group_hash, key_hash, key, value)? {
+                Admission::Accepted { ack, opened, group } => break (ack, opened, group),
+                Admission::Wait {
+                    acks,
+                    target: t,
+                    key: k,
+                    value: v,
+                } => {
+                    // The object's group is tainted (see `WriteGroup::tainted`):
+                    // everything accepted so far is answered first.
+                    for ack in &acks {
+                        wait_ack(ack).await;
+                    }
+                    drop_quietly(acks);
+                    (target, key, value) = (t, k, v);
+                }
+            }
+        };
         if let Some(batch) = opened {
             // A panic building the batch function (`Clone` of the instance)
             // fails this batch's writers, through a run that reports it.
@@ -384,6 +404,7 @@ where
             ack,
             pos: None,
             done: false,
+            group: object.then_some((group_hash, group)),
         };
         let result = poll_fn(|cx| writer.poll(cx)).await;
         self.rec.ack_time(accepted.elapsed());
@@ -403,13 +424,7 @@ where
         key_hash: u64,
         key: K,
         value: W,
-    ) -> Result<
-        (
-            StdArc<Ack<E>>,
-            Option<super::sync::Arc<super::batch::Batch<Write<G, K, W, E>>>>,
-        ),
-        Error<E>,
-    > {
+    ) -> Result<Admission<G, K, W, E>, Error<E>> {
         let config = &self.config;
         let (reentrant, ancestry) = reentry::here(self.id);
         let mut guard = lock(&self.state);
@@ -428,6 +443,30 @@ where
             }
         };
         let created = spare.is_none();
+        if group.extra.tainted {
+            if group.idle() {
+                group.extra.tainted = false;
+            } else if let Some(target) = spare {
+                // Its earlier writes go first (and the open batch now).
+                let kick = group.open.as_ref().and_then(|open| {
+                    let mut st = lock(&open.st);
+                    st.kicked = true;
+                    st.driver_waker()
+                });
+                let acks = state.extra.all();
+                drop(guard);
+                if let Some(w) = kick {
+                    w.wake();
+                }
+                return Ok(Admission::Wait {
+                    acks,
+                    target,
+                    key,
+                    value,
+                });
+            }
+        }
+        let group_addr = StdArc::as_ptr(&group.key) as usize;
         // The writer's place in its group's bound: its ack gives it back.
         let group_pending = match self.group_slot(group) {
             Ok(slot) => slot.hand_over(),
@@ -467,7 +506,11 @@ where
                         if let Some(w) = kick {
                             w.wake();
                         }
-                        return Ok((wrote.ack, None));
+                        return Ok(Admission::Accepted {
+                            ack: wrote.ack,
+                            opened: None,
+                            group: group_addr,
+                        });
                     }
                     // Unreachable (`placed` found the key under the same locks).
                     Folded::Absent(key, value) => (key, value),
@@ -543,7 +586,11 @@ where
         if let Some(w) = kick {
             w.wake();
         }
-        Ok((wrote.ack, opened.then_some(batch)))
+        Ok(Admission::Accepted {
+            ack: wrote.ack,
+            opened: opened.then_some(batch),
+            group: group_addr,
+        })
     }
 
     fn write_panic(&self, what: &str, message: String) -> Error<E> {
@@ -692,6 +739,33 @@ where
     ack: StdArc<Ack<E>>,
     pos: Option<usize>,
     done: bool,
+    /// For a write through an object (`save_for`): its group (hash, and the
+    /// address of its key), tainted if the writer leaves before its answer.
+    group: Option<(u64, usize)>,
+}
+
+/// How an admission went.
+enum Admission<G, K, W, E>
+where
+    G: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    W: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// The write is in a batch: its ack, the batch it opened (for its driver
+    /// to be started), and its group (the address of its key).
+    Accepted {
+        ack: StdArc<Ack<E>>,
+        opened: Option<self::mode::WriteBatch<G, K, W, E>>,
+        group: usize,
+    },
+    /// Its object's group is tainted and busy: wait for these, then again.
+    Wait {
+        acks: Vec<StdArc<Ack<E>>>,
+        target: GroupKey<G>,
+        key: K,
+        value: W,
+    },
 }
 
 impl<G, K, W, E> Writer<'_, G, K, W, E>
@@ -718,9 +792,15 @@ where
     E: Send + Sync + 'static,
 {
     /// The writer left before its answer: the write stays (and is counted).
+    /// Through an object, its group is tainted: the object may go now.
     fn drop(&mut self) {
         if !self.done && !self.ack.is_resolved() {
             self.inner.rec.withdrawn();
+            if let Some((hash, addr)) = self.group {
+                if let Some(g) = lock(&self.inner.state).groups.by_addr(hash, addr) {
+                    g.extra.tainted = true;
+                }
+            }
         }
     }
 }

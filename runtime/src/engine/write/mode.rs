@@ -147,6 +147,12 @@ where
     /// sent lives in exactly one of them, so that its later writes fold there
     /// (and batches that leave out of order never reorder a key).
     placed: HashTable<Placed<G, K, W, E>>,
+    /// A writer through this group's object (`save_for`) left before its
+    /// answer: the object may be gone, and another one made at its address,
+    /// which must not join (or be held behind) writes that run with the
+    /// first one's clone. A write through that address waits until the group
+    /// is idle (see `Inner::save`).
+    pub(crate) tainted: bool,
 }
 
 /// A key (by hash) of a batch not yet sent, and that batch (by its entries' id).
@@ -174,6 +180,7 @@ where
             running: HashTable::new(),
             held: WriteEntries::with_capacity(0),
             placed: HashTable::new(),
+            tainted: false,
         }
     }
 }

@@ -321,6 +321,35 @@ async fn a_lone_run_goes_on_for_its_joiner_after_its_caller_left() {
     // The run was promoted when the second call joined: it went on for it.
     // (Had it stayed inline, the second call would have fetched again.)
     assert_eq!(log.lock().unwrap().len(), 1);
+    // It ran for the joiner: not a cancelled batch (it was counted as one).
+    assert_eq!(c.metrics().cancelled_batches, 0);
+    assert_idle(&c);
+}
+
+/// The lone caller leaves, then its joiner: both calls are cancelled, and the
+/// run, already under way for the joiner, ends as it would have: not a
+/// cancelled batch, and counted once.
+#[tokio::test(start_paused = true)]
+async fn a_lone_run_left_by_its_caller_and_its_joiner_ends_once() {
+    let (c, log) = slow(
+        Config::new("j.cancelled.both").dispatch(Dispatch::Adaptive),
+        Duration::from_millis(30),
+    );
+    let mut first = Box::pin(c.load(4));
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    let mut second = Box::pin(c.load(4));
+    assert!(futures::poll!(second.as_mut()).is_pending());
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(log.lock().unwrap().len(), 1);
+    let m = c.metrics();
+    assert_eq!(
+        (m.cancelled_batches, m.cancelled_calls, m.batches),
+        (0, 2, 1),
+        "{m}"
+    );
     assert_idle(&c);
 }
 

@@ -1084,3 +1084,69 @@ async fn a_lone_calls_key_whose_drop_panics_still_answers() {
         assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
     }
 }
+
+/// A current-thread runtime with a real clock: it runs its tasks only while
+/// something blocks on it.
+fn current_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A lone call's run, moved to a task of its own when a call on another
+/// runtime joins it or needs its lane, goes on on its caller's runtime and
+/// clock. A promoter on a paused clock made its 5 s timeout fire in 50 ms; a
+/// promoter on a current-thread runtime that was then no longer driven held
+/// the caller forever.
+#[test]
+fn a_promoted_lone_run_stays_on_its_callers_runtime_and_clock() {
+    // (max_in_flight, the other call's key): it joins the run, or queues for
+    // its lane.
+    for (lanes, other) in [(usize::MAX, 1u64), (1, 2)] {
+        let c = sleepy(
+            Config::new("s.promoted.home")
+                .dispatch(Dispatch::Adaptive)
+                .max_in_flight(lanes)
+                .window(Duration::from_millis(1))
+                .timeout(Duration::from_secs(5)),
+            Duration::from_millis(300),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c1, tx1) = (c.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let r = real_rt().block_on(c1.load(1));
+            tx1.send((1u64, r)).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let c2 = c.clone();
+        std::thread::spawn(move || {
+            let r = paused_rt().block_on(c2.load(other));
+            tx.send((other, r)).unwrap();
+        });
+        for _ in 0..2 {
+            let (k, r) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("a call was never answered");
+            assert_eq!(r.unwrap(), Some(k * 10), "lanes {lanes}: key {k}");
+        }
+    }
+    // The joiner's runtime stops being driven once it gives up.
+    let c = sleepy(
+        Config::new("s.promoted.undriven").dispatch(Dispatch::Adaptive),
+        Duration::from_millis(200),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c1 = c.clone();
+    std::thread::spawn(move || {
+        tx.send(real_rt().block_on(c1.load(1))).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let other = current_rt();
+    let gave_up =
+        other.block_on(async { tokio::time::timeout(Duration::from_millis(10), c.load(1)).await });
+    assert!(gave_up.is_err());
+    let owner = rx.recv_timeout(Duration::from_secs(30));
+    drop(other);
+    assert_eq!(owner.expect("the caller stalled").unwrap(), Some(10));
+}

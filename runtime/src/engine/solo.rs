@@ -65,6 +65,11 @@ struct Cell<K, V, E> {
     /// The call's key, for the task the run is promoted to (see
     /// `poll_lone`); taken by that task.
     key: Option<K>,
+    /// Where the caller runs: its runtime (none outside one) and its clock.
+    /// A promoted run goes on there, timed by that clock, whoever promotes
+    /// it (a call on another runtime, which may stop being driven, or whose
+    /// paused clock would end the timeout early).
+    home: Option<(Option<tokio::runtime::Handle>, Clock)>,
 }
 
 impl<K, V, E> Drop for Cell<K, V, E> {
@@ -105,6 +110,7 @@ impl<K, V, E> SoloCell<K, V, E> {
                 deadline: None,
                 ancestry: Vec::new(),
                 key: None,
+                home: None,
             }),
             joint: Joint::new(),
             promote: AtomicBool::new(false),
@@ -341,19 +347,29 @@ where
         group: usize,
         group_hash: u64,
     ) {
-        let clock = Clock::detect();
-        let key = lock(&cell.st).key.take();
-        super::spawn::spawn(Promoted {
-            inner: self.clone(),
-            cell,
-            run: Some(run),
-            key,
-            timer: deadline.map(|d| Sleep::until(clock, d)),
-            ancestry,
-            group,
-            group_hash,
-            ended: false,
-        });
+        let (key, home) = {
+            let mut st = lock(&cell.st);
+            (st.key.take(), st.home.take())
+        };
+        let (runtime, clock) =
+            home.unwrap_or_else(|| (tokio::runtime::Handle::try_current().ok(), Clock::detect()));
+        super::spawn::spawn_home(
+            runtime,
+            Promoted {
+                inner: self.clone(),
+                cell,
+                run: Some(run),
+                key,
+                deadline,
+                clock,
+                timer: None,
+                ancestry,
+                group,
+                group_hash,
+                ended: false,
+                joined: false,
+            },
+        );
     }
 }
 
@@ -402,6 +418,7 @@ where
                 // turn out to stream, it reads the stream for this key.
                 let stale = std::mem::replace(&mut st.key, catching(|| s.key.clone()).ok());
                 st.deadline = deadline;
+                st.home = Some((tokio::runtime::Handle::try_current().ok(), Clock::detect()));
                 st.ancestry.clone_from(&self.solo.ancestry);
                 keep_waker(&mut st.owner, cx);
                 if cell.promote.load(Acquire) {
@@ -483,9 +500,9 @@ where
                     }
                 };
                 let run = std::mem::replace(&mut st.state, State::Cancelled);
-                let key = st.key.take();
+                let (key, home) = (st.key.take(), st.home.take());
                 drop(st);
-                drop_quietly((run, key));
+                drop_quietly((run, key, home));
                 self.finish_inline();
                 Poll::Ready(Some(Ran::Outcome(outcome)))
             }
@@ -574,11 +591,14 @@ where
                 true
             }
             State::Promoted { task } => {
-                // The task sees `Cancelled`, drops the run and gives the lane back.
+                // The task sees `Cancelled`, drops the run and gives the lane
+                // back; or goes on for the calls that joined the run (then
+                // it is not a cancelled batch, unless they leave too: the
+                // task counts that).
                 if let Some(task) = task {
                     task.wake_by_ref();
                 }
-                true
+                !cell.is_some_and(|c| join::has_joiners(&c.joint))
             }
             State::Finished(_) | State::Settled(_) | State::Cancelled | State::Lost => false,
         };
@@ -605,12 +625,18 @@ where
     /// The call's key, should its run turn out to stream (see `poll_lone`);
     /// `None` if its `Clone` panicked.
     key: Option<K>,
+    /// The run's timeout, on its caller's clock: its wait is made at the
+    /// task's first poll, on the runtime that runs it.
+    deadline: Option<Instant>,
+    clock: Clock,
     timer: Option<Sleep>,
     ancestry: Vec<u64>,
     /// The address of its group's key (see `Solo::group_addr`).
     group: usize,
     group_hash: u64,
     ended: bool,
+    /// Its caller left and it went on for the calls that joined it.
+    joined: bool,
 }
 
 // No field is pinned: the run is boxed and pinned on its own.
@@ -646,12 +672,17 @@ where
                 },
                 // The caller left: the run goes on for the calls that joined
                 // it; with none, it stops.
-                State::Cancelled if join::has_joiners(&this.cell.joint) => {}
+                State::Cancelled if join::has_joiners(&this.cell.joint) => this.joined = true,
                 _ => {
                     drop(st);
                     this.end(None);
                     return Poll::Ready(());
                 }
+            }
+        }
+        if this.timer.is_none() {
+            if let Some(deadline) = this.deadline {
+                this.timer = Some(Sleep::until(this.clock, deadline));
             }
         }
         let Some(run) = this.run.as_mut() else {
@@ -693,6 +724,7 @@ where
         // The calls that joined the run are answered here, whether or not its
         // first caller is polled (or still there).
         let (joiners, key) = join::close(&self.cell.joint);
+        let joined = self.joined;
         let mut outcome = outcome;
         let mut settled = None;
         if !joiners.is_empty() {
@@ -719,8 +751,14 @@ where
                 std::mem::replace(&mut st.state, State::Settled(one))
             }
             (State::Promoted { .. }, None, None) => std::mem::replace(&mut st.state, State::Lost),
-            (_, outcome, settled) => {
+            (state, outcome, settled) => {
+                let stopped = matches!(state, State::Cancelled) && settled.is_none() && joined;
                 drop(st);
+                if stopped {
+                    // Its caller left while calls had joined it, and they
+                    // left too: the run stopped for nobody.
+                    self.inner.rec.cancelled_batch();
+                }
                 drop_quietly((outcome, settled));
                 self.inner.release_solo_lane(
                     self.group,

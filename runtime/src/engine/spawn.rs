@@ -34,6 +34,26 @@ where
 }
 
 /// Whether a Tokio runtime is current on this thread.
+/// Spawns `fut` on the runtime of `home` (a handle taken where the work
+/// began), or on the fallback thread without one: work promoted out of a
+/// caller's future runs where that caller's runtime runs it (its resources,
+/// its clock), not on whichever runtime happened to promote it.
+pub(crate) fn spawn_home<F>(home: Option<tokio::runtime::Handle>, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    #[cfg(loom)]
+    {
+        drop(home);
+        spawn(fut);
+    }
+    #[cfg(not(loom))]
+    match home {
+        Some(handle) => drop(handle.spawn(fut)),
+        None => fallback::spawn(Box::pin(fut)),
+    }
+}
+
 pub(crate) fn on_runtime() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
 }

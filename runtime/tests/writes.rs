@@ -1270,3 +1270,48 @@ async fn an_object_writing_again_after_its_writer_left_keeps_call_order() {
         assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
     }
 }
+
+/// A drain reports, of the writes pending when it began, how many were
+/// answered by its deadline: a write accepted after it began (and failed at
+/// the deadline too) is not subtracted from them (it was: 0 instead of 1).
+#[tokio::test(start_paused = true)]
+async fn a_drains_report_counts_only_the_writes_it_waited_for() {
+    let core: Arc<WriteCore<(), u32, u32>> = Arc::new(WriteCore::new(
+        Config::new("w.drain.report")
+            .window(Duration::from_secs(3600))
+            .max_batch(1),
+    ));
+    // Key 1 commits after 10 ms; keys 2 and 3 never do.
+    let batch = |_: &(), items: Vec<(u32, u32)>| async move {
+        if items.iter().any(|(k, _)| *k >= 2) {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (c1, c2) = (core.clone(), core.clone());
+    let a = tokio::spawn(async move { c1.save((), 1, 1, batch).await });
+    let b = tokio::spawn(async move { c2.save((), 2, 1, batch).await });
+    tokio::task::yield_now().await;
+    assert_eq!(core.metrics().pending, 2);
+    let c = core.clone();
+    let drain = tokio::spawn(async move { c.drain(Duration::from_millis(100)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let c = core.clone();
+    let late = tokio::spawn(async move { c.save((), 3, 1, batch).await });
+    let drained = no_hang(drain).await.unwrap();
+    assert_eq!(
+        (drained.settled, drained.dropped, drained.unsure),
+        (1, 0, 2),
+        "{drained:?}"
+    );
+    assert!(a.await.unwrap().is_ok());
+    for w in [b, late] {
+        assert!(matches!(
+            w.await.unwrap(),
+            Err(Error::MaybeCommitted {
+                why: Unsure::Drained,
+                ..
+            })
+        ));
+    }
+}

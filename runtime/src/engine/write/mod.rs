@@ -652,10 +652,14 @@ where
                 ..Drained::default()
             };
         }
+        // Answered by the deadline, of the writes accepted before the drain
+        // (those accepted since, which the drain fails too, are not in
+        // `acks`: subtracting the failures from its length miscounted).
+        let settled = acks.iter().filter(|a| a.is_resolved()).count();
         let (dropped, unsure, garbage) = self.fail_pending();
         drop_quietly(garbage);
         Drained {
-            settled: acks.len().saturating_sub(dropped + unsure),
+            settled,
             dropped,
             unsure,
         }

@@ -6,6 +6,7 @@
 //! Time-dependent tests run under Tokio's paused clock; a hang shows up as the
 //! one-hour guard (`no_hang`) firing instead of the test blocking forever.
 
+mod common;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -648,16 +649,7 @@ impl Drop for Bomb {
 /// reads its answer.
 #[tokio::test(start_paused = true)]
 async fn a_value_dropped_by_another_callers_call_cannot_panic_into_it() {
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let provoked = info
-            .payload()
-            .downcast_ref::<&str>()
-            .is_some_and(|s| s.starts_with("provoked"));
-        if !provoked {
-            quiet(info);
-        }
-    }));
+    common::quiet();
     let bomb = |k: u64| Bomb(if k == 1 { 666 } else { k });
     let map = Coalescer::new(
         Config::new("g.bomb.map").window(Duration::from_millis(1)),
@@ -706,7 +698,6 @@ async fn a_value_dropped_by_another_callers_call_cannot_panic_into_it() {
             assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
         }
     }
-    let _ = std::panic::take_hook();
 }
 
 #[tokio::test(start_paused = true)]

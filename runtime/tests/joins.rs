@@ -3,6 +3,7 @@
 //! the key again; a call for a key in a full batch not yet started joins it.
 //! Deterministic under Tokio's paused clock.
 
+mod common;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -447,16 +448,7 @@ impl Drop for Fragile {
 /// (the task used to unwind before it gave the lane back, stalling the road).
 #[tokio::test(start_paused = true)]
 async fn a_joiners_key_whose_drop_panics_stalls_nobody() {
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let provoked = info
-            .payload()
-            .downcast_ref::<&str>()
-            .is_some_and(|s| s.starts_with("provoked"));
-        if !provoked {
-            quiet(info);
-        }
-    }));
+    common::quiet();
     let c = Arc::new(Coalescer::new(
         Config::new("j.fragile")
             .dispatch(Dispatch::Adaptive)
@@ -491,5 +483,4 @@ async fn a_joiners_key_whose_drop_panics_stalls_nobody() {
     );
     let m = c.metrics();
     assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
-    let _ = std::panic::take_hook();
 }

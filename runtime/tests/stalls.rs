@@ -7,6 +7,8 @@
 //! Tests that need two runtimes or real time bound their waits generously; they
 //! assert that something finishes, never how fast.
 
+mod common;
+use common::{quiet, Touchy};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -23,57 +25,6 @@ async fn no_hang<F: Future>(fut: F) -> F::Output {
         .await
         .expect("a call hung")
 }
-
-/// Keeps the panics these tests provoke out of the output.
-fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let provoked = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|s| s.starts_with("provoked"));
-            if !provoked {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// A key whose user code panics on purpose: `Clone` of 13, `Hash` of 14, and
-/// `Eq` between two 15s.
-#[derive(Debug)]
-struct Touchy(u64);
-
-impl Clone for Touchy {
-    fn clone(&self) -> Self {
-        if self.0 == 13 {
-            panic!("provoked: Clone of 13");
-        }
-        Touchy(self.0)
-    }
-}
-
-impl Hash for Touchy {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        if self.0 == 14 {
-            panic!("provoked: Hash of 14");
-        }
-        self.0.hash(state);
-    }
-}
-
-impl PartialEq for Touchy {
-    fn eq(&self, other: &Self) -> bool {
-        if self.0 == 15 && other.0 == 15 {
-            panic!("provoked: Eq of 15");
-        }
-        self.0 == other.0
-    }
-}
-
-impl Eq for Touchy {}
 
 fn tens(keys: Vec<Touchy>) -> HashMap<Touchy, u64> {
     keys.into_iter()

@@ -2,6 +2,8 @@
 //! arrives, and the run never holds all entries. One test per semantic, under
 //! Tokio's paused clock unless it needs real threads.
 
+mod common;
+use common::Touchy;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -497,45 +499,12 @@ fn runtime_shutdown_mid_stream() {
     assert_eq!(m.pending, 0, "{m}");
 }
 
-/// A key whose `Eq` panics between two 15s (user code).
-#[derive(Debug, Clone)]
-struct Touchy(u64);
-
-impl std::hash::Hash for Touchy {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
-
-impl PartialEq for Touchy {
-    fn eq(&self, other: &Self) -> bool {
-        if self.0 == 15 && other.0 == 15 {
-            panic!("provoked: Eq of 15");
-        }
-        self.0 == other.0
-    }
-}
-
-impl Eq for Touchy {}
-
 /// An item whose key's `Eq` panics while it is matched to its callers fails
 /// that key's callers (as the map shape does), not `Ok(None)`; the others get
 /// their items.
 #[tokio::test(start_paused = true)]
 async fn an_item_whose_key_eq_panics_fails_that_keys_callers() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let provoked = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|s| s.starts_with("provoked"));
-            if !provoked {
-                default(info);
-            }
-        }));
-    });
+    common::quiet();
     let c = Coalescer::new(Config::new("s.eq"), |keys: Vec<Touchy>| async move {
         Streamed(stream::iter(keys.into_iter().map(|k| {
             let v = k.0 * 10;

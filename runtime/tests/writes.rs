@@ -7,6 +7,8 @@
 //! hang shows up as the one-hour guard firing. Tests never assert how fast
 //! anything is.
 
+mod common;
+use common::quiet;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -21,26 +23,6 @@ async fn no_hang<F: Future>(fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(3600), fut)
         .await
         .expect("a write hung")
-}
-
-fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let provoked = info
-                .payload()
-                .downcast_ref::<&str>()
-                .is_some_and(|s| s.starts_with("provoked"))
-                || info
-                    .payload()
-                    .downcast_ref::<String>()
-                    .is_some_and(|s| s.contains("provoked"));
-            if !provoked {
-                default(info);
-            }
-        }));
-    });
 }
 
 /// Rows as one batch sent them.

@@ -385,21 +385,28 @@ async fn drain_fails_what_is_left_at_its_deadline() {
 /// another runtime whose batch was driven by the dropped one learns that its
 /// write may have committed (the batch was running) or was never sent (it was
 /// still gathering).
+/// A runtime to drop mid-batch (one worker, which drives the batch), and a
+/// current-thread one whose writer outlives it.
+fn two_runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let survivor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (doomed, survivor)
+}
+
 #[test]
 fn a_runtime_dropped_with_writes_pending_gives_errors() {
     for running in [true, false] {
         let core: &'static WriteCore<(), u32, u32> = Box::leak(Box::new(WriteCore::new(
             Config::new("w.runtime_gone").window(Duration::from_millis(50)),
         )));
-        let doomed = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let survivor = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (doomed, survivor) = two_runtimes();
         // The batch opens on the doomed runtime (its driver lives there) ...
         let opener = doomed.spawn(core.save((), 1, 1, |_, _| std::future::pending::<()>()));
         std::thread::sleep(Duration::from_millis(5));
@@ -996,15 +1003,7 @@ fn a_lost_batch_whose_key_drop_panics_still_answers_its_writers() {
     let core: &'static WriteCore<(), DropBomb, u32> = Box::leak(Box::new(WriteCore::new(
         Config::new("w.k_drop").window(Duration::from_millis(5)),
     )));
-    let doomed = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let survivor = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (doomed, survivor) = two_runtimes();
     let hang = |_: &(), _: Vec<(DropBomb, u32)>| std::future::pending::<()>();
     let opener = doomed.spawn(core.save((), DropBomb(1), 1, hang));
     std::thread::sleep(Duration::from_millis(2));

@@ -1296,3 +1296,43 @@ async fn a_drains_report_counts_only_the_writes_it_waited_for() {
         ));
     }
 }
+
+/// A failure is counted once per writer where it is given, whether or not
+/// the writer stayed to read it: a drain that fails writes whose writers left
+/// counts them, and so does a batch that fails with no writer left (both
+/// counted nothing: failures were counted when a writer read its result).
+#[tokio::test(start_paused = true)]
+async fn failures_of_writers_that_left_are_counted() {
+    let core: WriteCore<(), u32, u32> =
+        WriteCore::new(Config::new("w.left.drain").window(Duration::from_millis(1)));
+    let hang = |_: &(), _: Vec<(u32, u32)>| std::future::pending::<()>();
+    {
+        let mut running = Box::pin(core.save((), 1, 1, hang));
+        assert!(futures::poll!(running.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut held = Box::pin(core.save((), 1, 2, hang));
+        assert!(futures::poll!(held.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = no_hang(core.drain(Duration::from_millis(100))).await;
+    assert_eq!((drained.dropped, drained.unsure), (1, 1), "{drained:?}");
+    let m = core.metrics();
+    assert_eq!(
+        (m.drained_writes, m.maybe_committed, m.pending),
+        (1, 1, 0),
+        "{m}"
+    );
+
+    let failing: WriteCore<(), u32, u32, String> =
+        WriteCore::new(Config::new("w.left.failed").window(Duration::from_millis(1)));
+    let fail = |_: &(), _: Vec<(u32, u32)>| async { Err::<(), _>("down".to_owned()) };
+    {
+        let mut w = Box::pin(failing.save((), 5, 1, fail));
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // And a writer that stays is counted once, not twice.
+    assert!(no_hang(failing.save((), 6, 1, fail)).await.is_err());
+    let m = failing.metrics();
+    assert_eq!((m.batch_errors, m.pending), (2, 0), "{m}");
+}

@@ -408,9 +408,8 @@ where
         };
         let result = poll_fn(|cx| writer.poll(cx)).await;
         self.rec.ack_time(accepted.elapsed());
-        if let Err(e) = &result {
-            self.rec.failed(e);
-        }
+        // A failure is counted where it is given, once per writer, whether
+        // or not the writer stayed to read it (see `Answering::count`).
         result
     }
 
@@ -726,6 +725,7 @@ where
         let gauges = (state.in_flight, state.pending);
         drop(guard);
         self.rec.gauges(gauges.0, gauges.1);
+        out.count(&self.rec);
         out.wakers.into_iter().for_each(|w| w.wake());
         (dropped, unsure, garbage)
     }

@@ -496,6 +496,7 @@ where
         lock(&batch.st).phase = Phase::Done { failure: None };
         drop(guard);
         inner.rec.gauges(gauges.0, gauges.1);
+        out.count(&inner.rec);
         // The failure may hold the last reference to the batch fn's error (no
         // writer kept a clone): its `Drop` is user code.
         drop_quietly((slots, failed, garbage, folded, failure));
@@ -567,6 +568,7 @@ where
             }
         };
         state.pending -= out.writers;
+        out.count(&inner.rec);
         Lost {
             wakers: out.wakers,
             uncounted_calls,
@@ -575,16 +577,43 @@ where
 }
 
 /// Writers answered under the state lock, and their wakers.
-#[derive(Default)]
-pub(crate) struct Answering {
+pub(crate) struct Answering<E> {
     pub(crate) writers: usize,
     pub(crate) wakers: Vec<Waker>,
+    /// The failures given, with how many writers got each: counted in the
+    /// metrics here, once per writer, whether or not the writer is still
+    /// there to read it (see [`Answering::count`]).
+    failures: Vec<(usize, Error<E>)>,
 }
 
-impl Answering {
+impl<E> Default for Answering<E> {
+    fn default() -> Self {
+        Answering {
+            writers: 0,
+            wakers: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+impl<E> Answering<E> {
+    /// Counts the failures given in the metrics, one per writer (no lock
+    /// needed: counters). The errors are dropped quietly (user types).
+    pub(crate) fn count(&mut self, rec: &crate::recorder::Recorder) {
+        for (n, err) in self.failures.drain(..) {
+            for _ in 0..n {
+                match &err {
+                    Error::Shutdown { .. } => rec.shutdown_error(),
+                    other => rec.failed(other),
+                }
+            }
+            drop_quietly(err);
+        }
+    }
+
     /// Resolves `acks` with `result` (those not resolved yet) and takes them out
     /// of the pending index. Returns the writers answered.
-    pub(crate) fn answer<E>(
+    pub(crate) fn answer(
         &mut self,
         pending: &mut Pending<E>,
         acks: &[StdArc<Ack<E>>],
@@ -598,9 +627,12 @@ impl Answering {
                 self.wakers.extend(wakers);
             }
         }
-        // It may hold the last reference to a batch fn's error (every ack
-        // answered already): its `Drop` is user code, and locks are held.
-        drop_quietly(result);
+        match result {
+            Err(e) if n > 0 => self.failures.push((n, e)),
+            // It may hold the last reference to a batch fn's error (every ack
+            // answered already): its `Drop` is user code, and locks are held.
+            other => drop_quietly(other),
+        }
         self.writers += n;
         n
     }
@@ -619,7 +651,7 @@ fn place_held<G, K, W, E>(
     group: &mut Group<Write<G, K, W, E>>,
     held: Vec<WriteSlot<K, W, E>>,
     respawn: &mut Vec<WriteBatch<G, K, W, E>>,
-    out: &mut Answering,
+    out: &mut Answering<E>,
     garbage: &mut Vec<Garbage<K, W>>,
 ) where
     G: Hash + Eq + Send + Sync + 'static,

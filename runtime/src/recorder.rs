@@ -625,6 +625,11 @@ impl Recorder {
     }
 
     /// The run time of one batch.
+    /// Entries a batch returned for keys nobody asked for.
+    pub(crate) fn unrequested(&self, n: u64) {
+        add(&self.m.unrequested_entries, n);
+    }
+
     pub(crate) fn run_time(&self, run: Duration) {
         self.m.run_ns.record(run.as_nanos() as u64);
         #[cfg(feature = "metrics")]

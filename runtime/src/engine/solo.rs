@@ -70,6 +70,9 @@ struct Cell<K, V, E> {
     /// it (a call on another runtime, which may stop being driven, or whose
     /// paused clock would end the timeout early).
     home: Option<(Option<tokio::runtime::Handle>, Clock)>,
+    /// When the run started, for its run time if it ends in a promoted task
+    /// after its caller left.
+    started: Instant,
 }
 
 impl<K, V, E> Drop for Cell<K, V, E> {
@@ -111,6 +114,7 @@ impl<K, V, E> SoloCell<K, V, E> {
                 ancestry: Vec::new(),
                 key: None,
                 home: None,
+                started: Instant::now(),
             }),
             joint: Joint::new(),
             promote: AtomicBool::new(false),
@@ -227,7 +231,7 @@ where
                 // cell, where a batch waiting for its lane can promote it.
                 let mut first = Some(run);
                 poll_fn(|cx| match first.take() {
-                    Some(run) => owner.poll_first(cx, run, deadline, &mut timer),
+                    Some(run) => owner.poll_first(cx, run, started, deadline, &mut timer),
                     None => owner.poll_run(cx, &mut timer),
                 })
                 .await
@@ -385,6 +389,7 @@ where
         &mut self,
         cx: &mut Context<'_>,
         mut run: Run<K, V, E>,
+        started: Instant,
         deadline: Option<Instant>,
         timer: &mut Option<Sleep>,
     ) -> Poll<Option<Ran<K, V, E>>> {
@@ -418,6 +423,7 @@ where
                 // turn out to stream, it reads the stream for this key.
                 let stale = std::mem::replace(&mut st.key, catching(|| s.key.clone()).ok());
                 st.deadline = deadline;
+                st.started = started;
                 st.home = Some((tokio::runtime::Handle::try_current().ok(), Clock::detect()));
                 st.ancestry.clone_from(&self.solo.ancestry);
                 keep_waker(&mut st.owner, cx);
@@ -753,7 +759,14 @@ where
             (State::Promoted { .. }, None, None) => std::mem::replace(&mut st.state, State::Lost),
             (state, outcome, settled) => {
                 let stopped = matches!(state, State::Cancelled) && settled.is_none() && joined;
+                let started = st.started;
                 drop(st);
+                if let Some(one) = &settled {
+                    // It ran to its end for the calls that joined it, its caller
+                    // gone: its run counts as any other's.
+                    self.inner.rec.run_time(started.elapsed());
+                    self.inner.rec.unrequested(one.unrequested);
+                }
                 if stopped {
                     // Its caller left while calls had joined it, and they
                     // left too: the run stopped for nobody.

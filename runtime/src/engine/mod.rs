@@ -22,9 +22,12 @@
 //! Nobody: no caller drives anything. A shared batch is driven by its own task,
 //! spawned on the runtime of the call that opened it (or on the process-wide
 //! `coalesce-driver` thread outside any Tokio runtime); a lone call's run is
-//! moved into a task of its own as soon as another batch waits for its lane. A
-//! driver dropped unfinished (its runtime shut down) loses its batch, and its
-//! callers enqueue their keys again on their own runtimes.
+//! moved into a task of its own (on its caller's runtime, timed by its
+//! caller's clock) as soon as another batch waits for its lane, or opens
+//! behind it, or another call joins it. A batch whose own ancestor holds the
+//! lane it waits for (a re-entrant batch) leaves without waiting out its
+//! window. A driver dropped unfinished (its runtime shut down) loses its
+//! batch, and its callers enqueue their keys again on their own runtimes.
 //!
 //! # Where writes and streams plug in
 //!

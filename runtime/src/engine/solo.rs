@@ -6,9 +6,11 @@
 //!
 //! The run lives in a [`SoloCell`] that its group lists as a lane holder, so
 //! that nothing else depends on the caller being polled: a batch that finds
-//! every lane busy *promotes* the lone calls holding them, moving each run into
-//! a task of its own ([`Promoted`]), which finishes it and gives the lane back
-//! even if its caller is alive but not polled.
+//! every lane busy (when it opens, and when it is due) *promotes* the lone
+//! calls holding them, moving each run into a task of its own ([`Promoted`]),
+//! which finishes it and gives the lane back even if its caller is alive but
+//! not polled. The task runs on the caller's runtime, with the caller's clock
+//! (whoever promotes it): the run's resources and timeout are the caller's.
 //!
 //! ```text
 //!  Starting ──run built──▶ Inline ──promoted──▶ Promoted ──run ends──▶ Finished

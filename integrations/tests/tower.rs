@@ -64,3 +64,138 @@ async fn ready_waits_for_room_and_wakes_when_a_call_is_answered() {
     assert_eq!(held.await.unwrap().unwrap(), Some(21));
     assert_eq!(svc.call(8).await.unwrap(), Some(24));
 }
+
+/// A `metrics` recorder whose `coalesce_calls_total` counter, once armed,
+/// sleeps in its first increment: a thread preempted between admitting a
+/// call (under the engine's lock) and storing the gauges (after it).
+struct SlowCalls(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+struct SlowCounter(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl metrics::CounterFn for SlowCounter {
+    fn increment(&self, _: u64) {
+        if self.0.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    fn absolute(&self, _: u64) {}
+}
+
+impl metrics::Recorder for SlowCalls {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() == "coalesce_calls_total" {
+            metrics::Counter::from_arc(std::sync::Arc::new(SlowCounter(self.0.clone())))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A thread that admitted a call stores the gauges after the engine's lock;
+/// if it is slow, the batch may end and store `pending = 0` first, and the
+/// slow thread then stores its older count. `poll_ready` and `metrics()` read
+/// the engine's own count: ready, and 0, once every call is answered (the
+/// stale gauge left `poll_ready` pending forever).
+#[test]
+fn poll_ready_and_metrics_do_not_trust_a_stale_gauge() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let arm = Arc::new(AtomicBool::new(false));
+    let recorder = SlowCalls(arm.clone());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let c: Coalescer<u64, u64> = metrics::with_local_recorder(&recorder, || {
+        Coalescer::new(
+            Config::new("tower.stale")
+                .window(Duration::from_millis(1))
+                .max_pending(2),
+            move |ids: Vec<u64>| {
+                let r = r.clone();
+                async move {
+                    r.notified().await;
+                    ids.into_iter()
+                        .map(|i| (i, i * 10))
+                        .collect::<std::collections::HashMap<_, _>>()
+                }
+            },
+        )
+    });
+    rt.block_on(async {
+        let a = tokio::spawn({
+            let c = c.clone();
+            async move { c.load(1).await }
+        });
+        while c.metrics().in_flight < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        arm.store(true, Ordering::SeqCst);
+        // Joins the running batch, then sleeps before storing the gauges.
+        let joiner = {
+            let c = c.clone();
+            std::thread::spawn(move || futures::executor::block_on(c.load(1)))
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.notify_one();
+        assert_eq!(a.await.unwrap().unwrap(), Some(10));
+        assert_eq!(joiner.join().unwrap().unwrap(), Some(10));
+        let mut svc = c.clone();
+        let ready = tokio::time::timeout(Duration::from_secs(5), svc.ready()).await;
+        assert!(ready.is_ok(), "poll_ready never became ready");
+        let m = c.metrics();
+        assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+    });
+}
+
+/// With `max_pending(0)` no call is ever admitted: `poll_ready` fails at
+/// once with `Overloaded`, as a call does (it stayed pending forever).
+#[tokio::test]
+async fn poll_ready_with_no_room_at_all_fails_at_once() {
+    let c = slow(0, Duration::from_millis(1));
+    let mut svc = c.clone();
+    let ready = tokio::time::timeout(Duration::from_secs(5), svc.ready())
+        .await
+        .map(|r| r.map(|_| ()));
+    assert!(
+        matches!(
+            ready,
+            Ok(Err(coalesce::Error::Overloaded { max_pending: 0, .. }))
+        ),
+        "{ready:?}"
+    );
+}

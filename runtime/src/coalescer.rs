@@ -116,6 +116,12 @@ where
         self.core.has_room()
     }
 
+    /// `max_pending` is zero: the error every call gets.
+    #[cfg(feature = "tower")]
+    pub(crate) fn never_admits(&self) -> Option<Error<E>> {
+        self.core.never_admits()
+    }
+
     /// Wakes `waker` when a call is answered or leaves.
     #[cfg(feature = "tower")]
     pub(crate) fn wake_on_change(&self, waker: &std::task::Waker) {

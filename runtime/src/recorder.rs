@@ -353,12 +353,6 @@ impl Recorder {
         }
     }
 
-    /// Calls waiting now (the gauge).
-    #[cfg(feature = "tower")]
-    pub(crate) fn pending_now(&self) -> u64 {
-        self.m.pending.load(Relaxed)
-    }
-
     /// Wakes `waker` at the next change of the gauges (a call answered or left).
     #[cfg(feature = "tower")]
     pub(crate) fn wake_on_change(&self, waker: &std::task::Waker) {

@@ -4,7 +4,9 @@
 //! (woken when a call is answered or leaves) once that many do, so that tower's
 //! `load_shed` turns a full coalescer into its `Overloaded` error at once, and
 //! `buffer`, `concurrency_limit` or a plain `ready().await` wait for room; `call`
-//! loads one key. Timeouts, retries and rate limits compose around it.
+//! loads one key. Timeouts, retries and rate limits compose around it. The
+//! count is the engine's own, read under its lock; with `max_pending(0)`,
+//! which admits no call, `poll_ready` fails at once with `Overloaded`.
 
 use std::future::Future;
 use std::hash::Hash;
@@ -25,6 +27,10 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Option<V>, Error<E>>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A bound of zero never has room: fail now, as a call would.
+        if let Some(e) = self.never_admits() {
+            return Poll::Ready(Err(e));
+        }
         if self.has_room() {
             return Poll::Ready(Ok(()));
         }

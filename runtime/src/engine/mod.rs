@@ -244,10 +244,18 @@ where
         &self.inner.config
     }
 
-    /// Fewer than `max_pending` calls wait now.
+    /// Fewer than `max_pending` calls wait now (read under the state lock:
+    /// the exported gauge is stored after the lock is released, so a slower
+    /// thread may store an older count over a newer one).
     #[cfg(feature = "tower")]
     pub(crate) fn has_room(&self) -> bool {
-        (self.inner.rec.pending_now() as usize) < self.inner.config.max_pending
+        lock(&self.inner.state).pending < self.inner.config.max_pending
+    }
+
+    /// `max_pending` is zero: no call is ever admitted.
+    #[cfg(feature = "tower")]
+    pub(crate) fn never_admits(&self) -> Option<Error<E>> {
+        (self.inner.config.max_pending == 0).then(|| self.inner.overloaded())
     }
 
     /// Wakes `waker` when a call is answered or leaves.
@@ -258,7 +266,7 @@ where
 
     /// This coalescer's metrics, read now.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.rec.snapshot()
+        self.inner.snapshot()
     }
 
     /// Loads `key` through the batch of `group`.
@@ -652,6 +660,17 @@ impl<M: Mode> Inner<M> {
             });
         }
         Ok(GroupSlot(Some(group.pending.clone())))
+    }
+
+    /// The metrics, with the gauges read under the state lock: the exported
+    /// ones are stored after it is released, and a slower thread may store an
+    /// older count over a newer one until the next change.
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let mut snapshot = self.rec.snapshot();
+        let state = lock(&self.state);
+        snapshot.pending = state.pending as u64;
+        snapshot.in_flight = state.in_flight as u64;
+        snapshot
     }
 
     /// The error of a call refused because `max_pending` calls wait.

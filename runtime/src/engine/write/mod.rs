@@ -171,7 +171,7 @@ where
     /// earlier one) of the same key, `keys` the net writes sent, `batches` the
     /// batches run (flushes).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.rec.snapshot()
+        self.inner.snapshot()
     }
 
     /// Writes `value` to `key` through the batch of `group`.

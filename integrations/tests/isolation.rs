@@ -115,3 +115,39 @@ async fn writes_and_reads_after_them_stay_in_the_scope() {
     assert_eq!((writes.calls, writes.batches), (1, 1));
     assert!(coalesce::metrics::get("isolation.save").is_none());
 }
+
+#[coalesce(window = "1ms", name = "isolation.inner")]
+async fn inner(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id + 1)).collect()
+}
+
+/// A batch fn that calls another coalesced fn for each of its keys.
+#[coalesce(window = "1ms", name = "isolation.outer")]
+async fn outer(ids: Vec<u64>) -> HashMap<u64, u64> {
+    let mut out = HashMap::new();
+    for id in ids {
+        out.insert(id, inner(id).await.unwrap().unwrap_or(0));
+    }
+    out
+}
+
+/// A batch runs in its own task, which carries its callers' scope: a
+/// coalesced fn that the batch fn calls goes to the scope's coalescer too,
+/// not the process-wide one (it escaped to it, so a test's nested calls
+/// mixed with its neighbours').
+#[tokio::test]
+async fn a_batch_fn_runs_in_its_callers_scope() {
+    let scope = Scope::new();
+    let values = scope
+        .run(async {
+            let (a, b) = tokio::join!(outer(1), outer(2));
+            [a.unwrap(), b.unwrap()]
+        })
+        .await;
+    assert_eq!(values, [Some(2), Some(3)]);
+    let nested = scope
+        .metrics("isolation.inner")
+        .expect("the nested calls went to the scope's coalescer");
+    assert_eq!(nested.calls, 2);
+    assert!(coalesce::metrics::get("isolation.inner").is_none());
+}

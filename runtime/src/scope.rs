@@ -131,6 +131,23 @@ pub fn current() -> Option<Arc<ScopeInner>> {
     CURRENT.try_with(Arc::clone).ok()
 }
 
+/// `future` in the scope the current task runs in, if any: the engine's own
+/// tasks (a batch's driver, a promoted lone run) run the batch fn, whose
+/// nested coalesced calls belong to the same scope as the calls it serves.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn carried<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    let scope = current();
+    async move {
+        match scope {
+            Some(inner) => {
+                let _active = Active::enter();
+                CURRENT.scope(inner, future).await
+            }
+            None => future.await,
+        }
+    }
+}
+
 /// Coalescers of its own for the calls made inside [`Scope::run`]: a test's
 /// batches counted without its neighbours', and a fn run with test-local
 /// settings.
@@ -157,7 +174,9 @@ pub fn current() -> Option<Arc<ScopeInner>> {
 /// ```
 ///
 /// A task spawned inside `run` is outside the scope unless it is run in it too:
-/// `tokio::spawn(scope.run(fut))`. The scope's coalescers are dropped with the
+/// `tokio::spawn(scope.run(fut))`. The engine's own tasks (a batch's, which
+/// runs the batch fn) carry the scope of the call that started them, so the
+/// coalesced calls a batch fn makes stay in the scope. The scope's coalescers are dropped with the
 /// last clone of the scope (and of the futures `run` returned).
 #[derive(Clone, Debug)]
 pub struct Scope {

@@ -26,10 +26,14 @@ where
         DRIVERS.lock().unwrap().push(handle);
     }
     #[cfg(not(loom))]
-    match tokio::runtime::Handle::try_current() {
-        // Dropping the `JoinHandle` detaches the task.
-        Ok(handle) => drop(handle.spawn(fut)),
-        Err(_) => fallback::spawn(Box::pin(fut)),
+    {
+        // In the caller's `Scope`, if it runs in one.
+        let fut = crate::scope::carried(fut);
+        match tokio::runtime::Handle::try_current() {
+            // Dropping the `JoinHandle` detaches the task.
+            Ok(handle) => drop(handle.spawn(fut)),
+            Err(_) => fallback::spawn(Box::pin(fut)),
+        }
     }
 }
 
@@ -48,9 +52,12 @@ where
         spawn(fut);
     }
     #[cfg(not(loom))]
-    match home {
-        Some(handle) => drop(handle.spawn(fut)),
-        None => fallback::spawn(Box::pin(fut)),
+    {
+        let fut = crate::scope::carried(fut);
+        match home {
+            Some(handle) => drop(handle.spawn(fut)),
+            None => fallback::spawn(Box::pin(fut)),
+        }
     }
 }
 

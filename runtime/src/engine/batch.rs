@@ -51,7 +51,7 @@ use std::sync::Arc as StdArc;
 use std::task::Waker;
 use std::time::Instant;
 
-use hashbrown::DefaultHashBuilder;
+use super::DefaultHashBuilder;
 
 use super::group::GroupKey;
 use super::mode::Mode;

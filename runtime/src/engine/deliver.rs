@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hashbrown::DefaultHashBuilder;
+use super::DefaultHashBuilder;
 
 use super::batch::panic_message;
 use crate::error::Error;

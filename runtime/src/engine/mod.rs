@@ -66,7 +66,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc as StdArc;
 
-use hashbrown::DefaultHashBuilder;
+/// The hasher of keys and groups: hashbrown's default (seeded at random)
+/// outside loom. Under loom a fixed one, so that an execution the model
+/// checker replays hashes, probes its tables and takes their locks the same
+/// way every time.
+#[cfg(not(loom))]
+pub(crate) type DefaultHashBuilder = hashbrown::DefaultHashBuilder;
+#[cfg(loom)]
+pub(crate) type DefaultHashBuilder =
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 use self::group::{Group, GroupKey, Groups, Identity};
 use self::mode::Mode;

@@ -19,7 +19,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc as StdArc;
 use std::task::Waker;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
+
+use super::DefaultHashBuilder;
 
 use super::batch::{hash_of, panic_message, Batch, BatchState, Phase, UserPanic};
 use super::deliver::{self, catching, drop_quietly, Lookup, Outcome, Settled};

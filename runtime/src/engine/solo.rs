@@ -954,7 +954,7 @@ struct OneKey<'a, K> {
 
 impl<K: Eq> Lookup<K> for OneKey<'_, K> {
     // One key: compared with `Eq` alone, no hash needed.
-    fn slot_of(&self, key: &K, _: &hashbrown::DefaultHashBuilder) -> Result<Option<u32>, u32> {
+    fn slot_of(&self, key: &K, _: &super::DefaultHashBuilder) -> Result<Option<u32>, u32> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| key == self.key)) {
             Ok(same) => Ok(same.then_some(0)),
             Err(_) => Err(0),

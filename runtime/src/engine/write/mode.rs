@@ -35,7 +35,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc as StdArc;
 use std::task::Waker;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
+
+use super::super::DefaultHashBuilder;
 
 use super::super::batch::{hash_of, Batch, BatchState, Phase, UserPanic};
 use super::super::deliver::{self, catching, drop_quietly, Lookup, Outcome, Settled};

@@ -683,13 +683,7 @@ where
         }
         drop(st);
         if stop {
-            if let Some(g) = state
-                .groups
-                .by_key(self.batch.group_hash, &self.batch.group)
-            {
-                g.forget(&self.batch);
-            }
-            inner.rec.cancelled_batch();
+            self.stopped_running(state);
         }
         if !counted_out {
             state.pending -= 1;
@@ -734,6 +728,19 @@ where
     V: Clone + Send + 'static,
     E: Send + Sync + 'static,
 {
+    /// This caller was the last of a running batch, now `Abandoned`: the
+    /// batch takes no more joiners and counts as cancelled (its driver stops
+    /// the run and gives the lane back). Under the state lock.
+    fn stopped_running(&self, state: &mut super::State<Read<G, K, V, E>>) {
+        if let Some(g) = state
+            .groups
+            .by_key(self.batch.group_hash, &self.batch.group)
+        {
+            g.forget(&self.batch);
+        }
+        self.inner.rec.cancelled_batch();
+    }
+
     /// Leaves the batch before its answer: a cancellation, or a call that failed
     /// on its own.
     fn leave(&mut self, cancelled: bool) {
@@ -778,13 +785,7 @@ where
                 }
                 inner.rec.abandoned_batch(admitted, abandoned_keys);
             } else {
-                if let Some(g) = state
-                    .groups
-                    .by_key(self.batch.group_hash, &self.batch.group)
-                {
-                    g.forget(&self.batch);
-                }
-                inner.rec.cancelled_batch();
+                self.stopped_running(state);
             }
         } else {
             if before_run && key_left && st.entries.worth_compacting() {

@@ -151,3 +151,40 @@ async fn a_batch_fn_runs_in_its_callers_scope() {
     assert_eq!(nested.calls, 2);
     assert!(coalesce::metrics::get("isolation.inner").is_none());
 }
+
+#[coalesce(window = "1ms", name = "isolation.reentrant_settings")]
+async fn reentrant_settings(ids: Vec<u64>) -> HashMap<u64, u64> {
+    ids.into_iter().map(|id| (id, id)).collect()
+}
+
+/// A scope's adjustment is user code: it may read the scope's metrics and
+/// configure the scope while the scope makes a coalescer, without
+/// deadlocking on the scope's own lists.
+#[test]
+fn a_scopes_adjustment_may_use_the_scope() {
+    let scope = Scope::new();
+    let inside = scope.clone();
+    let scope = scope.configure("isolation.reentrant_settings", move |c| {
+        let _ = inside.snapshot();
+        let _ = inside.clone().configure("isolation.other", |c| c);
+        c.max_batch(4)
+    });
+    // On a thread of its own: a deadlock blocks it, not the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let run = scope.run(async { reentrant_settings(3).await.unwrap() });
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = tx.send(rt.block_on(run));
+    });
+    let value = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a deadlock: the scope made no coalescer");
+    assert_eq!(value, Some(3));
+    let m = scope
+        .metrics("isolation.reentrant_settings")
+        .expect("made in the scope");
+    assert_eq!(m.settings.max_batch, 4);
+}

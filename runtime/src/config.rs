@@ -226,9 +226,33 @@ impl Config {
     }
 }
 
-type Adjust = Box<dyn Fn(Config) -> Config + Send + Sync>;
+type Adjust = std::sync::Arc<dyn Fn(Config) -> Config + Send + Sync>;
 
-static OVERRIDES: std::sync::Mutex<Vec<(String, Adjust)>> = std::sync::Mutex::new(Vec::new());
+/// How many times a coalescer being created reads its adjustment, when
+/// `configure` keeps replacing it meanwhile (see [`Config::adjusted`]).
+const READS: u32 = 8;
+
+/// The adjustments [`configure`] registered, by name, each with the number of
+/// the change that set it.
+struct Overrides {
+    list: Vec<(String, Adjust, u64)>,
+    changes: u64,
+}
+
+/// Held only to read or change the list, and to register a coalescer (see
+/// [`Config::adjusted`]); never while an adjustment (user code) runs or is
+/// dropped, so an adjustment may itself call [`configure`] or create a
+/// coalescer.
+static OVERRIDES: std::sync::Mutex<Overrides> = std::sync::Mutex::new(Overrides {
+    list: Vec::new(),
+    changes: 0,
+});
+
+fn overrides() -> std::sync::MutexGuard<'static, Overrides> {
+    OVERRIDES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Adjusts, at run time, the configuration of the coalescer named `name`: `adjust`
 /// receives the configuration written in the code (the `#[coalesce(...)]` arguments)
@@ -242,6 +266,11 @@ static OVERRIDES: std::sync::Mutex<Vec<(String, Adjust)>> = std::sync::Mutex::ne
 /// is also logged at `warn` (with the `tracing` feature); the settings a coalescer
 /// actually runs with are in its metrics ([`MetricsSnapshot::settings`](crate::metrics::MetricsSnapshot::settings)).
 ///
+/// A `configure` that races the creation of its coalescer either applies to it
+/// (and says [`Configured::BeforeCreation`]) or finds it made (and says
+/// [`Configured::TooLate`]). `adjust` runs with no lock of the library held: it
+/// may call `configure` or create coalescers.
+///
 /// ```
 /// # use coalesce_runtime as coalesce;
 /// use std::time::Duration;
@@ -252,13 +281,25 @@ pub fn configure(
     name: &str,
     adjust: impl Fn(Config) -> Config + Send + Sync + 'static,
 ) -> Configured {
-    let mut overrides = OVERRIDES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    overrides.retain(|(n, _)| n != name);
-    overrides.push((name.to_owned(), Box::new(adjust)));
+    let adjust: Adjust = std::sync::Arc::new(adjust);
+    let mut overrides = overrides();
+    let replaced = overrides
+        .list
+        .iter()
+        .position(|(n, _, _)| n == name)
+        .map(|at| overrides.list.remove(at));
+    overrides.changes += 1;
+    let change = overrides.changes;
+    overrides.list.push((name.to_owned(), adjust, change));
+    // Read under the lock a coalescer registers under (see
+    // `Config::adjusted`): each one of that name either counts here, and runs
+    // with the settings it read before, or has not registered yet, and reads
+    // this adjustment first.
+    let live = crate::metrics::live_named(name);
     drop(overrides);
-    match crate::metrics::live_named(name) {
+    // The earlier adjustment's captures are user data: dropped unlocked.
+    drop(replaced);
+    match live {
         0 => Configured::BeforeCreation,
         live => {
             #[cfg(feature = "tracing")]
@@ -291,15 +332,50 @@ pub enum Configured {
 }
 
 impl Config {
-    /// This configuration after the run-time adjustment registered for its name,
-    /// if any, and then its scope's.
-    pub(crate) fn adjusted(self) -> Config {
-        let overrides = OVERRIDES
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// This configuration after the run-time adjustment registered for its
+    /// name, if any, and then its scope's, with `register` (the coalescer's
+    /// entry in the registry) run on it where [`configure`] cannot come in
+    /// between: a `configure` racing the creation either finds the coalescer
+    /// registered (and says [`Configured::TooLate`]) or is applied to it. The
+    /// adjustments run unlocked (they are user code: one may call `configure`
+    /// or create a coalescer); one that changed meanwhile is read again, up
+    /// to [`READS`] times (an adjustment that keeps replacing itself is
+    /// taken as last read).
+    pub(crate) fn adjusted<R>(self, mut register: impl FnMut(&Config) -> R) -> (Config, R) {
+        let name = self.name.clone();
+        let read = |overrides: &Overrides| {
+            overrides
+                .list
+                .iter()
+                .find(|(n, _, _)| **n == *name)
+                .map(|(_, adjust, change)| (adjust.clone(), *change))
+        };
+        let mut adjust = read(&overrides());
+        let mut reads = 1;
+        loop {
+            let config = self.clone().adjusted_by(adjust.as_ref().map(|(a, _)| &**a));
+            let overrides = overrides();
+            let now = read(&overrides);
+            let change = |a: &Option<(Adjust, u64)>| a.as_ref().map(|(_, c)| *c);
+            if change(&now) == change(&adjust) || reads >= READS {
+                let registered = register(&config);
+                drop(overrides);
+                // The adjustments' handles (user data) are dropped unlocked.
+                drop((now, adjust));
+                return (config, registered);
+            }
+            drop(overrides);
+            adjust = now;
+            reads += 1;
+        }
+    }
+
+    /// This configuration after `adjust` (the process-wide one), then its
+    /// scope's.
+    fn adjusted_by(self, adjust: Option<&(dyn Fn(Config) -> Config + Send + Sync)>) -> Config {
         let scope = self.scope.clone();
-        let config = match overrides.iter().find(|(n, _)| *n == self.name()) {
-            Some((_, adjust)) => {
+        let config = match adjust {
+            Some(adjust) => {
                 let name = self.name.clone();
                 let mut c = adjust(self);
                 c.name = name;
@@ -307,7 +383,6 @@ impl Config {
             }
             None => self,
         };
-        drop(overrides);
         match scope {
             Some(scope) => {
                 let mut config = scope.adjust(config);

@@ -206,9 +206,17 @@ impl Metrics {
     ///
     /// A coalescer that is not `listed` (a [`Scope`](crate::Scope)'s) gets
     /// counters of its own that no listing shows.
-    pub(crate) fn register(name: Arc<str>, settings: Settings, listed: bool) -> Arc<Metrics> {
+    ///
+    /// Also returns how many other live coalescers had its name, for
+    /// [`duplicate_name`] (called by the caller, after its own locks: it logs,
+    /// and a `tracing` subscriber is user code).
+    pub(crate) fn register(
+        name: Arc<str>,
+        settings: Settings,
+        listed: bool,
+    ) -> (Arc<Metrics>, u32) {
         if !listed {
-            return Arc::new(Metrics::unlisted(name, settings));
+            return (Arc::new(Metrics::unlisted(name, settings)), 0);
         }
         let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = match reg.free.pop() {
@@ -228,10 +236,7 @@ impl Metrics {
         let m = Arc::new(Metrics::with(name.clone(), settings, slot, seq, true));
         reg.entries[slot] = Some(Arc::downgrade(&m));
         drop(reg);
-        if same > 0 {
-            duplicate_name(&name, same + 1);
-        }
-        m
+        (m, same)
     }
 
     /// The counters of a coalescer in no registry.
@@ -382,9 +387,13 @@ static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new
     })
 });
 
-/// Two live coalescers share a name: they are reported separately, but
-/// `configure` and `metrics::get` cannot tell them apart. Said once per name.
-fn duplicate_name(name: &str, count: u32) {
+/// `same` other live coalescers share a new one's name: they are reported
+/// separately, but `configure` and `metrics::get` cannot tell them apart.
+pub(crate) fn duplicate_name(name: &str, same: u32) {
+    if same == 0 {
+        return;
+    }
+    let count = same + 1;
     #[cfg(feature = "tracing")]
     tracing::warn!(
         coalescer = name,

@@ -293,7 +293,7 @@ impl Recorder {
     /// A recorder for the coalescer `name`, registered in the metrics registry.
     /// A coalescer that is not `listed` (a [`Scope`](crate::Scope)'s) is neither
     /// in the registry nor exported.
-    pub(crate) fn new(name: Arc<str>, settings: crate::metrics::Settings, listed: bool) -> Self {
+    pub(crate) fn new(name: Arc<str>, m: Arc<Metrics>, listed: bool) -> Self {
         #[cfg(feature = "metrics")]
         let x = if !listed {
             Export::noop()
@@ -325,7 +325,7 @@ impl Recorder {
             }
         };
         Recorder {
-            m: Metrics::register(name.clone(), settings, listed),
+            m,
             #[cfg(feature = "tower")]
             ready: ReadyWaiters::default(),
             #[cfg(feature = "tracing")]

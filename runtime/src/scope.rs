@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::config::Config;
 use crate::metrics::MetricsSnapshot;
 
-type Adjust = Box<dyn Fn(Config) -> Config + Send + Sync>;
+type Adjust = Arc<dyn Fn(Config) -> Config + Send + Sync>;
 
 /// A coalescer made inside a scope, as the scope keeps it.
 pub trait Scoped: Send + Sync + 'static {
@@ -28,6 +28,10 @@ pub trait Scoped: Send + Sync + 'static {
 
 /// What a [`Scope`] holds: its settings and the coalescers made in it.
 #[doc(hidden)]
+///
+/// Its locks are held only to read or change its lists, never while user code
+/// runs (an adjustment, a coalescer being made, a replaced adjustment or a
+/// spare coalescer being dropped): that code may use the scope itself.
 pub struct ScopeInner {
     adjust: Mutex<Vec<(String, Adjust)>>,
     /// By the address of the `static` slot and a type id.
@@ -44,9 +48,15 @@ impl ScopeInner {
     /// This scope's settings for `config`'s name applied (after the process-wide
     /// [`configure`](crate::configure)).
     pub(crate) fn adjust(&self, config: Config) -> Config {
-        let adjust = self.adjust.lock().unwrap_or_else(PoisonError::into_inner);
-        match adjust.iter().find(|(name, _)| name == config.name()) {
-            Some((_, adjust)) => {
+        let adjust = self
+            .adjust
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(name, _)| name == config.name())
+            .map(|(_, adjust)| adjust.clone());
+        match adjust {
+            Some(adjust) => {
                 let name = config.name.clone();
                 let mut config = adjust(config);
                 config.name = name;
@@ -82,26 +92,42 @@ impl ScopeInner {
         id: TypeId,
         make: impl FnOnce() -> (Arc<T>, Option<Arc<dyn Scoped>>),
     ) -> Arc<T> {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = entries
-            .iter()
-            .find(|entry| entry.slot == slot && entry.id == id)
-            .map(|entry| entry.any.clone().downcast::<T>());
-        match found {
-            Some(Ok(entry)) => entry,
-            // Another type under this id: cannot happen (the id names the
-            // type), and is kept apart rather than trusted if it did.
-            Some(Err(_)) | None => {
-                let (entry, scoped) = make();
+        let find = |entries: &[Entry]| {
+            entries
+                .iter()
+                .find(|entry| entry.slot == slot && entry.id == id)
+                // Another type under this id cannot happen (the id names the
+                // type); it is kept apart rather than trusted if it did.
+                .and_then(|entry| entry.any.clone().downcast::<T>().ok())
+        };
+        if let Some(entry) = find(&self.entries()) {
+            return entry;
+        }
+        // Made unlocked: making a coalescer runs the scope's and the
+        // process's adjustments (user code, which may use the scope).
+        let (made, scoped) = make();
+        let mut entries = self.entries();
+        match find(&entries) {
+            // Another call made it meanwhile: theirs is the scope's.
+            Some(entry) => {
+                drop(entries);
+                drop((made, scoped));
+                entry
+            }
+            None => {
                 entries.push(Entry {
                     slot,
                     id,
-                    any: entry.clone(),
+                    any: made.clone(),
                     scoped,
                 });
-                entry
+                made
             }
         }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -209,15 +235,21 @@ impl Scope {
         name: &str,
         adjust: impl Fn(Config) -> Config + Send + Sync + 'static,
     ) -> Self {
-        {
+        let replaced = {
             let mut all = self
                 .inner
                 .adjust
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            all.retain(|(n, _)| n != name);
-            all.push((name.to_owned(), Box::new(adjust)));
-        }
+            let replaced = all
+                .iter()
+                .position(|(n, _)| n == name)
+                .map(|at| all.remove(at));
+            all.push((name.to_owned(), Arc::new(adjust)));
+            replaced
+        };
+        // User data: dropped unlocked.
+        drop(replaced);
         self
     }
 
@@ -239,16 +271,13 @@ impl Scope {
 
     /// The metrics of every coalescer made in this scope, in the order made.
     pub fn snapshot(&self) -> Vec<MetricsSnapshot> {
-        let entries = self
+        let cores: Vec<Arc<dyn Scoped>> = self
             .inner
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        entries
+            .entries()
             .iter()
-            .filter_map(|entry| entry.scoped.as_ref())
-            .map(|core| core.scoped_metrics())
-            .collect()
+            .filter_map(|entry| entry.scoped.clone())
+            .collect();
+        cores.iter().map(|core| core.scoped_metrics()).collect()
     }
 
     /// The configuration for a coalescer made in this scope.

@@ -35,6 +35,83 @@ fn configure_after_creation_says_it_came_too_late() {
     assert_eq!(core.metrics().settings.window, Duration::from_millis(5));
 }
 
+/// Runs `f` on its own thread and returns its result, or fails the test if it
+/// has not returned within 20 s (a deadlock: the thread is left behind).
+fn within_20s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} did not return: a deadlock"))
+}
+
+/// An adjustment is user code: it may call `configure` and create coalescers
+/// (which read the adjustments) without deadlocking on the registry of
+/// adjustments, and dropping a replaced one may too.
+#[test]
+fn an_adjustment_may_configure_and_create_coalescers() {
+    struct OnDrop;
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            // Replacing the adjustment that holds this drops it.
+            configure("settings.nested.on_drop", |c| c);
+        }
+    }
+    let held = OnDrop;
+    configure("settings.nested", move |c| {
+        let _ = &held;
+        configure("settings.nested.inner", |c| c.max_batch(3));
+        let inner: Core<(), u32, u32> = Core::new(Config::new("settings.nested.inner"));
+        assert_eq!(inner.metrics().settings.max_batch, 3);
+        c.max_batch(9)
+    });
+    let core = within_20s("creating a coalescer whose adjustment configures", || {
+        let core: Core<(), u32, u32> = Core::new(Config::new("settings.nested"));
+        core.metrics().settings.max_batch
+    });
+    assert_eq!(core, 9);
+    within_20s("replacing an adjustment whose drop configures", || {
+        configure("settings.nested", |c| c)
+    });
+}
+
+/// A `configure` that races the creation of its coalescer either applies to
+/// it (and says `BeforeCreation`) or finds it made (and says `TooLate`): never
+/// `BeforeCreation` for a coalescer that runs the settings read before.
+#[test]
+fn configure_racing_a_creation_is_applied_or_says_too_late() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    let (entered_tx, entered) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    configure("settings.race", move |c| {
+        // The creation reads this adjustment, and stops inside it while
+        // `configure` replaces it.
+        let _ = entered_tx.send(());
+        let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        c.max_batch(5)
+    });
+    let creation = std::thread::spawn(|| {
+        let core: Core<(), u32, u32> = Core::new(Config::new("settings.race"));
+        core.metrics().settings.max_batch
+    });
+    entered.recv_timeout(Duration::from_secs(20)).unwrap();
+    let done = within_20s("configure during a creation", || {
+        configure("settings.race", |c| c.max_batch(7))
+    });
+    go.send(()).unwrap();
+    let max_batch = creation.join().unwrap();
+    match done {
+        Configured::BeforeCreation => assert_eq!(max_batch, 7),
+        Configured::TooLate { live: 1 } => assert_eq!(max_batch, 5),
+        other => panic!("{other:?} with max_batch {max_batch}"),
+    }
+    // Here the creation had not registered when `configure` came.
+    assert_eq!(done, Configured::BeforeCreation);
+}
+
 /// Durations as long as `Duration` allows (a window, timeout or idle timeout
 /// meant as "never"): no deadline computed from them overflows, on either
 /// clock, on the shared, lone, streamed and write paths.

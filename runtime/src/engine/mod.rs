@@ -171,7 +171,14 @@ impl<M: Mode> Inner<M> {
     /// adjustment registered with [`configure`](crate::configure) for the
     /// config's name applies.
     pub(crate) fn new(config: Config, settings: M::Settings) -> Self {
-        let mut config = config.adjusted();
+        let (mut config, (metrics, same)) = config.adjusted(|config| {
+            crate::metrics::Metrics::register(
+                StdArc::from(config.name()),
+                crate::metrics::Settings::of(config),
+                config.listed(),
+            )
+        });
+        crate::metrics::duplicate_name(config.name(), same);
         // A scope's coalescer keeps no handle on its scope (which holds it).
         let listed = config.listed();
         config.scope = None;
@@ -182,7 +189,7 @@ impl<M: Mode> Inner<M> {
         };
         Inner {
             id: NEXT_ID.fetch_add(1, Relaxed),
-            rec: Recorder::new(name.clone(), crate::metrics::Settings::of(&config), listed),
+            rec: Recorder::new(name.clone(), metrics, listed),
             name,
             lanes,
             config,

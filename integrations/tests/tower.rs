@@ -68,7 +68,23 @@ async fn ready_waits_for_room_and_wakes_when_a_call_is_answered() {
 /// A `metrics` recorder whose `coalesce_calls_total` counter, once armed,
 /// sleeps in its first increment: a thread preempted between admitting a
 /// call (under the engine's lock) and storing the gauges (after it).
-struct SlowCalls(std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// The exported `coalesce_pending_calls` is kept in the second field.
+struct SlowCalls(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<LastGauge>,
+);
+
+/// The last value a gauge was set to.
+#[derive(Default)]
+struct LastGauge(std::sync::Mutex<Option<f64>>);
+
+impl metrics::GaugeFn for LastGauge {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, value: f64) {
+        *self.0.lock().unwrap() = Some(value);
+    }
+}
 
 struct SlowCounter(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
@@ -110,8 +126,12 @@ impl metrics::Recorder for SlowCalls {
             metrics::Counter::noop()
         }
     }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        if key.name() == "coalesce_pending_calls" {
+            metrics::Gauge::from_arc(self.1.clone())
+        } else {
+            metrics::Gauge::noop()
+        }
     }
     fn register_histogram(
         &self,
@@ -122,11 +142,11 @@ impl metrics::Recorder for SlowCalls {
     }
 }
 
-/// A thread that admitted a call stores the gauges after the engine's lock;
-/// if it is slow, the batch may end and store `pending = 0` first, and the
-/// slow thread then stores its older count. `poll_ready` and `metrics()` read
-/// the engine's own count: ready, and 0, once every call is answered (the
-/// stale gauge left `poll_ready` pending forever).
+/// A thread that admitted a call exports the gauges after the engine's lock;
+/// if it is slow, the batch may end and export `pending = 0` first. `poll_ready`
+/// and `metrics()` read the engine's own count: ready, and 0, once every call
+/// is answered (the stale gauge left `poll_ready` pending forever); and the
+/// exported gauge ends at 0 (the slow thread exported its older count of 1).
 #[test]
 fn poll_ready_and_metrics_do_not_trust_a_stale_gauge() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,7 +157,8 @@ fn poll_ready_and_metrics_do_not_trust_a_stale_gauge() {
         .build()
         .unwrap();
     let arm = Arc::new(AtomicBool::new(false));
-    let recorder = SlowCalls(arm.clone());
+    let pending = Arc::new(LastGauge::default());
+    let recorder = SlowCalls(arm.clone(), pending.clone());
     let release = Arc::new(tokio::sync::Notify::new());
     let r = release.clone();
     let c: Coalescer<u64, u64> = metrics::with_local_recorder(&recorder, || {
@@ -179,6 +200,12 @@ fn poll_ready_and_metrics_do_not_trust_a_stale_gauge() {
         assert!(ready.is_ok(), "poll_ready never became ready");
         let m = c.metrics();
         assert_eq!((m.pending, m.in_flight), (0, 0), "{m}");
+        // The exported gauge and the registry's listing too: the slow
+        // thread's export came last, and set what is true now, not the count
+        // it changed.
+        assert_eq!(*pending.0.lock().unwrap(), Some(0.0));
+        let listed = coalesce::metrics::get("tower.stale").unwrap();
+        assert_eq!((listed.pending, listed.in_flight), (0, 0), "{listed}");
     });
 }
 

@@ -15,7 +15,9 @@
 //! `coalesce_overloaded_total`, `coalesce_cancelled_total`, and the gauges
 //! `coalesce_in_flight_batches` and `coalesce_pending_calls`.
 
-use std::sync::atomic::Ordering::Relaxed;
+#[cfg(feature = "metrics")]
+use std::sync::atomic::Ordering::Acquire;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,6 +296,8 @@ impl Recorder {
     /// A coalescer that is not `listed` (a [`Scope`](crate::Scope)'s) is neither
     /// in the registry nor exported.
     pub(crate) fn new(name: Arc<str>, m: Arc<Metrics>, listed: bool) -> Self {
+        // Read only by the `metrics` and `tracing` features.
+        let _ = (&name, listed);
         #[cfg(feature = "metrics")]
         let x = if !listed {
             Export::noop()
@@ -340,16 +344,36 @@ impl Recorder {
         self.m.snapshot()
     }
 
-    /// The gauges, after any change of either.
-    pub(crate) fn gauges(&self, in_flight: usize, pending: usize) {
-        self.m.in_flight.store(in_flight as u64, Relaxed);
-        self.m.pending.store(pending as u64, Relaxed);
+    /// The gauges' new values, stored under the engine's lock (so in the
+    /// order of the changes); [`Recorder::publish`] exports them once it is
+    /// released.
+    pub(crate) fn counts(&self, in_flight: usize, pending: usize) {
+        self.m.in_flight.store(in_flight as u64, Release);
+        self.m.pending.store(pending as u64, Release);
+    }
+
+    /// After a change of the gauges, with the engine's lock released: wakes
+    /// the tower readiness waiters and exports the gauges. The export reads
+    /// the stored values again after setting them, until they hold still: a
+    /// thread slow between its change and its export would otherwise set an
+    /// older value over a newer one (a `pending` of 1 left exported after the
+    /// last call was answered). Whichever export sets last has read the last
+    /// values since.
+    pub(crate) fn publish(&self) {
         #[cfg(feature = "tower")]
         self.ready.wake();
         #[cfg(feature = "metrics")]
         {
-            self.x.in_flight.set(in_flight as f64);
-            self.x.pending.set(pending as f64);
+            let mut set = None;
+            loop {
+                let now = (self.m.in_flight.load(Acquire), self.m.pending.load(Acquire));
+                if set == Some(now) {
+                    break;
+                }
+                self.x.in_flight.set(now.0 as f64);
+                self.x.pending.set(now.1 as f64);
+                set = Some(now);
+            }
         }
     }
 

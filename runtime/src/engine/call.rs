@@ -294,12 +294,12 @@ where
                     };
                     drop(st);
                     state.pending += 1;
-                    let gauges = (state.in_flight, state.pending);
+                    self.rec.counts(state.in_flight, state.pending);
                     drop(guard);
                     if running {
                         self.rec.joined_running();
                     }
-                    self.rec.gauges(gauges.0, gauges.1);
+                    self.rec.publish();
                     drop_quietly(spare);
                     drop_quietly(key);
                     if let Some(w) = kick {
@@ -327,10 +327,10 @@ where
                             group: group.key.clone(),
                         };
                         state.pending += 1;
-                        let gauges = (state.in_flight, state.pending);
+                        self.rec.counts(state.in_flight, state.pending);
                         drop(guard);
                         self.rec.joined_running();
-                        self.rec.gauges(gauges.0, gauges.1);
+                        self.rec.publish();
                         drop_quietly(spare);
                         return Ok((attached, group_slot));
                     }
@@ -387,12 +387,12 @@ where
                     group.solos.push(cell);
                     state.in_flight += 1;
                     state.pending += 1;
-                    let gauges = (state.in_flight, state.pending);
+                    self.rec.counts(state.in_flight, state.pending);
                     if created {
                         state.groups_changed(&self.rec);
                     }
                     drop(guard);
-                    self.rec.gauges(gauges.0, gauges.1);
+                    self.rec.publish();
                     drop_quietly(spare);
                     return Ok((Admitted::Alone(solo), group_slot));
                 }
@@ -444,12 +444,12 @@ where
         let kick = self.joined(state, &batch, &mut st, reentrant, &ancestry);
         drop(st);
         state.pending += 1;
-        let gauges = (state.in_flight, state.pending);
+        self.rec.counts(state.in_flight, state.pending);
         if spare.is_none() {
             state.groups_changed(&self.rec);
         }
         drop(guard);
-        self.rec.gauges(gauges.0, gauges.1);
+        self.rec.publish();
         drop_quietly(spare);
         if let Some(w) = kick {
             w.wake();
@@ -514,9 +514,9 @@ where
     fn count_out(&self) {
         let mut state = lock(&self.inner.state);
         state.pending -= 1;
-        let gauges = (state.in_flight, state.pending);
+        self.inner.rec.counts(state.in_flight, state.pending);
         drop(state);
-        self.inner.rec.gauges(gauges.0, gauges.1);
+        self.inner.rec.publish();
     }
 }
 
@@ -688,9 +688,9 @@ where
         if !counted_out {
             state.pending -= 1;
         }
-        let gauges = (state.in_flight, state.pending);
+        inner.rec.counts(state.in_flight, state.pending);
         drop(guard);
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         if let Some(w) = wake {
             w.wake();
         }
@@ -794,9 +794,9 @@ where
             }
             drop(st);
         }
-        let gauges = (state.in_flight, state.pending);
+        inner.rec.counts(state.in_flight, state.pending);
         drop(guard);
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         if let Some(w) = wake {
             w.wake();
         }

@@ -195,9 +195,9 @@ impl<M: Mode> Driver<M> {
             state.in_flight += 1;
             st.phase = Phase::Leaving;
             drop(st);
-            let gauges = (state.in_flight, state.pending);
+            inner.rec.counts(state.in_flight, state.pending);
             drop(guard);
-            inner.rec.gauges(gauges.0, gauges.1);
+            inner.rec.publish();
             self.start();
         } else {
             st.phase = Phase::Queued;
@@ -266,9 +266,9 @@ impl<M: Mode> Driver<M> {
         state.in_flight += 1;
         st.phase = Phase::Leaving;
         drop(st);
-        let gauges = (state.in_flight, state.pending);
+        inner.rec.counts(state.in_flight, state.pending);
         drop(guard);
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         self.start();
     }
 
@@ -391,12 +391,12 @@ impl<M: Mode> Driver<M> {
         let mut guard = lock(&inner.state);
         let (wake, garbage) =
             inner.release_lane(&mut guard, &self.batch.group, self.batch.group_hash);
-        let gauges = (guard.in_flight, guard.pending);
+        inner.rec.counts(guard.in_flight, guard.pending);
         drop(guard);
         if let Some(started) = started {
             inner.rec.run_time(started.elapsed());
         }
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         if let Some(w) = wake {
             w.wake();
         }
@@ -441,9 +441,9 @@ impl<M: Mode> Driver<M> {
         if let Some(view) = tuned {
             inner.rec.tuned(view);
         }
-        let gauges = (guard.in_flight, guard.pending);
+        inner.rec.counts(guard.in_flight, guard.pending);
         drop(guard);
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         if completed.ran {
             inner.rec.batch_finished(
                 &span,
@@ -542,13 +542,13 @@ impl<M: Mode> Drop for Driver<M> {
         } else {
             (None, None)
         };
-        let gauges = (state.in_flight, state.pending);
+        inner.rec.counts(state.in_flight, state.pending);
         drop(guard);
         if held_lane || lost.is_some() {
             let uncounted = lost.as_ref().map_or(0, |l| l.uncounted_calls);
             inner.rec.lost_batch(uncounted);
         }
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         for w in lost.map(|l| l.wakers).unwrap_or_default() {
             w.wake();
         }

@@ -571,12 +571,12 @@ where
     fn leave_alone(&self, cancelled: bool) {
         let mut state = lock(&self.state);
         state.pending -= 1;
-        let gauges = (state.in_flight, state.pending);
+        self.rec.counts(state.in_flight, state.pending);
         drop(state);
         if cancelled {
             self.rec.cancelled_call();
         }
-        self.rec.gauges(gauges.0, gauges.1);
+        self.rec.publish();
     }
 
     /// The caller of a lone call left before it ended.
@@ -832,9 +832,9 @@ where
         if leave {
             state.pending -= 1;
         }
-        let gauges = (state.in_flight, state.pending);
+        self.rec.counts(state.in_flight, state.pending);
         drop(state);
-        self.rec.gauges(gauges.0, gauges.1);
+        self.rec.publish();
         if let Some(w) = wake {
             w.wake();
         }

@@ -498,9 +498,9 @@ where
                         let kick = self.joined(state, &batch, &mut st, reentrant, &ancestry);
                         drop(st);
                         state.pending += 1;
-                        let gauges = (state.in_flight, state.pending);
+                        self.rec.counts(state.in_flight, state.pending);
                         drop(guard);
-                        self.rec.gauges(gauges.0, gauges.1);
+                        self.rec.publish();
                         drop_quietly((spare, wrote.garbage));
                         if let Some(w) = kick {
                             w.wake();
@@ -575,12 +575,12 @@ where
         let kick = self.joined(state, &batch, &mut st, reentrant, &ancestry);
         drop(st);
         state.pending += 1;
-        let gauges = (state.in_flight, state.pending);
+        self.rec.counts(state.in_flight, state.pending);
         if created {
             state.groups_changed(&self.rec);
         }
         drop(guard);
-        self.rec.gauges(gauges.0, gauges.1);
+        self.rec.publish();
         drop_quietly((spare, wrote.garbage));
         if let Some(w) = kick {
             w.wake();
@@ -722,9 +722,9 @@ where
             );
         }
         state.pending -= out.writers;
-        let gauges = (state.in_flight, state.pending);
+        self.rec.counts(state.in_flight, state.pending);
         drop(guard);
-        self.rec.gauges(gauges.0, gauges.1);
+        self.rec.publish();
         out.count(&self.rec);
         out.wakers.into_iter().for_each(|w| w.wake());
         (dropped, unsure, garbage)

@@ -494,10 +494,10 @@ where
             out.answer(&mut state.extra, &slot.acks, Err(err));
         }
         state.pending -= out.writers;
-        let gauges = (state.in_flight, state.pending);
+        inner.rec.counts(state.in_flight, state.pending);
         lock(&batch.st).phase = Phase::Done { failure: None };
         drop(guard);
-        inner.rec.gauges(gauges.0, gauges.1);
+        inner.rec.publish();
         out.count(&inner.rec);
         // The failure may hold the last reference to the batch fn's error (no
         // writer kept a clone): its `Drop` is user code.

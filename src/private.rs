@@ -13,7 +13,7 @@ use ::core::future::Future;
 use ::core::hash::Hash;
 use ::std::borrow::Cow;
 use ::std::boxed::Box;
-use ::std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use ::std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use ::std::vec::Vec;
 
 /// The parts of a `Result`, for the error behind an alias (`sqlx::Result<T>`).
@@ -102,7 +102,9 @@ impl Name {
 /// whose type arguments the expansion writes with the user's own type tokens.
 pub struct Slot {
     first: OnceLock<(TypeId, &'static (dyn Any + Send + Sync))>,
-    more: Mutex<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
+    /// Every entry but the first; also the lock under which entries are
+    /// published (see [`Slot::entry`]).
+    more: RwLock<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
     /// Write cores only: by instance and key type, what `after_writes`
     /// waits on (a [`Settler`]), so that a read needs no other type.
     settlers: Mutex<Vec<(TypeId, &'static (dyn Any + Send + Sync))>>,
@@ -121,7 +123,7 @@ impl Slot {
     pub const fn new() -> Self {
         Slot {
             first: OnceLock::new(),
-            more: Mutex::new(Vec::new()),
+            more: RwLock::new(Vec::new()),
             settlers: Mutex::new(Vec::new()),
         }
     }
@@ -150,7 +152,7 @@ impl Slot {
                 ))
             }));
         }
-        let any = self.entry(id, || Box::leak(Box::new(make())));
+        let any = self.entry(id, || Box::new(make()), |_| ());
         match any.downcast_ref() {
             Some(core) => CoreRef::Static(core),
             // Every entry is stored under the `TypeId` of its own type.
@@ -188,31 +190,49 @@ impl<C: 'static> ::core::ops::Deref for CoreRef<C> {
 
 impl Slot {
     /// The entry for type id `id`, made with `make` on first use.
+    ///
+    /// `make` runs with no lock held: it creates a coalescer, which runs the
+    /// user's `configure` adjustment, and that may call coalesced fns,
+    /// including this one's other instantiations. Two first calls racing may
+    /// both make one; the first published is kept (and leaked: it lives as
+    /// long as the `static`), after `published` ran on it under the publishing
+    /// lock; the other is dropped.
     fn entry(
         &'static self,
         id: TypeId,
-        make: impl FnOnce() -> &'static (dyn Any + Send + Sync),
+        make: impl FnOnce() -> Box<dyn Any + Send + Sync>,
+        published: impl FnOnce(&'static (dyn Any + Send + Sync)),
     ) -> &'static (dyn Any + Send + Sync) {
-        let mut make = Some(make);
-        let mut build = || match make.take() {
-            Some(f) => f(),
-            // `get_or_init` runs its closure at most once; the `else` branch
-            // below only runs when it did not.
-            None => unreachable!("a coalesce slot's entry was made twice"),
+        let found = |more: &[(TypeId, &'static (dyn Any + Send + Sync))]| match self.first.get() {
+            Some((first_id, first)) if *first_id == id => Some(*first),
+            _ => more.iter().find(|(t, _)| *t == id).map(|(_, core)| *core),
         };
-        let (first_id, first) = *self.first.get_or_init(|| (id, build()));
-        if first_id == id {
-            return first;
-        }
-        let mut more = self.more.lock().unwrap_or_else(PoisonError::into_inner);
-        match more.iter().find(|(t, _)| *t == id) {
-            Some((_, core)) => *core,
-            None => {
-                let core = build();
-                more.push((id, core));
-                core
+        if let Some((first_id, first)) = self.first.get() {
+            if *first_id == id {
+                return *first;
             }
         }
+        if let Some(core) = found(&self.more.read().unwrap_or_else(PoisonError::into_inner)) {
+            return core;
+        }
+        let made = make();
+        let mut more = self.more.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(core) = found(&more) {
+            drop(more);
+            // Another call published one meanwhile: this one goes (a
+            // coalescer's drop runs no user code of a batch; its registry
+            // entry goes with it).
+            drop(made);
+            return core;
+        }
+        let core: &'static (dyn Any + Send + Sync) = Box::leak(made);
+        published(core);
+        // Entries are published only under this lock, so the first is unset
+        // here only if no entry was ever published.
+        if let Err((_, core)) = self.first.set((id, core)) {
+            more.push((id, core));
+        }
+        core
     }
 
     /// The write core for instance type `S`, made on first use by `build`.
@@ -259,17 +279,22 @@ impl Slot {
             drop(cell);
             return CoreRef::Scoped(core);
         }
-        let any = self.entry(id, || {
-            let config = config(Config::new(name.resolve::<S>()));
-            let core: &'static WriteCore<G, K, W, E> = Box::leak(Box::new(make(config)));
-            let settler: Settler<K> = Box::new(move |key: &K| Box::pin(core.settled(key)));
-            let settler: &'static Settler<K> = Box::leak(Box::new(settler));
-            self.settlers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((settler_id, settler));
-            core
-        });
+        let any = self.entry(
+            id,
+            || Box::new(make(config(Config::new(name.resolve::<S>())))),
+            |core| {
+                // What `after_writes` waits on, published with the core.
+                let Some(core) = core.downcast_ref::<WriteCore<G, K, W, E>>() else {
+                    return;
+                };
+                let settler: Settler<K> = Box::new(move |key: &K| Box::pin(core.settled(key)));
+                let settler: &'static Settler<K> = Box::leak(Box::new(settler));
+                self.settlers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((settler_id, settler));
+            },
+        );
         match any.downcast_ref() {
             Some(core) => CoreRef::Static(core),
             None => {
@@ -358,10 +383,12 @@ impl<T: Send + 'static> Written for T {
 }
 
 impl Opened {
-    /// The body of a `#[coalesce]` write fn.
+    /// The body of a `#[coalesce]` write fn with no `self`: `A` is what owns
+    /// it, `()` for a free fn and `Self` for an associated fn, so that each
+    /// instantiation of a generic `impl` has a coalescer of its own.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub fn save<G, K, W, E, F, Fut>(
+    pub fn save<A, G, K, W, E, F, Fut>(
         self,
         slot: &'static Slot,
         name: Name,
@@ -373,6 +400,7 @@ impl Opened {
         batch: F,
     ) -> impl Future<Output = Result<(), Error<E>>> + Send
     where
+        A: ?Sized + 'static,
         G: Hash + Eq + Send + Sync + 'static,
         K: Hash + Eq + Clone + Send + Sync + 'static,
         W: Send + 'static,
@@ -381,7 +409,7 @@ impl Opened {
         Fut: Future + Send + 'static,
         Fut::Output: WriteOutput<K, Error = E>,
     {
-        let core = slot.write_core::<(), G, K, W, E>(name, config, build);
+        let core = slot.write_core::<A, G, K, W, E>(name, config, build);
         async move { core.save(group, key, value, batch).await }
     }
 
@@ -696,7 +724,7 @@ type Never<T> = ::core::future::Pending<T>;
 #[allow(clippy::too_many_arguments, clippy::unused_self)]
 impl Closed {
     /// See [`Opened::load`].
-    pub fn load<G, K, V, E, F, Fut>(
+    pub fn load<A: ?Sized, G, K, V, E, F, Fut>(
         self,
         _slot: &'static Slot,
         _name: Name,
@@ -763,7 +791,7 @@ impl Closed {
     }
 
     /// See [`Opened::save`].
-    pub fn save<G, K, W, E, F, Fut>(
+    pub fn save<A: ?Sized, G, K, W, E, F, Fut>(
         self,
         _slot: &'static Slot,
         _name: Name,
@@ -866,9 +894,11 @@ impl Closed {
 
 #[allow(clippy::too_many_arguments)]
 impl Opened {
-    /// The body of a `#[coalesce]` free fn.
+    /// The body of a `#[coalesce]` fn with no `self`: `A` is what owns it,
+    /// `()` for a free fn and `Self` for an associated fn, so that each
+    /// instantiation of a generic `impl` has a coalescer of its own.
     #[inline]
-    pub fn load<G, K, V, E, F, Fut>(
+    pub fn load<A, G, K, V, E, F, Fut>(
         self,
         slot: &'static Slot,
         name: Name,
@@ -878,6 +908,7 @@ impl Opened {
         batch: F,
     ) -> impl Future<Output = Result<Option<V>, Error<E>>> + Send
     where
+        A: ?Sized + 'static,
         G: Hash + Eq + Send + Sync + 'static,
         K: Hash + Eq + Clone + Send + Sync + 'static,
         V: Clone + Send + 'static,
@@ -886,7 +917,7 @@ impl Opened {
         Fut: Future + Send + 'static,
         Fut::Output: BatchOutput<K, Value = V, Error = E>,
     {
-        let core = slot.core::<(), G, K, V, E>(name, config);
+        let core = slot.core::<A, G, K, V, E>(name, config);
         async move { core.load(group, key, batch).await }
     }
 

@@ -341,6 +341,13 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             quote!(#private::Name::Given(#lit))
         }
         (None, _) if signature.receiver.is_some() => quote!(#private::Name::Method(#fn_name)),
+        (None, Site::Impl { self_ty }) if matches!(&**self_ty, Type::Path(p) if p.path.segments.iter().any(|s| !s.arguments.is_empty())) =>
+        {
+            // A generic self type (`Repo<T>`): named after each
+            // instantiation's type, as a method is, since each has a
+            // coalescer of its own.
+            quote!(#private::Name::Method(#fn_name))
+        }
         (None, Site::Impl { self_ty }) => {
             let self_ty = self_ty.to_token_stream().to_string().replace(' ', "");
             quote!(#private::Name::Path(::core::concat!(
@@ -469,7 +476,17 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             (function, Some(self_type), Some(this_arg), closure)
         }
     };
-    let self_arg = self_type.as_ref().map(|ty| quote!(#ty,));
+    // The owner of a fn with no `self`: `Self` in an `impl` (each
+    // instantiation of a generic one has its own coalescer), `()` for a free fn.
+    let owner = if site.in_impl() {
+        quote!(Self)
+    } else {
+        quote!(())
+    };
+    let self_arg = match &self_type {
+        Some(ty) => quote!(#ty,),
+        None => quote!(#owner,),
+    };
     // The instance type as the gate sees it: `Clone + Send + Sync + 'static`,
     // or only `Send + Sync + 'static` behind the `Arc` of an `_arc` method.
     let gate_self = match &self_type {
@@ -586,7 +603,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
     let (static_slot, companions) = if is_write {
         let slot_fn = format_ident!("__coalesce_slot_{}", fn_name);
         let settled_fn = format_ident!("__coalesce_settled_{}", fn_name);
-        let settled_self = self_type.clone().unwrap_or_else(|| quote!(()));
+        let settled_self = self_type.clone().unwrap_or_else(|| owner.clone());
         let companions = quote! {
             #[doc(hidden)]
             #[allow(non_snake_case, dead_code)]

@@ -18,7 +18,13 @@
 //!
 //! If the thread cannot be spawned, sleeps still complete: they fall back to
 //! re-checking the clock each time they are polled and waking themselves at once,
-//! which busy-yields the task (and burns its worker's CPU) until the deadline.
+//! which busy-yields the task (and burns its worker's CPU) until the spawn,
+//! tried again every 100 ms, succeeds or the deadline passes.
+//!
+//! The thread calls each fired sleep's `Waker::wake`. A waker that blocks (a
+//! custom executor's, say) delays every other sleep's wake-up behind it: wakers
+//! must return promptly, as every executor's do. One that panics, in `wake` or
+//! in its `Drop`, is caught, and the thread goes on.
 // The module uses std's primitives even under `--cfg loom` (the loom model never
 // creates a sleep), so it compiles there as is.
 
@@ -27,9 +33,9 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-use std::sync::atomic::{AtomicIsize, AtomicU8, AtomicUsize};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU8, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::Instant;
@@ -117,7 +123,7 @@ impl Ord for Queued {
 }
 
 /// The timer's state behind its lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Heap {
     /// Pending deadlines, earliest first; cancelled entries are removed lazily.
     heap: BinaryHeap<Queued>,
@@ -126,7 +132,7 @@ struct Heap {
 }
 
 /// A timer: a heap of deadlines served by one thread (see [`Timer::run`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Timer {
     /// The deadlines.
     state: Mutex<Heap>,
@@ -140,18 +146,36 @@ struct Timer {
 }
 
 impl Timer {
-    /// Creates a timer and spawns its thread; `None` if the thread could not be
-    /// spawned. The timer lives as long as the process (its thread never exits).
-    fn start() -> Option<&'static Timer> {
-        let timer: &'static Timer = Box::leak(Box::default());
+    /// A timer with no thread yet.
+    const fn new() -> Timer {
+        Timer {
+            state: Mutex::new(Heap {
+                heap: BinaryHeap::new(),
+                seq: 0,
+            }),
+            cond: Condvar::new(),
+            cancelled: AtomicIsize::new(0),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Spawns this timer's thread (which never exits); false if it could not
+    /// be spawned.
+    fn spawn(&'static self) -> bool {
         thread::Builder::new()
             .name(THREAD_NAME.to_owned())
             .spawn(move || {
                 exact_wakeups();
-                timer.run()
+                self.run()
             })
-            .ok()
-            .map(|_| timer)
+            .is_ok()
+    }
+
+    /// A timer of its own with its thread (tests: exact counts).
+    #[cfg(test)]
+    fn start() -> Option<&'static Timer> {
+        let timer: &'static Timer = Box::leak(Box::new(Timer::new()));
+        timer.spawn().then_some(timer)
     }
 
     /// The timer thread: fires every expired entry, then sleeps until the next
@@ -175,7 +199,13 @@ impl Timer {
                 // Never wake while holding the lock: a waker may run arbitrary code.
                 drop(st);
                 for entry in due.drain(..) {
-                    self.fire(&entry);
+                    // The last handle on an entry may be this one, holding a
+                    // waker stored after the fire took the first: its drop
+                    // is user code too.
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        self.fire(&entry);
+                        drop(entry);
+                    }));
                 }
                 st = lock(&self.state);
                 continue;
@@ -273,11 +303,63 @@ impl Timer {
     }
 }
 
-/// The process-wide timer, started on first use; `None` if its thread could not
-/// be spawned (then every sleep busy-yields, see [`PreciseSleep`]).
+/// The process-wide timer, started on first use; `None` while its thread
+/// cannot be spawned (then a sleep busy-yields, see [`PreciseSleep`], and the
+/// spawn is tried again, at most once per [`RETRY`]: a thread limit or a
+/// memory shortage that passes does not leave every sleep of the process
+/// spinning).
 fn global() -> Option<&'static Timer> {
-    static GLOBAL: OnceLock<Option<&'static Timer>> = OnceLock::new();
-    *GLOBAL.get_or_init(Timer::start)
+    static TIMER: Timer = Timer::new();
+    static STARTER: Starter = Starter::new();
+    STARTER.get(&TIMER, Timer::spawn, Instant::now)
+}
+
+/// How long after a failed spawn of the timer thread it is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts a timer's thread once, trying again after a failure (see [`global`]).
+#[derive(Debug)]
+struct Starter {
+    /// The thread runs.
+    running: AtomicBool,
+    /// When a spawn was last tried and failed.
+    failed_at: Mutex<Option<Instant>>,
+}
+
+impl Starter {
+    const fn new() -> Starter {
+        Starter {
+            running: AtomicBool::new(false),
+            failed_at: Mutex::new(None),
+        }
+    }
+
+    /// `timer` once its thread runs, spawning it with `spawn` if it does not
+    /// and the last failure is at least [`RETRY`] old (as `now` tells).
+    fn get(
+        &self,
+        timer: &'static Timer,
+        spawn: impl FnOnce(&'static Timer) -> bool,
+        now: impl Fn() -> Instant,
+    ) -> Option<&'static Timer> {
+        if self.running.load(Acquire) {
+            return Some(timer);
+        }
+        let mut failed_at = lock(&self.failed_at);
+        if self.running.load(Acquire) {
+            return Some(timer);
+        }
+        if failed_at.is_some_and(|at| now().saturating_duration_since(at) < RETRY) {
+            return None;
+        }
+        if spawn(timer) {
+            self.running.store(true, Release);
+            Some(timer)
+        } else {
+            *failed_at = Some(now());
+            None
+        }
+    }
 }
 
 /// How many entries the global timer's heap holds, cancelled ones included.
@@ -307,9 +389,11 @@ enum Clock {
 /// started (and the deadline only registered) by the first poll that finds the
 /// deadline still ahead. Dropping an unfired sleep cancels it.
 ///
-/// Fallback: if the timer thread cannot be spawned, a pending poll wakes its own
-/// task at once, so the task busy-yields, re-checking the clock on each poll,
-/// until the deadline. Correct, but it costs a worker's CPU for the whole sleep.
+/// Fallback: while the timer thread cannot be spawned, a pending poll wakes its
+/// own task at once, so the task busy-yields, re-checking the clock on each
+/// poll; the spawn is tried again every [`RETRY`], and the sleep registers
+/// with the timer once it runs. Correct, but it costs a worker's CPU while the
+/// thread cannot be had.
 #[derive(Debug)]
 pub(crate) struct PreciseSleep {
     /// When the sleep completes.
@@ -470,6 +554,83 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0 % n
         }
+    }
+
+    /// A timer whose thread is never spawned (the starter's tests).
+    fn idle_timer() -> &'static Timer {
+        Box::leak(Box::new(Timer::new()))
+    }
+
+    #[test]
+    fn a_failed_spawn_is_tried_again_after_the_retry_interval() {
+        let starter = Starter::new();
+        let timer = idle_timer();
+        let t0 = Instant::now();
+        let spawns = AtomicUsize::new(0);
+        let failing = |_: &'static Timer| {
+            spawns.fetch_add(1, Relaxed);
+            false
+        };
+        let working = |_: &'static Timer| {
+            spawns.fetch_add(1, Relaxed);
+            true
+        };
+        // The first try fails: no timer, and none tried again within RETRY.
+        assert!(starter.get(timer, failing, || t0).is_none());
+        assert!(starter.get(timer, working, || t0 + RETRY / 2).is_none());
+        assert_eq!(spawns.load(Relaxed), 1);
+        // Past RETRY: tried again; a failure again waits another RETRY.
+        assert!(starter.get(timer, failing, || t0 + RETRY).is_none());
+        assert_eq!(spawns.load(Relaxed), 2);
+        assert!(starter
+            .get(timer, working, || t0 + RETRY + RETRY / 2)
+            .is_none());
+        // Then it works, for good, with no spawn more.
+        let later = t0 + RETRY * 2;
+        assert!(std::ptr::eq(
+            starter.get(timer, working, || later).unwrap(),
+            timer
+        ));
+        assert_eq!(spawns.load(Relaxed), 3);
+        assert!(starter.get(timer, failing, || later).is_some());
+        assert_eq!(spawns.load(Relaxed), 3);
+    }
+
+    /// A waker whose `Drop` panics, left in a fired entry (stored by a poll
+    /// after the fire took the first waker) and dropped by the timer thread:
+    /// the thread lives on, and later sleeps fire.
+    #[test]
+    fn a_waker_whose_drop_panics_does_not_take_the_thread_down() {
+        struct PanicsOnDrop;
+        impl Wake for PanicsOnDrop {
+            fn wake(self: Arc<Self>) {}
+        }
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                if !std::thread::panicking() {
+                    panic!("a waker's drop panics");
+                }
+            }
+        }
+        let timer = private_timer();
+        // An entry fired by the thread whose slot holds the panicking waker
+        // when the thread drops it.
+        let entry = Arc::new(Entry {
+            state: AtomicU8::new(FIRED),
+            waker: Mutex::new(Some(Waker::from(Arc::new(PanicsOnDrop)))),
+        });
+        timer.register(Instant::now(), entry);
+        // The thread dropped it (and caught the panic): a later sleep fires.
+        let (probe, rx) = Probe::new();
+        let waker = Waker::from(probe.clone());
+        let mut sleep = PreciseSleep::with_clock(
+            Instant::now() + Duration::from_millis(5),
+            Clock::Private(timer),
+        );
+        assert!(poll_once(&mut sleep, &waker).is_pending());
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the timer thread died");
+        assert!(poll_once(&mut sleep, &waker).is_ready());
     }
 
     /// A timer with its own thread and heap, for exact counts.

@@ -160,7 +160,7 @@ impl Config {
     /// For a batch that streams its entries ([`Streamed`](crate::Streamed)):
     /// the longest gap between two items (or before the first). When it
     /// passes, the stream is dropped and the keys not yet delivered fail with
-    /// [`Error::Timeout`](crate::Error::Timeout); delivered ones stand. The
+    /// [`Error::IdleTimeout`](crate::Error::IdleTimeout); delivered ones stand. The
     /// `timeout` bounds the whole run as well. `Duration::MAX` (like unset)
     /// never passes.
     #[must_use]

@@ -27,11 +27,16 @@ pub enum Error<E = Infallible> {
         /// The error the batch function returned for this key.
         source: Arc<E>,
     },
-    /// The batch function panicked. The coalescer keeps working for later batches.
+    /// The batch function, or user code the engine ran for this call (a key's
+    /// or a value's `Clone`, `Hash` or `Eq`, the merge fn), panicked. The
+    /// coalescer keeps working for later batches.
     Panicked {
         /// The coalescer's name.
         name: Arc<str>,
-        /// The panic's message, when it was a string.
+        /// What panicked, and the panic's message when it was a string: `the
+        /// batch function panicked: …`, or the user code the engine ran for
+        /// the call (`` `Clone` of this call's key panicked: … ``, the merge
+        /// fn, `Hash` or `Eq` of a key).
         message: Arc<str>,
     },
     /// The batch ran longer than the configured `timeout` and was abandoned.
@@ -39,6 +44,15 @@ pub enum Error<E = Infallible> {
         /// The coalescer's name.
         name: Arc<str>,
         /// The configured timeout.
+        after: Duration,
+    },
+    /// A streamed batch sent no item for its `idle_timeout`: the stream was
+    /// dropped, and the keys it had not delivered fail with this (those it
+    /// delivered keep their values).
+    IdleTimeout {
+        /// The coalescer's name.
+        name: Arc<str>,
+        /// The configured idle timeout.
         after: Duration,
     },
     /// The call was refused because `max_pending` calls were already waiting.
@@ -136,6 +150,7 @@ impl<E> Error<E> {
             | Error::Key { name, .. }
             | Error::Panicked { name, .. }
             | Error::Timeout { name, .. }
+            | Error::IdleTimeout { name, .. }
             | Error::Overloaded { name, .. }
             | Error::GroupOverloaded { name, .. }
             | Error::Shape { name, .. }
@@ -174,7 +189,10 @@ impl<E> Error<E> {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Timeout { .. } | Error::Overloaded { .. } | Error::GroupOverloaded { .. }
+            Error::Timeout { .. }
+                | Error::IdleTimeout { .. }
+                | Error::Overloaded { .. }
+                | Error::GroupOverloaded { .. }
         )
     }
 }
@@ -195,6 +213,10 @@ impl<E> Clone for Error<E> {
                 message: message.clone(),
             },
             Error::Timeout { name, after } => Error::Timeout {
+                name: name.clone(),
+                after: *after,
+            },
+            Error::IdleTimeout { name, after } => Error::IdleTimeout {
                 name: name.clone(),
                 after: *after,
             },
@@ -248,6 +270,11 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
                 .field("name", name)
                 .field("after", after)
                 .finish(),
+            Error::IdleTimeout { name, after } => f
+                .debug_struct("IdleTimeout")
+                .field("name", name)
+                .field("after", after)
+                .finish(),
             Error::Overloaded { name, max_pending } => f
                 .debug_struct("Overloaded")
                 .field("name", name)
@@ -290,15 +317,19 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             }
             Error::Panicked { name, message } => write!(
                 f,
-                "batch function `{name}` panicked: {message} (the coalescer keeps serving later calls)"
+                "coalescer `{name}`: {message} (the coalescer keeps serving later calls)"
             ),
             Error::Timeout { name, after } => write!(
                 f,
                 "batch function `{name}` ran longer than its timeout of {after:?}; retry, or raise `timeout`"
             ),
+            Error::IdleTimeout { name, after } => write!(
+                f,
+                "batch function `{name}`'s stream sent nothing for {after:?} (its idle timeout) before this key's item; retry, or raise `idle_timeout`"
+            ),
             Error::Overloaded { name, max_pending } => write!(
                 f,
-                "coalescer `{name}` is overloaded: {max_pending} calls are already waiting (max_pending); retry later, or raise `max_pending`"
+                "coalescer `{name}` is overloaded: its bound of {max_pending} waiting calls (max_pending) is reached; retry later, or raise `max_pending`"
             ),
             Error::GroupOverloaded {
                 name,

@@ -553,7 +553,8 @@ pub struct MetricsSnapshot {
     pub key_errors: u64,
     /// Calls failed because their batch panicked.
     pub panics: u64,
-    /// Calls failed because their batch exceeded the timeout.
+    /// Calls failed because their batch exceeded the timeout, or its stream
+    /// the idle timeout.
     pub timeouts: u64,
     /// Calls failed because their batch returned a result of the wrong shape.
     pub shape_errors: u64,

@@ -282,7 +282,7 @@ fn kind_of<E>(err: &Error<E>) -> Option<usize> {
         Error::Batch { .. } => 0,
         Error::Key { .. } => 1,
         Error::Panicked { .. } => 2,
-        Error::Timeout { .. } => 3,
+        Error::Timeout { .. } | Error::IdleTimeout { .. } => 3,
         Error::Shape { .. } => 4,
         Error::Shutdown { .. } => 5,
         Error::MaybeCommitted { .. } => 6,
@@ -467,7 +467,7 @@ impl Recorder {
             Error::Batch { .. } => &m.batch_errors,
             Error::Key { .. } => &m.key_errors,
             Error::Panicked { .. } => &m.panics,
-            Error::Timeout { .. } => &m.timeouts,
+            Error::Timeout { .. } | Error::IdleTimeout { .. } => &m.timeouts,
             Error::Shape { .. } => &m.shape_errors,
             Error::Shutdown { .. } => return, // counted by `shutdown_error`
             Error::MaybeCommitted { .. } => &m.maybe_committed,

@@ -120,7 +120,12 @@ async fn every_call_completes_when_the_batch_fn_panics_before_its_first_await() 
         let out = no_hang(join_all((0..10u64).map(|k| c.load(k % 4)))).await;
         for r in out {
             match r {
-                Err(Error::Panicked { message, .. }) => assert_eq!(&*message, expected),
+                Err(Error::Panicked { message, .. }) => {
+                    assert_eq!(
+                        &*message,
+                        format!("the batch function panicked: {expected}")
+                    );
+                }
                 other => panic!("expected a panic error, got {other:?}"),
             }
         }
@@ -151,7 +156,8 @@ async fn every_call_completes_when_the_batch_panics_after_an_await() {
     let out = no_hang(join_all((0..12u64).map(|k| c.load(k % 5)))).await;
     for r in out {
         assert!(
-            matches!(&r, Err(Error::Panicked { message, .. }) if &**message == "late boom"),
+            matches!(&r, Err(Error::Panicked { message, .. })
+                if &**message == "the batch function panicked: late boom"),
             "{r:?}"
         );
     }

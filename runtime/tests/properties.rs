@@ -239,7 +239,11 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
                 overloaded += 1;
             }
             Some(Err(Error::Panicked { message, .. })) => {
-                prop_assert!(message.starts_with(INJECTED), "panic: {}", message);
+                prop_assert!(
+                    message.starts_with(&format!("the batch function panicked: {INJECTED}")),
+                    "panic: {}",
+                    message
+                );
                 failed += 1;
             }
             Some(Err(e)) => return Err(TestCaseError::fail(format!("unexpected error {e:?}"))),

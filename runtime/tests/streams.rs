@@ -319,7 +319,13 @@ async fn the_idle_timeout_bounds_the_gap_between_items() {
     let (a, b, d) = tokio::join!(c.load(1), c.load(2), c.load(3));
     assert_eq!((a.unwrap(), b.unwrap()), (Some(10), Some(20)));
     match d {
-        Err(Error::Timeout { after, .. }) => assert_eq!(after, ms(30)),
+        Err(e @ Error::IdleTimeout { .. }) => {
+            assert!(matches!(e, Error::IdleTimeout { after, .. } if after == ms(30)));
+            // It names the setting to raise, not `timeout`.
+            let shown = e.to_string();
+            assert!(shown.contains("`idle_timeout`"), "{shown}");
+            assert!(e.is_transient());
+        }
         other => panic!("{other:?}"),
     }
     // Timed out 30 ms after the second item, not after 140 ms.
@@ -473,9 +479,16 @@ fn runtime_shutdown_mid_stream() {
         .enable_all()
         .build()
         .unwrap();
-    // The batch opens (and its driver runs) on `driver_rt`, from a call there.
+    // The batch opens (and its driver runs) on `driver_rt`, from a call there,
+    // before the other callers come (else one of theirs, on `callers_rt`,
+    // could open it first).
     let c1 = c.clone();
     let opener = driver_rt.spawn(async move { c1.load(1).await });
+    driver_rt.block_on(async {
+        while c.metrics().pending < 1 {
+            tokio::task::yield_now().await;
+        }
+    });
     let (a, b) = {
         let (c2, c3) = (c.clone(), c.clone());
         let a = callers_rt.spawn(async move { c2.load(1).await });
@@ -661,7 +674,7 @@ impl Drop for Guard {
 }
 
 /// The idle timeout bounds a split batch's streamed halves too: a half that
-/// goes quiet fails its keys not delivered with `Timeout`; its delivered key
+/// goes quiet fails its keys not delivered with `IdleTimeout`; its delivered key
 /// and the other half's keys stand.
 #[tokio::test(start_paused = true)]
 async fn the_idle_timeout_bounds_split_halves_that_stream() {
@@ -689,7 +702,7 @@ async fn the_idle_timeout_bounds_split_halves_that_stream() {
     .expect("a quiet half held its callers past the idle timeout");
     assert_eq!(a.unwrap(), Some(10));
     assert!(
-        matches!(b, Err(Error::Timeout { after, .. }) if after == ms(50)),
+        matches!(b, Err(Error::IdleTimeout { after, .. }) if after == ms(50)),
         "{b:?}"
     );
     assert_eq!((x.unwrap(), y.unwrap()), (Some(30), Some(40)));

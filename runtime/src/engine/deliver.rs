@@ -196,7 +196,7 @@ where
         Outcome::Panicked(message) => {
             settled.failure = Some(Error::Panicked {
                 name: name.clone(),
-                message: Arc::from(message),
+                message: format!("the batch function panicked: {message}").into(),
             });
         }
         Outcome::TimedOut => {
@@ -218,7 +218,7 @@ pub(crate) fn label<E>(failure: Option<&Error<E>>) -> &'static str {
         None => "ok",
         Some(Error::Batch { .. }) => "batch",
         Some(Error::Panicked { .. }) => "panic",
-        Some(Error::Timeout { .. }) => "timeout",
+        Some(Error::Timeout { .. } | Error::IdleTimeout { .. }) => "timeout",
         Some(Error::Shape { .. }) => "shape",
         Some(_) => "error",
     }

@@ -227,7 +227,7 @@ where
         }
         let streamed = st.entries.stream.take();
         if streamed.as_ref().is_some_and(|s| s.idle_timed_out) && failure.is_none() {
-            failure = Some(Error::Timeout {
+            failure = Some(Error::IdleTimeout {
                 name: inner.name.clone(),
                 after: inner.config.idle_timeout.unwrap_or_default(),
             });

@@ -600,7 +600,7 @@ impl<T: ?Sized + Send + Sync + 'static> Shared for T {
 
 /// Whether the user's types meet the coalescer's bounds, decided by autoref
 /// specialization in the expansion:
-/// `(&&Gate::<Read, (G, K, V, E, S)>::new()).gate()` is [`Opened`] when the
+/// `(&&Gate::<Read, (G, K, V, E, S)>::new()).__coalesce_gate()` is [`Opened`] when the
 /// group, key, value, error and instance types meet them and [`Closed`]
 /// otherwise; the fn's body then calls `load`, `save` or `many` on that value.
 ///
@@ -666,7 +666,7 @@ impl<T: ?Sized + Send + Sync + 'static> Receiver for AsShared<T> {}
 /// The bounds hold: [`Opened`].
 pub trait Open {
     /// [`Opened`].
-    fn gate(&self) -> Opened;
+    fn __coalesce_gate(&self) -> Opened;
 }
 
 impl<G, K, V, E, S> Open for &Gate<Read, (G, K, V, E, S)>
@@ -677,7 +677,7 @@ where
     E: Send + Sync + 'static,
     S: Receiver,
 {
-    fn gate(&self) -> Opened {
+    fn __coalesce_gate(&self) -> Opened {
         Opened
     }
 }
@@ -690,7 +690,7 @@ where
     E: Send + Sync + 'static,
     S: Receiver,
 {
-    fn gate(&self) -> Opened {
+    fn __coalesce_gate(&self) -> Opened {
         Opened
     }
 }
@@ -698,11 +698,11 @@ where
 /// A bound does not hold (and is reported elsewhere): [`Closed`].
 pub trait Shut {
     /// [`Closed`].
-    fn gate(&self) -> Closed;
+    fn __coalesce_gate(&self) -> Closed;
 }
 
 impl<R, T> Shut for Gate<R, T> {
-    fn gate(&self) -> Closed {
+    fn __coalesce_gate(&self) -> Closed {
         Closed
     }
 }
@@ -1040,7 +1040,7 @@ impl Opened {
 
 /// Finds, by autoref specialization in the expansion, how to see a batch error
 /// type as a `std::error::Error` (itself, what it derefs to, or not at all):
-/// `(&&&Probe::<E>::new()).source_of()`.
+/// `(&&&Probe::<E>::new()).__coalesce_source_of()`.
 pub struct Probe<E>(::core::marker::PhantomData<fn() -> E>);
 
 impl<E> Probe<E> {
@@ -1054,11 +1054,11 @@ impl<E> Probe<E> {
 /// `E: std::error::Error`: the error itself.
 pub trait ViaError<E> {
     /// How to see an `E` as an error.
-    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
+    fn __coalesce_source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
 }
 
 impl<E: ::std::error::Error + 'static> ViaError<E> for &&Probe<E> {
-    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
+    fn __coalesce_source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
         Some(|e| Some(e))
     }
 }
@@ -1067,14 +1067,14 @@ impl<E: ::std::error::Error + 'static> ViaError<E> for &&Probe<E> {
 /// + Send + Sync>`): what it derefs to.
 pub trait ViaDeref<E> {
     /// How to see an `E` as an error.
-    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
+    fn __coalesce_source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
 }
 
 impl<E> ViaDeref<E> for &Probe<E>
 where
     E: ::core::ops::Deref<Target = dyn ::std::error::Error + Send + Sync> + 'static,
 {
-    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
+    fn __coalesce_source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
         Some(|e| Some(&**e))
     }
 }
@@ -1082,11 +1082,11 @@ where
 /// Any other type (`String`): no chain to follow.
 pub trait ViaNothing<E> {
     /// How to see an `E` as an error: it cannot be.
-    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
+    fn __coalesce_source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>>;
 }
 
 impl<E> ViaNothing<E> for Probe<E> {
-    fn source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
+    fn __coalesce_source_of(&self) -> Option<::coalesce_runtime::SourceOf<E>> {
         None
     }
 }

@@ -211,3 +211,32 @@ fn an_adjustment_may_create_a_coalescer_of_the_same_static() {
         .expect("a deadlock: the adjustment re-entered the slot");
     assert_eq!(answers, (Some("users"), Some("orders")));
 }
+
+mod dyn_source {
+    use coalesce::coalesce;
+    pub(crate) trait Src {}
+    #[coalesce]
+    impl dyn Src {
+        #[coalesce]
+        pub(crate) async fn assoc_dyn(ids: Vec<u64>) -> Vec<u64> {
+            ids
+        }
+    }
+}
+
+/// An associated fn of `impl dyn Src` is named `…::dyn Src::assoc_dyn` (the
+/// space was dropped: `dynSrc`).
+#[tokio::test]
+async fn an_impl_of_a_trait_object_keeps_its_name() {
+    assert_eq!(<dyn dyn_source::Src>::assoc_dyn(1).await.unwrap(), 1);
+    let name =
+        format!("{}::dyn Src::assoc_dyn", module_path!()).replace("statics", "statics::dyn_source");
+    assert!(
+        coalesce::metrics::get(&name).is_some(),
+        "{:?}",
+        coalesce::metrics::snapshot()
+            .into_iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+    );
+}

@@ -248,8 +248,19 @@ fn parse_names_arg(input: ParseStream) -> syn::Result<Spanned<Vec<syn::Ident>>> 
         if names.is_empty() {
             return Err(expected(parens.span.join()));
         }
+        let names: Vec<syn::Ident> = names.into_iter().collect();
+        if let Some((_, dup)) = names
+            .iter()
+            .enumerate()
+            .find(|(i, n)| names[..*i].contains(n))
+        {
+            return Err(syn::Error::new(
+                dup.span(),
+                format!("`{dup}` is named twice in `context`"),
+            ));
+        }
         return Ok(Spanned {
-            value: names.into_iter().collect(),
+            value: names,
             span: parens.span.join(),
         });
     }
@@ -273,9 +284,13 @@ fn skip_to_comma(input: ParseStream) {
 /// `= "..."`: the string literal of an argument, or `expected` on whatever stands there.
 fn parse_str_arg(input: ParseStream, expected: impl FnOnce() -> String) -> syn::Result<LitStr> {
     input.parse::<Token![=]>()?;
-    match input.parse::<Lit>()? {
-        Lit::Str(lit) => Ok(lit),
-        other => Err(syn::Error::new(other.span(), expected())),
+    let span = input.span();
+    match input.parse::<Lit>() {
+        Ok(Lit::Str(lit)) if lit.suffix().is_empty() => Ok(lit),
+        Ok(other) => Err(syn::Error::new(other.span(), expected())),
+        // A path, a constant or a macro where the literal goes: say what goes
+        // there, not only "expected literal".
+        Err(_) => Err(syn::Error::new(span, expected())),
     }
 }
 
@@ -320,11 +335,19 @@ fn parse_count_arg(input: ParseStream, name: &str) -> syn::Result<Spanned<usize>
             wrong_kind(minus.span).to_string(),
         ));
     }
-    let lit = match input.parse::<Lit>()? {
-        Lit::Int(lit) => lit,
-        other => return Err(wrong_kind(other.span())),
+    let span = input.span();
+    let lit = match input.parse::<Lit>() {
+        // A typed literal (`1000u8`) would be read as the number alone.
+        Ok(Lit::Int(lit)) if lit.suffix().is_empty() => lit,
+        Ok(other) => return Err(wrong_kind(other.span())),
+        Err(_) => return Err(wrong_kind(span)),
     };
-    let value = lit.base10_parse::<usize>()?;
+    let value = lit.base10_parse::<usize>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!("`{name}` is at most {} on this target", usize::MAX),
+        )
+    })?;
     if value == 0 {
         return Err(syn::Error::new(
             lit.span(),

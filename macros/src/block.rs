@@ -50,9 +50,7 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
             .to_compile_error(),
         );
     }
-    let site = Site::Impl {
-        self_ty: block.self_ty.clone(),
-    };
+    let self_ty = block.self_ty.clone();
     let is_trait = block.trait_.is_some();
     let mut kept = Vec::new();
     let mut inherent = Vec::new();
@@ -67,6 +65,14 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
         };
         let mut attrs = method.attrs.clone();
         let attr = attrs.remove(position);
+        // Above `#[coalesce]`: docs, `cfg`s and lint levels go to both fns,
+        // anything else (`#[tracing::instrument]`) to the batch fn alone.
+        let (shared, above): (Vec<_>, Vec<_>) = attrs.drain(..position).partition(|attr| {
+            ["doc", "cfg", "allow", "warn", "deny", "expect", "forbid"]
+                .iter()
+                .any(|name| attr.path().is_ident(name))
+        });
+        attrs.splice(0..0, shared);
         let args = match &attr.meta {
             Meta::Path(_) => TokenStream::new(),
             Meta::List(list) => list.tokens.clone(),
@@ -87,6 +93,10 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
             vis,
             sig: method.sig.clone(),
             block: Box::new(method.block.clone()),
+        };
+        let site = Site::Impl {
+            self_ty: self_ty.clone(),
+            above,
         };
         let expanded = expand::function(args.clone(), &func, &site);
         if is_trait {
@@ -109,7 +119,22 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
     let trait_path = trait_
         .as_ref()
         .map(|(bang, path, for_token)| quote!(#bang #path #for_token));
-    let cfgs = attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
+    // The trait impl's `cfg`s and lint levels go to the inherent impl that
+    // holds its batch fns too (a `#[allow(non_snake_case)]` on the impl
+    // covers their parameters as well).
+    let cfgs = attrs.iter().filter(|attr| {
+        [
+            "cfg",
+            "allow",
+            "warn",
+            "deny",
+            "expect",
+            "forbid",
+            "deprecated",
+        ]
+        .iter()
+        .any(|name| attr.path().is_ident(name))
+    });
     let inherent = is_trait.then(|| {
         quote! {
             #(#cfgs)*
@@ -157,7 +182,8 @@ fn delegate(args: &TokenStream, func: &ItemFn) -> TokenStream {
     });
     quote! {
         #(#docs)*
-        #[allow(clippy::missing_errors_doc)]
+        // It calls the inherent fn, which may be `#[deprecated]`.
+        #[allow(deprecated, clippy::missing_errors_doc)]
         #sig {
             Self::#name(#(#call_args),*).await
         }

@@ -15,7 +15,7 @@
 //! pub async fn load(ids: u64, region: Region) -> Result<Option<User>, ::coalesce::Error<DbError>> {
 //!     static __COALESCE_SLOT: Slot = Slot::new();
 //!     // `Opened`, or `Closed` if a bound on the user's types does not hold
-//!     ({ use Open as _, Shut as _; (&&Gate::<Read, ((Region, ()), u64, User, DbError, ())>::new()).gate() })
+//!     ({ use Open as _, Shut as _; (&&Gate::<Read, ((Region, ()), u64, User, DbError, ())>::new()).__coalesce_gate() })
 //!     .load::<Region, u64, User, DbError, _, _>(
 //!         &__COALESCE_SLOT,
 //!         Name::Path(concat!(module_path!(), "::", "load")),
@@ -85,12 +85,25 @@ pub enum Site {
     Impl {
         /// The impl's self type, for the coalescer's name.
         self_ty: Box<Type>,
+        /// The method's attributes written above `#[coalesce]`, other than
+        /// docs, `cfg`s and lint levels: they go to the batch fn alone, as on
+        /// a fn marked by itself, where rustc runs them on the fn as written
+        /// before `#[coalesce]` sees it.
+        above: Vec<Attribute>,
     },
 }
 
 impl Site {
     fn in_impl(&self) -> bool {
         matches!(self, Site::Impl { .. })
+    }
+
+    /// See [`Site::Impl::above`].
+    fn batch_attrs(&self) -> &[Attribute] {
+        match self {
+            Site::Impl { above, .. } => above,
+            Site::Unknown => &[],
+        }
     }
 }
 
@@ -186,6 +199,14 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
              before the batch failed: with `merge`, its folded writes (an increment, say) \
              would be applied twice. Remove `isolate`, or `merge` (last write wins is safe \
              to re-apply)",
+        );
+        return fallback(func, signature, &error);
+    }
+    if let (Some(instance), None) = (&args.instance, &signature.receiver) {
+        let error = syn::Error::new(
+            instance.span,
+            "`instance` says what makes two instances of a method's `self` one instance; \
+             this fn has no `self`. To split batches by a value, use `group = …`",
         );
         return fallback(func, signature, &error);
     }
@@ -341,15 +362,16 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             quote!(#private::Name::Given(#lit))
         }
         (None, _) if signature.receiver.is_some() => quote!(#private::Name::Method(#fn_name)),
-        (None, Site::Impl { self_ty }) if matches!(&**self_ty, Type::Path(p) if p.path.segments.iter().any(|s| !s.arguments.is_empty())) =>
+        (None, Site::Impl { self_ty, .. }) if matches!(&**self_ty, Type::Path(p) if p.path.segments.iter().any(|s| !s.arguments.is_empty())) =>
         {
             // A generic self type (`Repo<T>`): named after each
             // instantiation's type, as a method is, since each has a
             // coalescer of its own.
             quote!(#private::Name::Method(#fn_name))
         }
-        (None, Site::Impl { self_ty }) => {
-            let self_ty = self_ty.to_token_stream().to_string().replace(' ', "");
+        (None, Site::Impl { self_ty, .. }) => {
+            // `Repo`, `dyn Source` (its space kept).
+            let self_ty = signature::type_text(self_ty);
             quote!(#private::Name::Path(::core::concat!(
                 ::core::module_path!(), "::", #self_ty, "::", #fn_name
             )))
@@ -378,6 +400,26 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
     let error_arg = match &shape.error {
         Some(error) => checked(error, "BatchError", krate),
         None => error_type.clone(),
+    };
+    // The batch error's cause chain: how to see it as a `std::error::Error`,
+    // found by autoref specialization, registered when a coalescer is made
+    // (the config closure runs then: once per coalescer, so once per
+    // instantiation of a generic fn, each with its own error type).
+    let config = match &shape.error {
+        Some(_) => {
+            let base = Ident::new("__coalesce_base", Span::mixed_site());
+            quote! {
+                |#base: #private::Config| {
+                    #[allow(unused_imports)]
+                    use #private::{ViaDeref as _, ViaError as _, ViaNothing as _};
+                    #private::register_source::<#error_arg>(
+                        (&&&#private::Probe::<#error_arg>::new()).__coalesce_source_of(),
+                    );
+                    (#config)(#base)
+                }
+            }
+        }
+        None => config,
     };
     let type_args = quote!(#group_type, #key_arg, #value_arg, #error_arg);
     let gate_value = value_arg.clone();
@@ -447,7 +489,14 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         Some((receiver, kind)) => {
             let span = receiver.self_token.span;
             let this = &receiver.self_token;
-            let run = finish(quote!(#this_var.#batch_name(#(#batch_args),*)));
+            // Called by path, not by method syntax: a user trait in scope
+            // with a method of the batch fn's name, taking `self` by value,
+            // would be found first on the owned instance.
+            let this_ref = match kind {
+                ReceiverKind::Arc => quote!(#this_var),
+                ReceiverKind::Ref | ReceiverKind::RefArc => quote!(&#this_var),
+            };
+            let run = finish(quote!(Self::#batch_name(#this_ref, #(#batch_args),*)));
             let closure = quote! {
                 move |#this_var, #group_var, #keys_var| {
                     #(#extra_lets)*
@@ -575,7 +624,8 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
     let single = single_key_signature(func, signature);
     let attrs = &func.attrs;
     let vis = &func.vis;
-    let batch = batch_fn(func);
+    let mut batch = batch_fn(func);
+    batch.attrs.extend(site.batch_attrs().iter().cloned());
     // `after_writes = path::to::write_fn`: wait for the pending writes of this
     // key through that write fn's companion first.
     let after = match (&args.after_writes, is_write) {
@@ -604,7 +654,16 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
         let slot_fn = format_ident!("__coalesce_slot_{}", fn_name);
         let settled_fn = format_ident!("__coalesce_settled_{}", fn_name);
         let settled_self = self_type.clone().unwrap_or_else(|| owner.clone());
+        // Under the fn's own `cfg`s: two variants of one write fn under
+        // exclusive `cfg`s in a marked impl (whose `cfg`s are not evaluated
+        // before its macro runs) must not make two of each.
+        let cfgs: Vec<_> = func
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("cfg"))
+            .collect();
         let companions = quote! {
+            #(#cfgs)*
             #[doc(hidden)]
             #[allow(non_snake_case, dead_code)]
             #vis fn #slot_fn() -> &'static #private::Slot {
@@ -614,6 +673,7 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
 
             /// Waits until the writes to `key` accepted so far are answered
             /// (`#[coalesce(after_writes = …)]` on a read calls this).
+            #(#cfgs)*
             #[doc(hidden)]
             #[allow(non_snake_case, dead_code)]
             #vis fn #settled_fn(
@@ -629,26 +689,8 @@ fn expand(func: &ItemFn, args: &Args, signature: &Signature, site: &Site) -> Tok
             None,
         )
     };
-    // The batch error's cause chain: how to see it as a `std::error::Error`,
-    // found by autoref specialization and registered once.
-    let register = shape.error.as_ref().map(|_| {
-        let probe = Ident::new("__COALESCE_SOURCE", Span::mixed_site());
-        quote! {
-            {
-                #[allow(unused_imports)]
-                use #private::{ViaDeref as _, ViaError as _, ViaNothing as _};
-                static #probe: ::std::sync::Once = ::std::sync::Once::new();
-                #probe.call_once(|| {
-                    #private::register_source::<#error_arg>(
-                        (&&&#private::Probe::<#error_arg>::new()).source_of(),
-                    )
-                });
-            }
-        }
-    });
     let body = quote_spanned! {func.sig.ident.span()=> {
         #static_slot
-        #register
         #(#lets)*
         #after
         #result
@@ -708,7 +750,15 @@ fn many_fn(
     let mut keys = None;
     let mut index = 0;
     for input in &mut sig.inputs {
-        let FnArg::Typed(arg) = input else { continue };
+        let arg = match input {
+            FnArg::Receiver(receiver) => {
+                if receiver.reference.is_none() {
+                    receiver.mutability = None;
+                }
+                continue;
+            }
+            FnArg::Typed(arg) => arg,
+        };
         if let Pat::Ident(PatIdent {
             mutability,
             by_ref: None,
@@ -740,7 +790,28 @@ fn many_fn(
     };
     let call = match &signature.receiver {
         None if in_impl => quote!(Self::#single(#(#args),*)),
-        None => quote!(#single(#(#args),*)),
+        // Resolved as an item, never as a local: a parameter named like the
+        // fn (`score: u64` of `fn score`) must not shadow it.
+        None => {
+            let name = unraw.to_string();
+            // Mixed-site hygiene (at the user's name, where errors point)
+            // only where a parameter has the fn's name.
+            let shadowed = signature
+                .params
+                .iter()
+                .any(|p| p.ident.as_ref().is_some_and(|i| i.unraw() == unraw));
+            let span = if shadowed {
+                Span::mixed_site().located_at(single.span())
+            } else {
+                single.span()
+            };
+            let item = if single.to_string().starts_with("r#") {
+                Ident::new_raw(&name, span)
+            } else {
+                Ident::new(&name, span)
+            };
+            quote!(#item(#(#args),*))
+        }
         Some((_, ReceiverKind::Arc)) => {
             quote!(::core::clone::Clone::clone(&self).#single(#(#args),*))
         }
@@ -781,7 +852,8 @@ fn many_fn(
     quote! {
         #[doc = #doc]
         #(#cfgs)*
-        #[allow(dead_code, clippy::missing_errors_doc)]
+        // It calls the single-key fn, which may be `#[deprecated]`.
+        #[allow(dead_code, deprecated, clippy::missing_errors_doc)]
         #vis #sig {
             #invoke
         }
@@ -826,7 +898,7 @@ fn checked(ty: &dyn ToTokens, trait_name: &str, krate: &syn::Path) -> TokenStrea
     quote!(#open #ty as #krate::__private::#trait_ident #rest)
 }
 
-/// `({ use ..; (&&Gate::<Role, (types)>::new()).gate() })`, in parentheses at
+/// `({ use ..; (&&Gate::<Role, (types)>::new()).__coalesce_gate() })`, in parentheses at
 /// `span`: `Opened` when the user's types meet the coalescer's bounds, `Closed`
 /// (whose methods bound none of them) otherwise, so that an unmet bound is
 /// reported only by the projection that names the type (see
@@ -837,7 +909,7 @@ fn gate(krate: &syn::Path, role: &str, types: TokenStream, span: Span) -> TokenS
     let inner = quote! {{
         #[allow(unused_imports)]
         use #private::{Open as _, Shut as _};
-        (&&#private::Gate::<#private::#role, (#types)>::new()).gate()
+        (&&#private::Gate::<#private::#role, (#types)>::new()).__coalesce_gate()
     }};
     parenthesized(span, inner)
 }
@@ -945,7 +1017,17 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
     sig.asyncness = Some(sig.asyncness.unwrap_or(syn::Token![async](fn_span)));
     let mut index = 0;
     for input in &mut sig.inputs {
-        let FnArg::Typed(arg) = input else { continue };
+        let arg = match input {
+            // `mut self: Arc<Self>`: the batch fn's binding; the single-key
+            // fn only clones the receiver.
+            FnArg::Receiver(receiver) => {
+                if receiver.reference.is_none() {
+                    receiver.mutability = None;
+                }
+                continue;
+            }
+            FnArg::Typed(arg) => arg,
+        };
         let param = &signature.params[index];
         if Some(index) == signature.key {
             if let Some(key_type) = &param.key_type {
@@ -1040,7 +1122,8 @@ pub(crate) fn key_name(signature: &Signature) -> Option<Ident> {
         .iter()
         .any(|p| p.ident.as_ref().is_some_and(|i| *i == singular));
     match syn::parse_str::<Ident>(&singular) {
-        Ok(mut name) if !taken && singular != "self" => {
+        // `gen` is reserved from edition 2024 on.
+        Ok(mut name) if !taken && singular != "self" && singular != "gen" => {
             name.set_span(ident.span());
             Some(name)
         }
@@ -1055,12 +1138,20 @@ fn write_param_names(signature: &Signature) -> (Ident, Ident) {
             .iter()
             .any(|p| p.ident.as_ref().is_some_and(|i| i == name))
     };
+    // `key`, else `write_key`, `write_key_2`, … : the first name no parameter
+    // has.
     let pick = |name: &str| {
-        if taken(name) {
-            format_ident!("write_{}", name)
-        } else {
-            format_ident!("{}", name)
+        let mut candidate = name.to_owned();
+        let mut n = 1;
+        while taken(&candidate) {
+            candidate = if n == 1 {
+                format!("write_{name}")
+            } else {
+                format!("write_{name}_{n}")
+            };
+            n += 1;
         }
+        format_ident!("{}", candidate)
     };
     (pick("key"), pick("value"))
 }

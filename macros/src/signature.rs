@@ -9,7 +9,7 @@
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::spanned::Spanned;
-use syn::visit::{self, Visit};
+use syn::visit::Visit;
 use syn::{
     FnArg, GenericArgument, GenericParam, Ident, ItemFn, Pat, PathArguments, Receiver, ReturnType,
     Type, TypePath,
@@ -114,7 +114,7 @@ pub fn path_at(krate: &syn::Path, span: proc_macro2::Span) -> TokenStream {
 }
 
 /// A type as the user would write it: `HashMap<u64, u64>`, not `HashMap < u64, u64 >`.
-fn type_text(ty: &Type) -> String {
+pub fn type_text(ty: &Type) -> String {
     ty.to_token_stream()
         .to_string()
         .replace(" < ", "<")
@@ -872,8 +872,9 @@ impl Role {
     }
 }
 
-/// Checks a type that ends up in the coalescer's `static`: it must be concrete
-/// (no `impl Trait`), must not name `Self`, and must be `'static`.
+/// Checks a type that ends up in the coalescer: it must be concrete (no `impl
+/// Trait`) and `'static`. It may name `Self` (the `static` holds its coalescers
+/// type-erased, one per type).
 fn check_type(ty: &Type, role: &Role, errors: &mut Errors) {
     let mut finder = TypeIssues::default();
     finder.visit_type(ty);
@@ -884,15 +885,6 @@ fn check_type(ty: &Type, role: &Role, errors: &mut Errors) {
             format!(
                 "`impl Trait` cannot be used in {what} of a #[coalesce] fn: the coalescer is \
                  one `static` shared by every call, so all its types must be concrete"
-            ),
-        ));
-    }
-    if let Some(tokens) = finder.self_type {
-        errors.push(syn::Error::new_spanned(
-            tokens,
-            format!(
-                "{what} of a #[coalesce] method cannot name `Self`: the coalescer is a \
-                 `static`, and a `static` cannot refer to `Self`; write the type out"
             ),
         ));
     }
@@ -912,7 +904,6 @@ fn check_type(ty: &Type, role: &Role, errors: &mut Errors) {
 #[derive(Default)]
 struct TypeIssues {
     impl_trait: Option<TokenStream>,
-    self_type: Option<TokenStream>,
     borrowed: Option<TokenStream>,
     mutable: bool,
 }
@@ -920,15 +911,6 @@ struct TypeIssues {
 impl<'ast> Visit<'ast> for TypeIssues {
     fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
         self.impl_trait.get_or_insert(ty.to_token_stream());
-    }
-
-    fn visit_path(&mut self, path: &'ast syn::Path) {
-        if let Some(first) = path.segments.first() {
-            if first.ident == "Self" {
-                self.self_type.get_or_insert(first.ident.to_token_stream());
-            }
-        }
-        visit::visit_path(self, path);
     }
 
     fn visit_type_reference(&mut self, ty: &'ast syn::TypeReference) {

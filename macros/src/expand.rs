@@ -750,23 +750,8 @@ fn many_fn(
     let mut keys = None;
     let mut index = 0;
     for input in &mut sig.inputs {
-        let arg = match input {
-            FnArg::Receiver(receiver) => {
-                if receiver.reference.is_none() {
-                    receiver.mutability = None;
-                }
-                continue;
-            }
-            FnArg::Typed(arg) => arg,
-        };
-        if let Pat::Ident(PatIdent {
-            mutability,
-            by_ref: None,
-            subpat: None,
-            ..
-        }) = &mut *arg.pat
-        {
-            *mutability = None;
+        if without_mut(input).is_none() {
+            continue;
         }
         let ident = signature.params[index].ident.clone();
         if Some(index) == signature.key {
@@ -1009,6 +994,32 @@ pub fn single_key_signature_of(args: &TokenStream, func: &ItemFn) -> syn::Signat
 /// The single-key fn's signature: `Vec<K>` becomes `K`, the return type becomes
 /// `Result<Option<V>, Error<E>>` or `Result<V, Error<E>>`, and the parameters lose
 /// `mut` (they are only passed on).
+/// A parameter of a generated fn that only passes it on: its `mut` is the
+/// batch fn's binding, not this fn's (`mut ids`, `mut self: Arc<Self>`).
+/// Returns the typed parameter, or `None` for the receiver.
+fn without_mut(input: &mut FnArg) -> Option<&mut syn::PatType> {
+    match input {
+        FnArg::Receiver(receiver) => {
+            if receiver.reference.is_none() {
+                receiver.mutability = None;
+            }
+            None
+        }
+        FnArg::Typed(arg) => {
+            if let Pat::Ident(PatIdent {
+                mutability,
+                by_ref: None,
+                subpat: None,
+                ..
+            }) = &mut *arg.pat
+            {
+                *mutability = None;
+            }
+            Some(arg)
+        }
+    }
+}
+
 fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature {
     let mut sig = func.sig.clone();
     // A new `async` borrows the span of `fn`, so that errors about the fn's
@@ -1017,16 +1028,8 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
     sig.asyncness = Some(sig.asyncness.unwrap_or(syn::Token![async](fn_span)));
     let mut index = 0;
     for input in &mut sig.inputs {
-        let arg = match input {
-            // `mut self: Arc<Self>`: the batch fn's binding; the single-key
-            // fn only clones the receiver.
-            FnArg::Receiver(receiver) => {
-                if receiver.reference.is_none() {
-                    receiver.mutability = None;
-                }
-                continue;
-            }
-            FnArg::Typed(arg) => arg,
+        let Some(arg) = without_mut(input) else {
+            continue;
         };
         let param = &signature.params[index];
         if Some(index) == signature.key {
@@ -1036,15 +1039,6 @@ fn single_key_signature(func: &ItemFn, signature: &Signature) -> syn::Signature 
             if let (Pat::Ident(pat), Some(name)) = (&mut *arg.pat, key_name(signature)) {
                 pat.ident = name;
             }
-        }
-        if let Pat::Ident(PatIdent {
-            mutability,
-            by_ref: None,
-            subpat: None,
-            ..
-        }) = &mut *arg.pat
-        {
-            *mutability = None;
         }
         index += 1;
     }

@@ -52,6 +52,20 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
     }
     let self_ty = block.self_ty.clone();
     let is_trait = block.trait_.is_some();
+    if is_trait {
+        if let Some(why) = no_inherent_impl(&block) {
+            let error = syn::Error::new_spanned(
+                &block.self_ty,
+                format!(
+                    "#[coalesce] on a trait impl puts the coalesced fns' companions (the \
+                     batch fn, `_many`) in an inherent impl of the self type, and {why} \
+                     cannot have one: implement the trait for a type of this crate, or \
+                     coalesce a method of an inherent impl and call it from the trait"
+                ),
+            );
+            return error.to_compile_error();
+        }
+    }
     let mut kept = Vec::new();
     let mut inherent = Vec::new();
     for item in std::mem::take(&mut block.items) {
@@ -187,5 +201,34 @@ fn delegate(args: &TokenStream, func: &ItemFn) -> TokenStream {
         #sig {
             Self::#name(#(#call_args),*).await
         }
+    }
+}
+
+/// Why a trait impl's self type cannot have an inherent impl, if it visibly
+/// cannot: a type parameter of the impl (a blanket impl), a reference, or
+/// one of std's types (`Arc<Db>`: a foreign type; a
+/// foreign type of another crate is not visible from here, and rustc says so).
+fn no_inherent_impl(block: &ItemImpl) -> Option<String> {
+    match &*block.self_ty {
+        syn::Type::Reference(_) => Some("a reference".to_owned()),
+        syn::Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            let is_param = path.path.segments.len() == 1
+                && last.arguments.is_empty()
+                && block
+                    .generics
+                    .type_params()
+                    .any(|param| param.ident == last.ident);
+            if is_param {
+                return Some(format!("`{}`, a type parameter of the impl,", last.ident));
+            }
+            [
+                "Arc", "Rc", "Box", "Vec", "Option", "Result", "String", "HashMap",
+            ]
+            .iter()
+            .any(|std| last.ident == std)
+            .then(|| format!("`{}` (std's)", last.ident))
+        }
+        _ => None,
     }
 }

@@ -371,6 +371,7 @@
 //! | `max_batch = N` | `1000` | a batch leaves at once with this many distinct keys; bigger bursts split |
 //! | `max_in_flight = N` | unbounded | at most N batches of one group run at once |
 //! | `max_pending = N` | unbounded | past N waiting calls, a call fails at once with [`Error::Overloaded`] |
+//! | `max_pending_per_group = N` | unbounded | past N waiting calls of its group, a call fails at once with [`Error::GroupOverloaded`]; other groups are still served |
 //! | `timeout = "2s"` | none | a batch running longer fails its callers with [`Error::Timeout`] |
 //! | `isolate = N` | off | bisect a failed batch down to N levels (see above) |
 //! | `group = <expr>` | none | extra partition, evaluated per call |
@@ -380,7 +381,7 @@
 //! | `after_writes = path` | none | a read waits for the pending writes to its key (see [Writes](#writes)) |
 //! | `join_running = false` | `true` | a call never waits for a running batch of its key (see [Joining work already on its way](#joining-work-already-on-its-way)) |
 //! | `merge = path` | last write wins | how writes to one key fold (see [Writes](#writes)) |
-//! | `name = "users.load"` | `module::path::fn_name` | the name in metrics, spans and errors |
+//! | `name = "users.load"` | `module::path::fn_name`, for a method `<type of Self>::fn_name` | the name in metrics, spans and errors |
 //! | `dispatch = "adaptive"` | `"window"` | `"window"`, `"adaptive"` or `"auto"`: see [Choosing a window](#choosing-a-window) |
 //!
 //! ```
@@ -463,11 +464,12 @@
 //! linearly, lower `max_batch`. `max_in_flight` protects the backend; `max_pending`
 //! bounds memory under a flood.
 //!
-//! Tokio's timer has millisecond granularity and rounds up, so a 1 ms window lasts
-//! about 2 ms. A window under a millisecond (`window = "250us"`) is therefore also
-//! timed by one process-wide thread, precise to some tens of microseconds; under a
-//! paused Tokio clock (`start_paused` tests) it still follows that clock. Adaptive
-//! dispatch needs no timer at all for a call that finds a free lane.
+//! Tokio's timer has millisecond granularity and rounds up, so a 1 ms window would
+//! last about 2 ms. Every window and timeout on a real clock is therefore timed by
+//! one process-wide thread (`coalesce-timer`), precise to some tens of
+//! microseconds (`window = "250us"` lasts about 250 µs); under a paused Tokio clock
+//! (`start_paused` tests) Tokio's timer times them, so they follow that clock.
+//! Adaptive dispatch needs no timer at all for a call that finds a free lane.
 //!
 //! # Tests
 //!
@@ -528,9 +530,10 @@
 
 pub use coalesce_macros::coalesce;
 pub use coalesce_runtime::{
-    configure, drain, drain_all, flush, flush_all, metrics, streamed, BatchOutput, Coalescer,
-    Config, Configured, Core, Delivery, Dispatch, Drained, EntryStream, Error, Flushed, Keyed,
-    PerKey, Scope, Streamed, StreamedResult, Unsure, WriteCore, WriteOutput,
+    configure, drain, drain_all, flush, flush_all, metrics, register_error_source, streamed,
+    BatchOutput, Coalescer, Config, Configured, Core, Delivery, Dispatch, Drained, EntryStream,
+    Error, Flushed, Keyed, PerKey, Scope, SourceOf, Streamed, StreamedResult, Unsure, WriteCore,
+    WriteOutput,
 };
 
 #[doc(hidden)]

@@ -137,17 +137,9 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
     // holds its batch fns too (a `#[allow(non_snake_case)]` on the impl
     // covers their parameters as well).
     let cfgs = attrs.iter().filter(|attr| {
-        [
-            "cfg",
-            "allow",
-            "warn",
-            "deny",
-            "expect",
-            "forbid",
-            "deprecated",
-        ]
-        .iter()
-        .any(|name| attr.path().is_ident(name))
+        ["cfg", "allow", "warn", "deny", "forbid", "deprecated"]
+            .iter()
+            .any(|name| attr.path().is_ident(name))
     });
     let inherent = is_trait.then(|| {
         quote! {

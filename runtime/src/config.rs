@@ -96,11 +96,11 @@ impl Config {
     /// `Duration::ZERO` dispatches on the next scheduling point: calls made in the
     /// same instant still share a batch.
     ///
-    /// Tokio's timer ticks once a millisecond and rounds up, so a window shorter
-    /// than 1 ms is also timed by one process-wide thread (`coalesce-timer`),
+    /// Tokio's timer ticks once a millisecond and rounds up, so every window on a
+    /// real clock is timed by one process-wide thread (`coalesce-timer`) instead,
     /// precise to some tens of microseconds: a 200 µs window lasts about 250 µs,
-    /// not 1–2 ms. Whichever fires first ends the window, so under a paused Tokio
-    /// clock (`start_paused` tests) every window still follows that clock.
+    /// not 1–2 ms. Under a paused Tokio clock (`start_paused` tests) Tokio's
+    /// timer times it, so every window follows that clock.
     ///
     /// Any length is accepted: a window past what the clock can hold
     /// (`Duration::MAX`) never ends, and batches leave when full, when a
@@ -188,7 +188,7 @@ impl Config {
     /// read until each of its keys has an item (then dropped, as an unsplit
     /// stream is), until it ends or fails, or until it goes quiet for the
     /// `idle_timeout` (its keys not delivered then fail with
-    /// [`Error::Timeout`](crate::Error::Timeout)); the split batch's callers are
+    /// [`Error::IdleTimeout`](crate::Error::IdleTimeout)); the split batch's callers are
     /// answered once both halves are read.
     #[must_use]
     pub fn isolate(mut self, depth: u32) -> Self {

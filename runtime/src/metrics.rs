@@ -485,7 +485,7 @@ pub struct Settings {
     pub timeout: Option<Duration>,
     /// A streamed batch's longest gap between items (`None`: no bound).
     pub idle_timeout: Option<Duration>,
-    /// `"window"` or `"adaptive"`.
+    /// `"window"`, `"adaptive"` or `"auto"`.
     pub dispatch: &'static str,
     /// Levels of bisection of a failed batch (0: off).
     pub isolate: u32,

@@ -11,7 +11,7 @@
 //! `coalesce_batches_total`, `coalesce_batch_size` (histogram),
 //! `coalesce_wait_seconds`, `coalesce_run_seconds` and
 //! `coalesce_first_item_seconds` (streamed batches) (histograms),
-//! `coalesce_errors_total{kind = batch|key|panic|timeout|shape|shutdown}`,
+//! `coalesce_errors_total{kind = batch|key|panic|timeout|shape|shutdown|maybe_committed|drained}`,
 //! `coalesce_overloaded_total`, `coalesce_cancelled_total`, and the gauges
 //! `coalesce_in_flight_batches` and `coalesce_pending_calls`.
 

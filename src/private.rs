@@ -203,21 +203,24 @@ impl Slot {
         make: impl FnOnce() -> Box<dyn Any + Send + Sync>,
         published: impl FnOnce(&'static (dyn Any + Send + Sync)),
     ) -> &'static (dyn Any + Send + Sync) {
-        let found = |more: &[(TypeId, &'static (dyn Any + Send + Sync))]| match self.first.get() {
-            Some((first_id, first)) if *first_id == id => Some(*first),
-            _ => more.iter().find(|(t, _)| *t == id).map(|(_, core)| *core),
+        // The first entry is read with no lock (the common case: one type).
+        let first = || {
+            self.first
+                .get()
+                .filter(|(first_id, _)| *first_id == id)
+                .map(|(_, core)| *core)
         };
-        if let Some((first_id, first)) = self.first.get() {
-            if *first_id == id {
-                return *first;
-            }
-        }
-        if let Some(core) = found(&self.more.read().unwrap_or_else(PoisonError::into_inner)) {
+        let in_more = |more: &[(TypeId, &'static (dyn Any + Send + Sync))]| {
+            more.iter().find(|(t, _)| *t == id).map(|(_, core)| *core)
+        };
+        if let Some(core) =
+            first().or_else(|| in_more(&self.more.read().unwrap_or_else(PoisonError::into_inner)))
+        {
             return core;
         }
         let made = make();
         let mut more = self.more.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(core) = found(&more) {
+        if let Some(core) = first().or_else(|| in_more(&more)) {
             drop(more);
             // Another call published one meanwhile: this one goes (a
             // coalescer's drop runs no user code of a batch; its registry

@@ -81,11 +81,9 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
         let attr = attrs.remove(position);
         // Above `#[coalesce]`: docs, `cfg`s and lint levels go to both fns,
         // anything else (`#[tracing::instrument]`) to the batch fn alone.
-        let (shared, above): (Vec<_>, Vec<_>) = attrs.drain(..position).partition(|attr| {
-            ["doc", "cfg", "allow", "warn", "deny", "expect", "forbid"]
-                .iter()
-                .any(|name| attr.path().is_ident(name))
-        });
+        let (shared, above): (Vec<_>, Vec<_>) = attrs
+            .drain(..position)
+            .partition(|attr| expand::is_named(attr, expand::SHARED_ATTRS));
         attrs.splice(0..0, shared);
         let args = match &attr.meta {
             Meta::Path(_) => TokenStream::new(),
@@ -137,9 +135,8 @@ pub fn expand(args: TokenStream, mut block: ItemImpl) -> TokenStream {
     // holds its batch fns too (a `#[allow(non_snake_case)]` on the impl
     // covers their parameters as well).
     let cfgs = attrs.iter().filter(|attr| {
-        ["cfg", "allow", "warn", "deny", "forbid", "deprecated"]
-            .iter()
-            .any(|name| attr.path().is_ident(name))
+        attr.path().is_ident("deprecated")
+            || (!attr.path().is_ident("doc") && expand::is_named(attr, expand::SHARED_ATTRS))
     });
     let inherent = is_trait.then(|| {
         quote! {

@@ -1170,16 +1170,21 @@ fn batch_name(func: &ItemFn) -> Ident {
     format_ident!("{}_batch", name, span = name.span())
 }
 
+/// Attributes that go to both the single-key fn and the batch fn: docs, `cfg`s
+/// and lint levels (not `expect`: the other fn may not raise the lint).
+pub const SHARED_ATTRS: &[&str] = &["doc", "cfg", "allow", "warn", "deny", "forbid"];
+
+/// Whether `attr` is named one of `names` (a one-segment path).
+pub fn is_named(attr: &Attribute, names: &[&str]) -> bool {
+    names.iter().any(|name| attr.path().is_ident(name))
+}
+
 /// The fn as written, renamed `<name>_batch`, with its docs, `cfg` and lint
 /// attributes, and a line pointing to the single-key fn.
 fn batch_fn(func: &ItemFn) -> ItemFn {
     let mut batch = func.clone();
     batch.sig.ident = batch_name(func);
-    batch.attrs.retain(|attr| {
-        ["doc", "cfg", "allow", "warn", "deny", "forbid"]
-            .iter()
-            .any(|name| attr.path().is_ident(name))
-    });
+    batch.attrs.retain(|attr| is_named(attr, SHARED_ATTRS));
     let has_docs = batch.attrs.iter().any(|attr| attr.path().is_ident("doc"));
     let single = func.sig.ident.unraw();
     let is_method = func
